@@ -1,0 +1,746 @@
+//! Framing: bytes from an AMI socket into [`Frame`]s, and messages back to bytes.
+//!
+//! AMI is a line protocol. A session opens with a banner line
+//! (`Asterisk Call Manager/11.0.0`, no blank line after it); every message
+//! after that is `Key: Value` lines ended by an empty line. Lines end in
+//! CRLF, but older tools and hand-typed requests send bare LF, so both are
+//! accepted (and mixed).
+//!
+//! One exception breaks the "blank line ends a message" rule: Asterisk 13
+//! and older answer the `Command` action with `Response: Follows`, then the
+//! raw command output (bare-LF lines, blank lines included), then
+//! `--END COMMAND--`. The decoder recognises that form and turns the output
+//! into repeated `Output` headers, which is exactly the form Asterisk 14+
+//! sends, so nothing downstream has to know there were two.
+//!
+//! ## Errors never end the stream
+//!
+//! A peer that sends a 10 MB line, a message with ten thousand lines or a
+//! line that is not `Key: Value` must not kill the connection, and must not
+//! make us buffer without bound. The decoder therefore has limits
+//! ([`Limits`]); past one it yields [`Frame::Malformed`] (an ordinary item,
+//! not a stream error, because `tokio_util`'s `FramedRead` ends the stream
+//! after the first `Err`) and then skips bytes up to the next blank line,
+//! keeping only a counter, so memory stays bounded. Only I/O errors are
+//! `Err`.
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio_util::codec::{Decoder, Encoder};
+
+use super::message::{Message, MessageBuilder};
+
+/// The first characters of the AMI banner.
+pub const BANNER_PREFIX: &[u8] = b"Asterisk Call Manager/";
+
+/// Size limits of the decoder. Asterisk itself accepts request lines of at
+/// most 1022 bytes and 128 lines per message; what it *sends* can be much
+/// larger (a `Command` output, an event with many channel variables), so the
+/// defaults are generous but finite.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest line, in bytes, without its line ending.
+    pub max_line: usize,
+    /// Largest message, in bytes, all lines together.
+    pub max_message: usize,
+    /// Most lines in one message.
+    pub max_lines: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_line: 64 * 1024,
+            max_message: 1024 * 1024,
+            max_lines: 16 * 1024,
+        }
+    }
+}
+
+impl Limits {
+    /// What Asterisk's manager accepts from a client (1022-byte lines, 128
+    /// lines per message): the limits to apply to actions we accept from
+    /// others before passing them on.
+    pub fn asterisk_request() -> Self {
+        Limits {
+            max_line: 1022,
+            max_message: 128 * 1024,
+            max_lines: 128,
+        }
+    }
+}
+
+/// What went wrong with a piece of input.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum MalformedKind {
+    #[error("line longer than {limit} bytes")]
+    LineTooLong { limit: usize },
+    #[error("message larger than {limit} bytes")]
+    MessageTooLarge { limit: usize },
+    #[error("message has more than {limit} lines")]
+    TooManyLines { limit: usize },
+    #[error("line {line} of the message is not `Key: Value`")]
+    NotKeyValue { line: usize },
+    #[error("the stream ended in the middle of a message")]
+    Truncated,
+}
+
+/// Input the decoder could not turn into a message. `excerpt` holds the
+/// start of the offending input (at most [`Malformed::EXCERPT`] bytes) so a
+/// log line or a dead-letter message can show what arrived.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("malformed AMI input: {kind}")]
+pub struct Malformed {
+    pub kind: MalformedKind,
+    pub excerpt: Bytes,
+}
+
+impl Malformed {
+    pub const EXCERPT: usize = 512;
+}
+
+/// One decoded item.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Frame {
+    /// `Asterisk Call Manager/X.Y.Z` — the AMI version, not Asterisk's.
+    Banner(String),
+    Message(Message),
+    Malformed(Malformed),
+}
+
+#[derive(Debug)]
+enum State {
+    /// Collecting `Key: Value` lines of a message.
+    Headers,
+    /// Inside legacy `Response: Follows` command output.
+    Follows { headers_done: bool, ended: bool },
+    /// Skipping input until a blank line after an error. `partial` is the
+    /// length of the current, unfinished line; `partial_cr` is true when all
+    /// of it was a single `\r`.
+    Discarding { partial: usize, partial_cr: bool },
+}
+
+/// The AMI decoder and encoder, for both ends of the connection (it decodes
+/// what Asterisk sends and what clients send alike).
+#[derive(Debug)]
+pub struct AmiCodec {
+    limits: Limits,
+    state: State,
+    /// Offset in the buffer up to which complete lines were scanned.
+    scanned: usize,
+    /// (key start, key len, value start, value len) of the lines scanned.
+    spans: Vec<(usize, usize, usize, usize)>,
+    /// Output lines of a legacy `Follows` response, as (start, len).
+    output: Vec<(usize, usize)>,
+}
+
+impl Default for AmiCodec {
+    fn default() -> Self {
+        AmiCodec::new(Limits::default())
+    }
+}
+
+impl AmiCodec {
+    pub fn new(limits: Limits) -> Self {
+        AmiCodec {
+            limits,
+            state: State::Headers,
+            scanned: 0,
+            spans: Vec::with_capacity(32),
+            output: Vec::new(),
+        }
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    fn reset(&mut self) {
+        self.state = State::Headers;
+        self.scanned = 0;
+        self.spans.clear();
+        self.output.clear();
+    }
+
+    /// Gives up on the message being collected: reports it and skips to
+    /// the next blank line. `consumed` bytes of `src` (whole lines) are
+    /// dropped now; the discard state takes over from there.
+    fn start_discard(&mut self, src: &mut BytesMut, kind: MalformedKind, in_line: bool) -> Frame {
+        let excerpt = Bytes::copy_from_slice(&src[..src.len().min(Malformed::EXCERPT)]);
+        // Drop the complete lines scanned so far; if the error is inside an
+        // unfinished line, drop that too and remember its length.
+        let drop_now = if in_line { src.len() } else { self.scanned };
+        let partial = if in_line { src.len() - self.scanned } else { 0 };
+        src.advance(drop_now);
+        self.spans.clear();
+        self.output.clear();
+        self.scanned = 0;
+        self.state = State::Discarding {
+            partial,
+            partial_cr: false,
+        };
+        Frame::Malformed(Malformed { kind, excerpt })
+    }
+
+    /// Skips input up to and including a blank line. Returns true when the
+    /// blank line was found (normal decoding resumes).
+    fn discard(&mut self, src: &mut BytesMut) -> bool {
+        let State::Discarding {
+            mut partial,
+            mut partial_cr,
+        } = self.state
+        else {
+            return true;
+        };
+        loop {
+            match memchr::memchr(b'\n', src) {
+                Some(i) => {
+                    let blank = (partial == 0 && (i == 0 || (i == 1 && src[0] == b'\r')))
+                        || (partial == 1 && partial_cr && i == 0);
+                    src.advance(i + 1);
+                    partial = 0;
+                    partial_cr = false;
+                    if blank {
+                        self.reset();
+                        return true;
+                    }
+                }
+                None => {
+                    let n = src.len();
+                    if n > 0 {
+                        partial_cr = partial == 0 && n == 1 && src[0] == b'\r';
+                        partial = partial.saturating_add(n);
+                    }
+                    src.clear();
+                    self.state = State::Discarding {
+                        partial,
+                        partial_cr,
+                    };
+                    return false;
+                }
+            }
+        }
+    }
+
+    /// Builds the message of a legacy `Follows` response from its headers
+    /// and output lines.
+    fn build_follows(&self, msg: &[u8]) -> Message {
+        let mut b = MessageBuilder::default();
+        for &(ks, kl, vs, vl) in &self.spans {
+            b.push(&msg[ks..ks + kl], &msg[vs..vs + vl]);
+        }
+        for &(s, l) in &self.output {
+            b.push(b"Output", &msg[s..s + l]);
+        }
+        b.build()
+    }
+}
+
+/// Splits a line at its first `:` and skips the blanks after it, as
+/// Asterisk does. Returns (key len, value start offset) within the line.
+#[inline]
+fn split_line(line: &[u8]) -> Option<(usize, usize)> {
+    let colon = memchr::memchr(b':', line)?;
+    let mut v = colon + 1;
+    while v < line.len() && (line[v] == b' ' || line[v] == b'\t') {
+        v += 1;
+    }
+    Some((colon, v))
+}
+
+const END_COMMAND: &[u8] = b"--END COMMAND--";
+
+impl Decoder for AmiCodec {
+    type Item = Frame;
+    type Error = std::io::Error;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, std::io::Error> {
+        loop {
+            if let State::Discarding { .. } = self.state {
+                if !self.discard(src) {
+                    return Ok(None);
+                }
+            }
+            let Some(nl) = memchr::memchr(b'\n', &src[self.scanned..]) else {
+                // No complete line: check the limits on what is pending.
+                let pending_line = src.len() - self.scanned;
+                if pending_line > self.limits.max_line {
+                    let limit = self.limits.max_line;
+                    return Ok(Some(self.start_discard(
+                        src,
+                        MalformedKind::LineTooLong { limit },
+                        true,
+                    )));
+                }
+                if src.len() > self.limits.max_message + self.limits.max_line {
+                    let limit = self.limits.max_message;
+                    return Ok(Some(self.start_discard(
+                        src,
+                        MalformedKind::MessageTooLarge { limit },
+                        true,
+                    )));
+                }
+                return Ok(None);
+            };
+            let line_start = self.scanned;
+            let line_end_nl = line_start + nl; // index of '\n'
+            let mut line_end = line_end_nl;
+            if line_end > line_start && src[line_end - 1] == b'\r' {
+                line_end -= 1;
+            }
+            let next = line_end_nl + 1;
+            let line_len = line_end - line_start;
+
+            if line_len > self.limits.max_line {
+                let limit = self.limits.max_line;
+                self.scanned = next;
+                return Ok(Some(self.start_discard(
+                    src,
+                    MalformedKind::LineTooLong { limit },
+                    false,
+                )));
+            }
+
+            match self.state {
+                State::Follows {
+                    headers_done,
+                    ended,
+                } => {
+                    let line = &src[line_start..line_end];
+                    if ended {
+                        // After --END COMMAND--: a blank line closes the
+                        // message; anything else starts the next message.
+                        let end = if line.is_empty() { next } else { line_start };
+                        let msg_bytes = src.split_to(end).freeze();
+                        let m = self.build_follows(&msg_bytes);
+                        self.reset();
+                        return Ok(Some(Frame::Message(m)));
+                    }
+                    if !headers_done {
+                        if let Some((kl, vs)) = split_line(line) {
+                            let key = &line[..kl];
+                            if key.eq_ignore_ascii_case(b"Privilege")
+                                || key.eq_ignore_ascii_case(b"ActionID")
+                            {
+                                self.spans
+                                    .push((line_start, kl, line_start + vs, line_len - vs));
+                                self.scanned = next;
+                                continue;
+                            }
+                        }
+                    }
+                    // An output line, possibly carrying the end marker.
+                    let is_end = line.ends_with(END_COMMAND);
+                    let content_len = if is_end {
+                        line_len - END_COMMAND.len()
+                    } else {
+                        line_len
+                    };
+                    if !is_end || content_len > 0 {
+                        // Output lines are bare-LF text; drop a CR only
+                        // when the marker follows it.
+                        let mut l = content_len;
+                        if is_end && l > 0 && src[line_start + l - 1] == b'\n' {
+                            l -= 1;
+                        }
+                        self.output.push((line_start, l));
+                    }
+                    if self.output.len() + self.spans.len() > self.limits.max_lines {
+                        let limit = self.limits.max_lines;
+                        self.scanned = next;
+                        return Ok(Some(self.start_discard(
+                            src,
+                            MalformedKind::TooManyLines { limit },
+                            false,
+                        )));
+                    }
+                    self.state = State::Follows {
+                        headers_done: true,
+                        ended: is_end,
+                    };
+                    self.scanned = next;
+                    continue;
+                }
+                State::Discarding { .. } => unreachable!("handled above"),
+                State::Headers => {}
+            }
+
+            if line_len == 0 {
+                if self.spans.is_empty() {
+                    // Blank line between messages: skip it.
+                    src.advance(next);
+                    self.scanned = 0;
+                    continue;
+                }
+                // End of message: the raw bytes exclude the blank line.
+                let mut msg = src.split_to(next);
+                msg.truncate(line_start);
+                let spans = std::mem::take(&mut self.spans);
+                self.spans = Vec::with_capacity(spans.len());
+                self.scanned = 0;
+                return Ok(Some(Frame::Message(Message::from_parts(
+                    msg.freeze(),
+                    spans,
+                ))));
+            }
+
+            let line = &src[line_start..line_end];
+            match split_line(line) {
+                Some((kl, vs)) => {
+                    if self.spans.is_empty()
+                        && line[..kl].eq_ignore_ascii_case(b"Response")
+                        && line[vs..].eq_ignore_ascii_case(b"Follows")
+                    {
+                        self.state = State::Follows {
+                            headers_done: false,
+                            ended: false,
+                        };
+                    }
+                    self.spans
+                        .push((line_start, kl, line_start + vs, line_len - vs));
+                }
+                None => {
+                    if self.spans.is_empty() && line.starts_with(BANNER_PREFIX) {
+                        let banner = String::from_utf8_lossy(line).into_owned();
+                        src.advance(next);
+                        self.scanned = 0;
+                        return Ok(Some(Frame::Banner(banner)));
+                    }
+                    let n = self.spans.len() + 1;
+                    self.scanned = next;
+                    return Ok(Some(self.start_discard(
+                        src,
+                        MalformedKind::NotKeyValue { line: n },
+                        false,
+                    )));
+                }
+            }
+            self.scanned = next;
+            if self.spans.len() > self.limits.max_lines {
+                let limit = self.limits.max_lines;
+                return Ok(Some(self.start_discard(
+                    src,
+                    MalformedKind::TooManyLines { limit },
+                    false,
+                )));
+            }
+            if self.scanned > self.limits.max_message {
+                let limit = self.limits.max_message;
+                return Ok(Some(self.start_discard(
+                    src,
+                    MalformedKind::MessageTooLarge { limit },
+                    false,
+                )));
+            }
+        }
+    }
+
+    fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, std::io::Error> {
+        match self.decode(buf)? {
+            Some(f) => Ok(Some(f)),
+            None => {
+                // A message cut off by the end of the stream is reported,
+                // not silently dropped.
+                if !buf.is_empty() && !matches!(self.state, State::Discarding { .. }) {
+                    let excerpt = buf.split().freeze();
+                    let excerpt = excerpt.slice(..excerpt.len().min(Malformed::EXCERPT));
+                    self.reset();
+                    return Ok(Some(Frame::Malformed(Malformed {
+                        kind: MalformedKind::Truncated,
+                        excerpt,
+                    })));
+                }
+                buf.clear();
+                self.reset();
+                Ok(None)
+            }
+        }
+    }
+}
+
+impl Encoder<Message> for AmiCodec {
+    type Error = std::io::Error;
+    fn encode(&mut self, item: Message, dst: &mut BytesMut) -> Result<(), std::io::Error> {
+        item.encode(dst);
+        Ok(())
+    }
+}
+
+impl Encoder<&Message> for AmiCodec {
+    type Error = std::io::Error;
+    fn encode(&mut self, item: &Message, dst: &mut BytesMut) -> Result<(), std::io::Error> {
+        item.encode(dst);
+        Ok(())
+    }
+}
+
+/// Raw bytes pass through unchanged (the banner, a replayed trace).
+impl Encoder<Bytes> for AmiCodec {
+    type Error = std::io::Error;
+    fn encode(&mut self, item: Bytes, dst: &mut BytesMut) -> Result<(), std::io::Error> {
+        dst.extend_from_slice(&item);
+        Ok(())
+    }
+}
+
+/// Decodes a whole buffer (a trace file) into frames, including a final
+/// message cut off by the end of the data.
+pub fn decode_all(data: &[u8], limits: Limits) -> Vec<Frame> {
+    let mut codec = AmiCodec::new(limits);
+    let mut buf = BytesMut::from(data);
+    let mut out = Vec::new();
+    while let Ok(Some(f)) = codec.decode(&mut buf) {
+        out.push(f);
+    }
+    while let Ok(Some(f)) = codec.decode_eof(&mut buf) {
+        out.push(f);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(input: &[u8]) -> Vec<Frame> {
+        decode_all(input, Limits::default())
+    }
+
+    fn msg(f: &Frame) -> &Message {
+        match f {
+            Frame::Message(m) => m,
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn banner_then_messages_crlf() {
+        let f = frames(b"Asterisk Call Manager/11.0.0\r\nResponse: Success\r\nMessage: Authentication accepted\r\n\r\nEvent: FullyBooted\r\nPrivilege: system,all\r\n\r\n");
+        assert_eq!(f.len(), 3);
+        assert_eq!(f[0], Frame::Banner("Asterisk Call Manager/11.0.0".into()));
+        assert_eq!(
+            msg(&f[1]).get("Message").as_deref(),
+            Some("Authentication accepted")
+        );
+        assert_eq!(msg(&f[2]).event_name().as_deref(), Some("FullyBooted"));
+    }
+
+    #[test]
+    fn bare_lf_and_mixed_endings() {
+        let f = frames(b"Action: Ping\nActionID: 1\n\nAction: Logoff\r\n\n");
+        assert_eq!(f.len(), 2);
+        assert_eq!(msg(&f[0]).get("ActionID").as_deref(), Some("1"));
+        assert_eq!(msg(&f[1]).get("Action").as_deref(), Some("Logoff"));
+    }
+
+    #[test]
+    fn values_with_colons_and_empty_values() {
+        let f = frames(b"Event: X\r\nAppData: a: b: c\r\nAccountCode: \r\nEmpty:\r\n\r\n");
+        let m = msg(&f[0]);
+        assert_eq!(m.get("AppData").as_deref(), Some("a: b: c"));
+        assert_eq!(m.get("AccountCode").as_deref(), Some(""));
+        assert_eq!(m.get("Empty").as_deref(), Some(""));
+    }
+
+    #[test]
+    fn partial_input_resumes() {
+        let input = b"Event: A\r\nKey: V\r\n\r\nEvent: B\r\n\r\n";
+        for cut in 0..input.len() {
+            let mut c = AmiCodec::default();
+            let mut buf = BytesMut::from(&input[..cut]);
+            let mut out = Vec::new();
+            while let Some(f) = c.decode(&mut buf).unwrap() {
+                out.push(f);
+            }
+            buf.extend_from_slice(&input[cut..]);
+            while let Some(f) = c.decode(&mut buf).unwrap() {
+                out.push(f);
+            }
+            assert_eq!(out.len(), 2, "cut at {cut}");
+            assert_eq!(msg(&out[1]).event_name().as_deref(), Some("B"));
+        }
+    }
+
+    #[test]
+    fn legacy_follows_command_output() {
+        let input = b"Response: Follows\r\nPrivilege: Command\r\nActionID: c1\r\nAsterisk 13.1 built by x\n\nline: with colon\n--END COMMAND--\r\n\r\nEvent: After\r\n\r\n";
+        let f = frames(input);
+        assert_eq!(f.len(), 2, "{f:?}");
+        let m = msg(&f[0]);
+        assert_eq!(m.get("Response").as_deref(), Some("Follows"));
+        assert_eq!(m.action_id().as_deref(), Some("c1"));
+        let out: Vec<_> = m.get_all("Output").collect();
+        assert_eq!(
+            out,
+            vec!["Asterisk 13.1 built by x", "", "line: with colon"]
+        );
+        assert_eq!(msg(&f[1]).event_name().as_deref(), Some("After"));
+    }
+
+    #[test]
+    fn legacy_follows_marker_on_last_line() {
+        let f = frames(
+            b"Response: Follows\r\nPrivilege: Command\r\nno newline at end--END COMMAND--\r\n\r\n",
+        );
+        let m = msg(&f[0]);
+        let out: Vec<_> = m.get_all("Output").collect();
+        assert_eq!(out, vec!["no newline at end"]);
+    }
+
+    #[test]
+    fn modern_output_lines() {
+        let f = frames(b"Response: Success\r\nActionID: c2\r\nOutput: one\r\nOutput: \r\nOutput: three\r\n\r\n");
+        let out: Vec<_> = msg(&f[0]).get_all("Output").collect();
+        assert_eq!(out, vec!["one", "", "three"]);
+    }
+
+    #[test]
+    fn line_too_long_recovers() {
+        let mut input = b"Event: Big\r\nData: ".to_vec();
+        input.extend(std::iter::repeat_n(b'x', 200));
+        input.extend_from_slice(b"\r\nMore: y\r\n\r\nEvent: Next\r\n\r\n");
+        let limits = Limits {
+            max_line: 64,
+            ..Limits::default()
+        };
+        let f = decode_all(&input, limits);
+        assert_eq!(f.len(), 2, "{f:?}");
+        assert!(matches!(
+            &f[0],
+            Frame::Malformed(Malformed {
+                kind: MalformedKind::LineTooLong { limit: 64 },
+                ..
+            })
+        ));
+        assert_eq!(msg(&f[1]).event_name().as_deref(), Some("Next"));
+    }
+
+    #[test]
+    fn endless_line_is_bounded() {
+        // A peer that never sends a newline: the buffer must not grow.
+        let limits = Limits {
+            max_line: 100,
+            ..Limits::default()
+        };
+        let mut c = AmiCodec::new(limits);
+        let mut buf = BytesMut::new();
+        let mut errors = 0;
+        for _ in 0..1000 {
+            buf.extend_from_slice(&[b'z'; 1000]);
+            while let Some(f) = c.decode(&mut buf).unwrap() {
+                assert!(matches!(f, Frame::Malformed(_)));
+                errors += 1;
+            }
+            assert!(buf.len() <= 1100, "buffer grew to {}", buf.len());
+        }
+        assert_eq!(errors, 1);
+        buf.extend_from_slice(b"\r\n\r\nEvent: Ok\r\n\r\n");
+        let f = c.decode(&mut buf).unwrap().unwrap();
+        assert_eq!(msg(&f).event_name().as_deref(), Some("Ok"));
+    }
+
+    #[test]
+    fn too_many_lines_recovers() {
+        let mut input = b"Event: Many\r\n".to_vec();
+        for i in 0..50 {
+            input.extend_from_slice(format!("K{i}: v\r\n").as_bytes());
+        }
+        input.extend_from_slice(b"\r\nEvent: Next\r\n\r\n");
+        let limits = Limits {
+            max_lines: 10,
+            ..Limits::default()
+        };
+        let f = decode_all(&input, limits);
+        assert_eq!(f.len(), 2, "{f:?}");
+        assert!(matches!(
+            &f[0],
+            Frame::Malformed(Malformed {
+                kind: MalformedKind::TooManyLines { .. },
+                ..
+            })
+        ));
+        assert_eq!(msg(&f[1]).event_name().as_deref(), Some("Next"));
+    }
+
+    #[test]
+    fn message_too_large_recovers() {
+        let mut input = b"Event: Large\r\n".to_vec();
+        for i in 0..100 {
+            input.extend_from_slice(format!("Key{i}: {}\r\n", "v".repeat(50)).as_bytes());
+        }
+        input.extend_from_slice(b"\r\nEvent: Next\r\n\r\n");
+        let limits = Limits {
+            max_message: 1000,
+            ..Limits::default()
+        };
+        let f = decode_all(&input, limits);
+        assert_eq!(f.len(), 2, "{f:?}");
+        assert!(matches!(
+            &f[0],
+            Frame::Malformed(Malformed {
+                kind: MalformedKind::MessageTooLarge { .. },
+                ..
+            })
+        ));
+        assert_eq!(msg(&f[1]).event_name().as_deref(), Some("Next"));
+    }
+
+    #[test]
+    fn not_key_value_is_reported_with_excerpt() {
+        let f = frames(b"Event: Bad\r\nthis line has no colon\r\nK: v\r\n\r\nEvent: Good\r\n\r\n");
+        assert_eq!(f.len(), 2, "{f:?}");
+        match &f[0] {
+            Frame::Malformed(m) => {
+                assert_eq!(m.kind, MalformedKind::NotKeyValue { line: 2 });
+                assert!(m.excerpt.starts_with(b"Event: Bad"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(msg(&f[1]).event_name().as_deref(), Some("Good"));
+    }
+
+    #[test]
+    fn truncated_tail_is_reported() {
+        let f = frames(b"Event: A\r\n\r\nEvent: Cut\r\nKey: v");
+        assert_eq!(f.len(), 2);
+        assert!(matches!(
+            &f[1],
+            Frame::Malformed(Malformed {
+                kind: MalformedKind::Truncated,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn crlf_split_across_reads_in_discard() {
+        let limits = Limits {
+            max_line: 10,
+            ..Limits::default()
+        };
+        let mut c = AmiCodec::new(limits);
+        let mut buf = BytesMut::from(&b"Event: aaaaaaaaaaaaaaaaaaaa\r\n\r"[..]);
+        let f = c.decode(&mut buf).unwrap();
+        assert!(matches!(f, Some(Frame::Malformed(_))));
+        assert!(c.decode(&mut buf).unwrap().is_none());
+        buf.extend_from_slice(b"\nEvent: B\r\n\r\n");
+        let f = c.decode(&mut buf).unwrap().unwrap();
+        assert_eq!(msg(&f).event_name().as_deref(), Some("B"));
+    }
+
+    #[test]
+    fn encode_decode_round_trip() {
+        let m = Message::from_pairs([
+            ("Action", "Originate"),
+            ("Variable", "A=1"),
+            ("Variable", "B=2"),
+        ]);
+        let mut c = AmiCodec::default();
+        let mut buf = BytesMut::new();
+        c.encode(&m, &mut buf).unwrap();
+        let back = c.decode(&mut buf).unwrap().unwrap();
+        assert_eq!(
+            msg(&back).iter().collect::<Vec<_>>(),
+            m.iter().collect::<Vec<_>>()
+        );
+    }
+}

@@ -1,0 +1,7 @@
+//! ami2amqp: puts Asterisk's manager interface (AMI) on a RabbitMQ bus.
+//!
+//! The crate is a library with a thin binary (`src/main.rs`) so that tests
+//! and benchmarks drive the same code the bridge runs. See ARCHITECTURE.md
+//! for the bird's-eye view.
+
+pub mod ami;
