@@ -10,3 +10,5 @@ pub mod message;
 
 pub use codec::{AmiCodec, Frame, Limits, Malformed, MalformedKind};
 pub use message::{Kind, Message, MessageBuilder, bytes_to_text};
+pub mod login;
+pub use login::{AuthType, Credentials, EventMask, LoginError};
