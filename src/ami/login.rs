@@ -269,7 +269,10 @@ mod tests {
             EventMask::parse("call, user"),
             EventMask::Classes(vec!["call".into(), "user".into()])
         );
-        assert_eq!(EventMask::Classes(vec!["call".into(), "cdr".into()]).header_value(), "call,cdr");
+        assert_eq!(
+            EventMask::Classes(vec!["call".into(), "cdr".into()]).header_value(),
+            "call,cdr"
+        );
     }
 
     #[test]

@@ -12,3 +12,9 @@ pub use codec::{AmiCodec, Frame, Limits, Malformed, MalformedKind};
 pub use message::{Kind, Message, MessageBuilder, bytes_to_text};
 pub mod login;
 pub use login::{AuthType, Credentials, EventMask, LoginError};
+pub mod client;
+pub use client::{
+    ActionError, ActionResult, Backoff, Client, ClientConfig, ConnState, Incoming, ServerEvent,
+};
+pub mod pool;
+pub use pool::{Pool, PoolError, ServerSpec};

@@ -1,0 +1,844 @@
+//! One AMI connection that stays up: login, actions, events, keepalive,
+//! reconnect.
+//!
+//! A [`Client`] is a handle to a background task that owns one TCP
+//! connection to one Asterisk server. The task does four things and never
+//! blocks on any of them:
+//!
+//! * **Reads the socket all the time.** Asterisk drops a client whose socket
+//!   it cannot write to within `writetimeout` (100 ms by default), and what
+//!   it could not write is gone. So the task never stops reading because the
+//!   consumer is slow: events go into the bounded channel when it has room
+//!   and into a local queue when it does not. Only when that queue passes
+//!   its byte budget ([`ClientConfig::max_buffered_bytes`]) does reading
+//!   pause, with a loud warning; downstream stages (the publisher's disk
+//!   spool) exist so that this does not happen.
+//! * **Correlates actions.** Every action gets an `ActionID` of ours, so
+//!   callers can run many actions at once on one connection and never see
+//!   another caller's answer. An action whose response says
+//!   `EventList: start` stays open and collects the events carrying its
+//!   `ActionID` until the one with `EventList: Complete`; the caller gets
+//!   the response and the list in one [`ActionResult`].
+//! * **Keeps the connection honest.** A `Ping` every
+//!   [`ClientConfig::keepalive`]; no answer within the action timeout means
+//!   the connection is dead even if TCP has not noticed yet.
+//! * **Reconnects** with exponential backoff and jitter, so that many
+//!   bridges (or many servers) do not hammer a restarting Asterisk in step.
+//!   Every state change is published on a `watch` channel and, for event
+//!   connections, also in order within the event stream
+//!   ([`Incoming::State`]) so consumers know exactly where a gap may be.
+//!
+//! While the connection is down, actions fail at once with
+//! [`ActionError::Unavailable`] instead of waiting for a reconnect that may
+//! never come; actions in flight when it drops fail with
+//! [`ActionError::ConnectionLost`] (they may or may not have run).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use futures::{SinkExt, StreamExt};
+use rand::Rng;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+
+use super::codec::{AmiCodec, Frame, Limits, Malformed};
+use super::login::{Credentials, EventMask, LoginError, login};
+use super::message::{Kind, Message, MessageBuilder};
+
+/// Reconnect timing: the delay starts at `initial`, doubles after each
+/// failed attempt up to `max`, and each wait is randomised by ±`jitter`
+/// (a fraction, 0.2 = ±20 %).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Backoff {
+    pub initial: Duration,
+    pub max: Duration,
+    pub jitter: f64,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            initial: Duration::from_millis(500),
+            max: Duration::from_secs(30),
+            jitter: 0.2,
+        }
+    }
+}
+
+impl Backoff {
+    /// The wait before attempt `attempt` (0 = first retry), with jitter.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let base = self
+            .initial
+            .saturating_mul(1u32.checked_shl(attempt.min(20)).unwrap_or(u32::MAX))
+            .min(self.max);
+        let j = self.jitter.clamp(0.0, 1.0);
+        let factor = if j > 0.0 {
+            rand::rng().random_range(1.0 - j..=1.0 + j)
+        } else {
+            1.0
+        };
+        base.mul_f64(factor)
+    }
+}
+
+/// Everything one connection needs to know.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// The server's name in the configuration (used in logs and events).
+    pub server: Arc<str>,
+    /// `host:port` of the AMI listener.
+    pub address: String,
+    pub credentials: Credentials,
+    /// `Events:` asked for at login.
+    pub events: EventMask,
+    /// TCP connect plus login must finish within this.
+    pub connect_timeout: Duration,
+    /// Default time an action may take (overridable per action).
+    pub action_timeout: Duration,
+    /// Interval between keepalive `Ping`s; zero disables them.
+    pub keepalive: Duration,
+    pub backoff: Backoff,
+    pub limits: Limits,
+    /// In-memory budget for events the consumer has not taken yet.
+    pub max_buffered_bytes: usize,
+    /// A label for this connection in logs (`events`, `action-1`, …).
+    pub role: String,
+}
+
+impl ClientConfig {
+    pub fn new(server: &str, address: &str, credentials: Credentials) -> Self {
+        ClientConfig {
+            server: Arc::from(server),
+            address: address.to_string(),
+            credentials,
+            events: EventMask::On,
+            connect_timeout: Duration::from_secs(10),
+            action_timeout: Duration::from_secs(10),
+            keepalive: Duration::from_secs(20),
+            backoff: Backoff::default(),
+            limits: Limits::default(),
+            max_buffered_bytes: 64 * 1024 * 1024,
+            role: "events".into(),
+        }
+    }
+}
+
+/// The state of a connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConnState {
+    /// Trying to connect (attempt number, 0 = first).
+    Connecting { attempt: u32 },
+    /// Logged in. `banner` is the AMI version line.
+    Connected { banner: String },
+    /// Lost or failed; a retry follows unless the client was shut down.
+    Disconnected { reason: String },
+    /// Shut down for good.
+    Stopped,
+}
+
+impl ConnState {
+    pub fn is_connected(&self) -> bool {
+        matches!(self, ConnState::Connected { .. })
+    }
+}
+
+/// What an event connection delivers, in the order it happened.
+#[derive(Clone, Debug)]
+pub enum Incoming {
+    Event(ServerEvent),
+    /// The connection changed state: a `Disconnected` followed by
+    /// `Connected` marks a possible gap in the event stream.
+    State {
+        server: Arc<str>,
+        state: ConnState,
+    },
+    /// Input that could not be parsed (already logged).
+    Malformed {
+        server: Arc<str>,
+        error: Malformed,
+    },
+}
+
+/// An event and where and when it was read.
+#[derive(Clone, Debug)]
+pub struct ServerEvent {
+    pub server: Arc<str>,
+    pub message: Message,
+    /// When the event's last byte was read (for read→confirm latency).
+    pub received: Instant,
+    /// Wall-clock time of the read (for bodies and logs).
+    pub received_at: SystemTime,
+}
+
+/// The answer to an action.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ActionResult {
+    /// The `Response:` message (its `ActionID` is ours, not the caller's).
+    pub response: Message,
+    /// The event list of a list action (`EventList: start` … `Complete`),
+    /// the completing event included; empty otherwise.
+    pub events: Vec<Message>,
+}
+
+impl ActionResult {
+    /// True when Asterisk said `Response: Success` (or `Follows`/`Goodbye`).
+    pub fn is_success(&self) -> bool {
+        self.response
+            .get("Response")
+            .is_some_and(|r| !r.eq_ignore_ascii_case("Error"))
+    }
+
+    /// The lines of a `Command` action's output (either AMI form).
+    pub fn output(&self) -> Vec<String> {
+        self.response
+            .get_all("Output")
+            .map(|s| s.into_owned())
+            .collect()
+    }
+}
+
+/// Why an action did not produce an [`ActionResult`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ActionError {
+    #[error("server {0} is not connected")]
+    Unavailable(String),
+    #[error("no response within {0:?}")]
+    Timeout(Duration),
+    #[error("connection to {0} lost before the response arrived")]
+    ConnectionLost(String),
+    #[error("invalid action: {0}")]
+    Invalid(String),
+    #[error("the client is shut down")]
+    Stopped,
+}
+
+/// Checks an action against what Asterisk's manager accepts: an `Action`
+/// header, lines of at most 1022 bytes, at most 128 lines, and no line
+/// breaks inside keys or values (which would inject headers).
+pub fn validate_action(action: &Message) -> Result<(), ActionError> {
+    const MAX_LINE: usize = 1022;
+    const MAX_LINES: usize = 128;
+    if !action.contains("Action") {
+        return Err(ActionError::Invalid("no `Action` field".into()));
+    }
+    // Our ActionID is added, so leave room for one line.
+    if action.len() + 1 > MAX_LINES {
+        return Err(ActionError::Invalid(format!(
+            "{} lines; Asterisk accepts at most {MAX_LINES}",
+            action.len()
+        )));
+    }
+    for (k, v) in action.iter_bytes() {
+        if k.is_empty() || k.iter().any(|&c| c == b':' || c == b'\r' || c == b'\n') {
+            return Err(ActionError::Invalid(format!(
+                "field name {:?} is empty or contains ':' or a line break",
+                String::from_utf8_lossy(k)
+            )));
+        }
+        if v.iter().any(|&c| c == b'\r' || c == b'\n') {
+            return Err(ActionError::Invalid(format!(
+                "value of {} contains a line break",
+                String::from_utf8_lossy(k)
+            )));
+        }
+        if k.len() + 2 + v.len() > MAX_LINE {
+            return Err(ActionError::Invalid(format!(
+                "line {}: … is {} bytes; Asterisk accepts at most {MAX_LINE}",
+                String::from_utf8_lossy(k),
+                k.len() + 2 + v.len()
+            )));
+        }
+    }
+    Ok(())
+}
+
+type Reply = oneshot::Sender<Result<ActionResult, ActionError>>;
+
+enum Command {
+    Action { message: Message, reply: Reply },
+}
+
+/// A handle to one AMI connection task. Cloning is cheap; the task stops
+/// when [`Client::shutdown`] is called or every handle is dropped.
+#[derive(Clone)]
+pub struct Client {
+    commands: mpsc::Sender<Command>,
+    state: watch::Receiver<ConnState>,
+    in_flight: Arc<AtomicUsize>,
+    cancel: CancellationToken,
+    config: Arc<ClientConfig>,
+}
+
+impl Client {
+    /// Starts the connection task. Events (and state changes) go to
+    /// `events`; pass `None` for an action-only connection (its events, if
+    /// any, are dropped — log in with `EventMask::Off`).
+    pub fn spawn(config: ClientConfig, events: Option<mpsc::Sender<Incoming>>) -> Client {
+        let (cmd_tx, cmd_rx) = mpsc::channel(1024);
+        let (state_tx, state_rx) = watch::channel(ConnState::Connecting { attempt: 0 });
+        let cancel = CancellationToken::new();
+        let config = Arc::new(config);
+        let task = Supervisor {
+            config: config.clone(),
+            commands: cmd_rx,
+            state: state_tx,
+            events,
+            cancel: cancel.clone(),
+            next_id: 0,
+            queue: Outbox::default(),
+        };
+        tokio::spawn(task.run());
+        Client {
+            commands: cmd_tx,
+            state: state_rx,
+            in_flight: Arc::new(AtomicUsize::new(0)),
+            cancel,
+            config,
+        }
+    }
+
+    pub fn config(&self) -> &ClientConfig {
+        &self.config
+    }
+
+    /// The current state, and a receiver to watch it change.
+    pub fn state(&self) -> watch::Receiver<ConnState> {
+        self.state.clone()
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.state.borrow().is_connected()
+    }
+
+    /// Actions sent through this handle (and its clones) not answered yet.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Waits until the connection is logged in, at most `timeout`.
+    pub async fn wait_connected(&self, timeout: Duration) -> bool {
+        let mut rx = self.state.clone();
+        tokio::time::timeout(timeout, async move {
+            loop {
+                if rx.borrow_and_update().is_connected() {
+                    return true;
+                }
+                if rx.changed().await.is_err() {
+                    return false;
+                }
+            }
+        })
+        .await
+        .unwrap_or(false)
+    }
+
+    /// Sends an action and waits for its response (and event list). Any
+    /// `ActionID` in `action` is replaced by one of ours. `timeout` defaults
+    /// to the configured action timeout.
+    pub async fn send_action(
+        &self,
+        action: Message,
+        timeout: Option<Duration>,
+    ) -> Result<ActionResult, ActionError> {
+        validate_action(&action)?;
+        if !self.is_connected() {
+            return Err(ActionError::Unavailable(self.config.server.to_string()));
+        }
+        let timeout = timeout.unwrap_or(self.config.action_timeout);
+        let (tx, rx) = oneshot::channel();
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        let _guard = InFlight(&self.in_flight);
+        self.commands
+            .send(Command::Action {
+                message: action,
+                reply: tx,
+            })
+            .await
+            .map_err(|_| ActionError::Stopped)?;
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(ActionError::Stopped),
+            Err(_) => Err(ActionError::Timeout(timeout)),
+        }
+    }
+
+    /// Logs off and stops the task (no reconnect).
+    pub fn shutdown(&self) {
+        self.cancel.cancel();
+    }
+}
+
+struct InFlight<'a>(&'a AtomicUsize);
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// An action waiting for its response or the end of its event list.
+struct Pending {
+    reply: Reply,
+    response: Option<Message>,
+    events: Vec<Message>,
+}
+
+/// Owns the connection across reconnects.
+struct Supervisor {
+    config: Arc<ClientConfig>,
+    commands: mpsc::Receiver<Command>,
+    state: watch::Sender<ConnState>,
+    events: Option<mpsc::Sender<Incoming>>,
+    cancel: CancellationToken,
+    next_id: u64,
+    /// Events (and state changes) the consumer has not taken yet, in order.
+    /// Lives across reconnects so nothing queued is dropped.
+    queue: Outbox,
+}
+
+/// The local queue in front of the event channel (see the module docs).
+#[derive(Default)]
+struct Outbox {
+    items: VecDeque<Incoming>,
+    bytes: usize,
+}
+
+impl Outbox {
+    /// Sends to the consumer if it has room and nothing is queued before
+    /// this item, else queues it.
+    fn push(&mut self, tx: &mpsc::Sender<Incoming>, item: Incoming) {
+        if self.items.is_empty() {
+            match tx.try_send(item) {
+                Ok(()) => return,
+                Err(mpsc::error::TrySendError::Full(item)) => {
+                    self.bytes += incoming_size(&item);
+                    self.items.push_back(item);
+                }
+                // The consumer is gone: nobody to deliver to.
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        } else {
+            self.bytes += incoming_size(&item);
+            self.items.push_back(item);
+        }
+    }
+
+    /// Moves the oldest queued item into a reserved slot.
+    fn send_one(&mut self, permit: mpsc::Permit<'_, Incoming>) {
+        if let Some(item) = self.items.pop_front() {
+            self.bytes = self.bytes.saturating_sub(incoming_size(&item));
+            permit.send(item);
+        }
+    }
+}
+
+/// Waits for room in the event channel (forever when there is none).
+async fn reserve(tx: &Option<mpsc::Sender<Incoming>>) -> Option<mpsc::Permit<'_, Incoming>> {
+    match tx {
+        Some(tx) => tx.reserve().await.ok(),
+        None => std::future::pending().await,
+    }
+}
+
+/// How a session ended.
+enum SessionEnd {
+    Cancelled,
+    Lost(String),
+}
+
+impl Supervisor {
+    fn set_state(&mut self, state: ConnState) {
+        self.state.send_replace(state.clone());
+        if let Some(tx) = &self.events {
+            // State changes travel in order with the events.
+            let item = Incoming::State {
+                server: self.config.server.clone(),
+                state,
+            };
+            self.queue.push(tx, item);
+        }
+    }
+
+    async fn run(mut self) {
+        let mut attempt: u32 = 0;
+        loop {
+            if self.cancel.is_cancelled() {
+                break;
+            }
+            self.set_state(ConnState::Connecting { attempt });
+            let result = tokio::select! {
+                r = self.connect() => Some(r),
+                _ = self.cancel.cancelled() => None,
+            };
+            let Some(result) = result else { break };
+            let reason = match result {
+                Ok((framed, ok)) => {
+                    attempt = 0;
+                    tracing::info!(server = %self.config.server, role = %self.config.role,
+                        address = %self.config.address, banner = %ok.banner, "AMI connected");
+                    self.set_state(ConnState::Connected {
+                        banner: ok.banner.clone(),
+                    });
+                    let now = Instant::now();
+                    let wall = SystemTime::now();
+                    if let Some(tx) = self.events.clone() {
+                        for m in ok.early_events {
+                            let item = self.event(m, now, wall);
+                            self.queue.push(&tx, item);
+                        }
+                    }
+                    match self.session(framed).await {
+                        SessionEnd::Cancelled => break,
+                        SessionEnd::Lost(reason) => reason,
+                    }
+                }
+                Err(e) => {
+                    attempt = attempt.saturating_add(1);
+                    e.to_string()
+                }
+            };
+            tracing::warn!(server = %self.config.server, role = %self.config.role,
+                address = %self.config.address, %reason, "AMI disconnected; will reconnect");
+            self.set_state(ConnState::Disconnected {
+                reason: reason.clone(),
+            });
+            let delay = self.config.backoff.delay(attempt.saturating_sub(1));
+            let sleep = tokio::time::sleep(delay);
+            tokio::pin!(sleep);
+            // While waiting, actions fail fast instead of queueing.
+            loop {
+                tokio::select! {
+                    _ = &mut sleep => break,
+                    _ = self.cancel.cancelled() => break,
+                    Some(permit) = reserve(&self.events), if !self.queue.items.is_empty() => {
+                        self.queue.send_one(permit);
+                    }
+                    cmd = self.commands.recv() => match cmd {
+                        Some(Command::Action { reply, .. }) => {
+                            let _ = reply.send(Err(ActionError::Unavailable(self.config.server.to_string())));
+                        }
+                        None => { self.cancel.cancel(); break; }
+                    }
+                }
+            }
+        }
+        self.set_state(ConnState::Stopped);
+        // Deliver what is queued (the consumer may be slow, not gone).
+        if let Some(tx) = &self.events {
+            for item in self.queue.items.drain(..) {
+                if tx.send(item).await.is_err() {
+                    break;
+                }
+            }
+        }
+        // Fail whatever actions are still queued.
+        self.commands.close();
+        while let Ok(Command::Action { reply, .. }) = self.commands.try_recv() {
+            let _ = reply.send(Err(ActionError::Stopped));
+        }
+    }
+
+    fn event(&self, message: Message, received: Instant, received_at: SystemTime) -> Incoming {
+        Incoming::Event(ServerEvent {
+            server: self.config.server.clone(),
+            message,
+            received,
+            received_at,
+        })
+    }
+
+    async fn connect(
+        &self,
+    ) -> Result<(Framed<TcpStream, AmiCodec>, super::login::LoginOk), String> {
+        let c = &self.config;
+        let stream = tokio::time::timeout(c.connect_timeout, TcpStream::connect(&c.address))
+            .await
+            .map_err(|_| {
+                format!(
+                    "connect to {} timed out after {:?}",
+                    c.address, c.connect_timeout
+                )
+            })?
+            .map_err(|e| format!("connect to {}: {e}", c.address))?;
+        let _ = stream.set_nodelay(true);
+        let mut framed = Framed::new(stream, AmiCodec::new(c.limits));
+        match login(&mut framed, &c.credentials, &c.events, c.connect_timeout).await {
+            Ok(ok) => Ok((framed, ok)),
+            Err(e @ LoginError::Rejected { .. }) => {
+                tracing::error!(server = %c.server, role = %c.role, error = %e,
+                    "AMI login rejected: check username/secret and manager.conf");
+                Err(e.to_string())
+            }
+            Err(e) => Err(format!("login: {e}")),
+        }
+    }
+
+    fn next_action_id(&mut self) -> String {
+        self.next_id += 1;
+        format!("a2a-{}-{}", self.config.role, self.next_id)
+    }
+
+    /// Runs one logged-in session until it ends.
+    async fn session(&mut self, mut framed: Framed<TcpStream, AmiCodec>) -> SessionEnd {
+        let mut pending: HashMap<String, Pending> = HashMap::new();
+        let mut warned_full = false;
+        let keepalive = if self.config.keepalive.is_zero() {
+            Duration::from_secs(3600 * 24 * 365)
+        } else {
+            self.config.keepalive
+        };
+        let mut ping_timer =
+            tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
+        let mut ping_outstanding: Option<(String, Instant)> = None;
+        let events_tx = self.events.clone();
+
+        let end = loop {
+            let can_read = self.queue.bytes <= self.config.max_buffered_bytes;
+            if !can_read && !warned_full {
+                warned_full = true;
+                tracing::error!(server = %self.config.server, bytes = self.queue.bytes,
+                    "event consumer is not keeping up: in-memory budget full, pausing AMI reads");
+            }
+            tokio::select! {
+                biased;
+                _ = self.cancel.cancelled() => {
+                    let logoff = Message::from_pairs([("Action", "Logoff"), ("ActionID", "a2a-logoff")]);
+                    let _ = tokio::time::timeout(Duration::from_secs(1), framed.send(logoff)).await;
+                    break SessionEnd::Cancelled;
+                }
+                // Hand queued events to the consumer first, in order.
+                permit = reserve(&events_tx), if !self.queue.items.is_empty() => {
+                    match permit {
+                        Some(permit) => {
+                            self.queue.send_one(permit);
+                            if self.queue.items.is_empty() { warned_full = false; }
+                        }
+                        // The consumer is gone: nobody to deliver to.
+                        None => { self.queue = Outbox::default(); }
+                    }
+                }
+                frame = framed.next(), if can_read => {
+                    match frame {
+                        None => break SessionEnd::Lost("server closed the connection".into()),
+                        Some(Err(e)) => break SessionEnd::Lost(format!("read error: {e}")),
+                        Some(Ok(Frame::Banner(_))) => {}
+                        Some(Ok(Frame::Malformed(error))) => {
+                            tracing::warn!(server = %self.config.server, %error,
+                                excerpt = %String::from_utf8_lossy(&error.excerpt), "malformed AMI input skipped");
+                            metrics::counter!("ami_parse_errors_total", "server" => self.config.server.to_string()).increment(1);
+                            if let Some(tx) = &events_tx {
+                                let item = Incoming::Malformed { server: self.config.server.clone(), error };
+                                self.queue.push(tx, item);
+                            }
+                        }
+                        Some(Ok(Frame::Message(m))) => {
+                            if let Some(item) = self.dispatch(m, &mut pending, &mut ping_outstanding) {
+                                if let Some(tx) = &events_tx {
+                                    self.queue.push(tx, item);
+                                }
+                            }
+                        }
+                    }
+                }
+                cmd = self.commands.recv() => {
+                    let Some(Command::Action { message, reply }) = cmd else {
+                        self.cancel.cancel();
+                        continue;
+                    };
+                    if reply.is_closed() { continue; }
+                    let id = self.next_action_id();
+                    let wire = with_action_id(&message, &id);
+                    if let Err(e) = framed.send(wire).await {
+                        let _ = reply.send(Err(ActionError::ConnectionLost(self.config.server.to_string())));
+                        break SessionEnd::Lost(format!("write error: {e}"));
+                    }
+                    pending.insert(id, Pending { reply, response: None, events: Vec::new() });
+                }
+                _ = ping_timer.tick() => {
+                    if let Some((_, sent)) = &ping_outstanding {
+                        if sent.elapsed() > self.config.action_timeout {
+                            break SessionEnd::Lost(format!("no answer to keepalive Ping within {:?}", self.config.action_timeout));
+                        }
+                    } else {
+                        let id = self.next_action_id();
+                        let ping = Message::from_pairs([("Action", "Ping"), ("ActionID", id.as_str())]);
+                        if let Err(e) = framed.send(ping).await {
+                            break SessionEnd::Lost(format!("write error: {e}"));
+                        }
+                        ping_outstanding = Some((id, Instant::now()));
+                    }
+                    // Forget actions whose caller gave up (timed out).
+                    pending.retain(|_, p| !p.reply.is_closed());
+                }
+            }
+        };
+
+        let server = self.config.server.to_string();
+        for (_, p) in pending.drain() {
+            let _ = p
+                .reply
+                .send(Err(ActionError::ConnectionLost(server.clone())));
+        }
+        end
+    }
+
+    /// Routes one message: a response or list event to its pending action,
+    /// anything else out as an event.
+    fn dispatch(
+        &self,
+        m: Message,
+        pending: &mut HashMap<String, Pending>,
+        ping: &mut Option<(String, Instant)>,
+    ) -> Option<Incoming> {
+        let kind = m.kind();
+        if kind == Kind::Response || kind == Kind::Event {
+            if let Some(id) = m.action_id() {
+                if ping.as_ref().is_some_and(|(p, _)| *p == *id) {
+                    *ping = None;
+                    return None;
+                }
+                if let Some(p) = pending.get_mut(id.as_ref()) {
+                    let id = id.into_owned();
+                    if kind == Kind::Response && p.response.is_none() {
+                        let is_list = m
+                            .get("EventList")
+                            .is_some_and(|v| v.eq_ignore_ascii_case("start"));
+                        let failed = m
+                            .get("Response")
+                            .is_some_and(|v| v.eq_ignore_ascii_case("Error"));
+                        p.response = Some(m);
+                        if !is_list || failed {
+                            finish(pending, &id);
+                        }
+                        return None;
+                    }
+                    if kind == Kind::Event {
+                        let complete = m
+                            .get("EventList")
+                            .is_some_and(|v| v.eq_ignore_ascii_case("Complete"));
+                        p.events.push(m);
+                        if complete {
+                            finish(pending, &id);
+                        }
+                        return None;
+                    }
+                }
+            }
+        }
+        match kind {
+            Kind::Event => Some(self.event(m, Instant::now(), SystemTime::now())),
+            _ => {
+                tracing::debug!(server = %self.config.server, message = ?m, "unsolicited AMI message ignored");
+                None
+            }
+        }
+    }
+}
+
+fn finish(pending: &mut HashMap<String, Pending>, id: &str) {
+    if let Some(p) = pending.remove(id) {
+        if let Some(response) = p.response {
+            let _ = p.reply.send(Ok(ActionResult {
+                response,
+                events: p.events,
+            }));
+        }
+    }
+}
+
+fn incoming_size(i: &Incoming) -> usize {
+    match i {
+        Incoming::Event(e) => e.message.raw().len() + 64,
+        Incoming::Malformed { error, .. } => error.excerpt.len() + 64,
+        Incoming::State { .. } => 64,
+    }
+}
+
+/// The action with our `ActionID` right after `Action` (any ActionID the
+/// caller put in is dropped).
+fn with_action_id(action: &Message, id: &str) -> Message {
+    let mut b = MessageBuilder::default();
+    let mut added = false;
+    for (k, v) in action.iter_bytes() {
+        if k.eq_ignore_ascii_case(b"ActionID") {
+            continue;
+        }
+        b.push(k, v);
+        if !added && k.eq_ignore_ascii_case(b"Action") {
+            b.push(b"ActionID", id.as_bytes());
+            added = true;
+        }
+    }
+    if !added {
+        b.push(b"ActionID", id.as_bytes());
+    }
+    b.build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        let b = Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(2),
+            jitter: 0.0,
+        };
+        assert_eq!(b.delay(0), Duration::from_millis(100));
+        assert_eq!(b.delay(1), Duration::from_millis(200));
+        assert_eq!(b.delay(3), Duration::from_millis(800));
+        assert_eq!(b.delay(10), Duration::from_secs(2));
+        assert_eq!(b.delay(u32::MAX), Duration::from_secs(2));
+        let j = Backoff { jitter: 0.5, ..b };
+        for _ in 0..100 {
+            let d = j.delay(1);
+            assert!(
+                d >= Duration::from_millis(100) && d <= Duration::from_millis(300),
+                "{d:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn validate_rejects_what_asterisk_rejects() {
+        assert!(validate_action(&Message::from_pairs([("Action", "Ping")])).is_ok());
+        assert!(validate_action(&Message::from_pairs([("Channel", "x")])).is_err());
+        let long = "x".repeat(1100);
+        assert!(
+            validate_action(&Message::from_pairs([
+                ("Action", "Ping"),
+                ("Data", long.as_str())
+            ]))
+            .is_err()
+        );
+        assert!(
+            validate_action(&Message::from_pairs([
+                ("Action", "Ping"),
+                ("Data", "a\r\nAction: Hangup")
+            ]))
+            .is_err()
+        );
+        let many: Vec<(String, String)> =
+            std::iter::once(("Action".to_string(), "Originate".to_string()))
+                .chain((0..128).map(|i| ("Variable".to_string(), format!("V{i}=1"))))
+                .collect();
+        assert!(validate_action(&Message::from_pairs(many)).is_err());
+    }
+
+    #[test]
+    fn action_id_is_replaced() {
+        let m = Message::from_pairs([("Action", "Ping"), ("ActionID", "theirs")]);
+        let w = with_action_id(&m, "ours-1");
+        assert_eq!(w.get_all("ActionID").collect::<Vec<_>>(), vec!["ours-1"]);
+        assert_eq!(
+            w.iter().next().map(|(k, _)| k.into_owned()).as_deref(),
+            Some("Action")
+        );
+    }
+}

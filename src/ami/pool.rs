@@ -1,0 +1,168 @@
+//! Every configured Asterisk server: one event connection and a few action
+//! connections each.
+//!
+//! Why separate connections? Asterisk answers the actions of one session in
+//! order and writes that session's events on the same socket, so a slow
+//! action (a synchronous `Originate` waits for the call to be answered)
+//! holds back every event behind it. The pool therefore logs in once with
+//! the configured `Events:` mask to receive events, and
+//! `action_connections` more times with `Events: off` to carry actions.
+//! Actions go to the connected action connection with the fewest actions in
+//! flight; with `action_connections = 0` the event connection carries them.
+//!
+//! All servers' events arrive on one bounded channel. Each server has
+//! exactly one event connection, so the events of one server keep the order
+//! Asterisk sent them in; servers are independent of each other (one
+//! server's reconnect loop never stalls another's: each connection is its
+//! own task).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::client::{ActionError, ActionResult, Client, ClientConfig, Incoming};
+use super::login::EventMask;
+use super::message::Message;
+
+/// One server of the pool.
+#[derive(Clone, Debug)]
+pub struct ServerSpec {
+    /// Settings for the event connection; the action connections copy them
+    /// with `Events: off`.
+    pub client: ClientConfig,
+    /// How many extra connections carry actions.
+    pub action_connections: usize,
+}
+
+struct Server {
+    events: Client,
+    actions: Vec<Client>,
+}
+
+/// The pool of connections to every configured server.
+pub struct Pool {
+    servers: HashMap<Arc<str>, Server>,
+    order: Vec<Arc<str>>,
+}
+
+/// Why the pool could not run an action.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PoolError {
+    #[error("unknown server {0:?}")]
+    UnknownServer(String),
+    #[error(transparent)]
+    Action(#[from] ActionError),
+}
+
+impl Pool {
+    /// Starts every connection. Events of all servers go to `events`.
+    pub fn start(specs: Vec<ServerSpec>, events: mpsc::Sender<Incoming>) -> Pool {
+        let mut servers = HashMap::new();
+        let mut order = Vec::new();
+        for spec in specs {
+            let name = spec.client.server.clone();
+            let ev = Client::spawn(spec.client.clone(), Some(events.clone()));
+            let actions = (0..spec.action_connections)
+                .map(|i| {
+                    let mut c = spec.client.clone();
+                    c.events = EventMask::Off;
+                    c.role = format!("action-{}", i + 1);
+                    Client::spawn(c, None)
+                })
+                .collect();
+            order.push(name.clone());
+            servers.insert(
+                name,
+                Server {
+                    events: ev,
+                    actions,
+                },
+            );
+        }
+        Pool { servers, order }
+    }
+
+    /// Server names in configuration order.
+    pub fn server_names(&self) -> &[Arc<str>] {
+        &self.order
+    }
+
+    pub fn has_server(&self, name: &str) -> bool {
+        self.servers.contains_key(name)
+    }
+
+    /// True when the server's event connection is logged in.
+    pub fn events_connected(&self, name: &str) -> bool {
+        self.servers
+            .get(name)
+            .is_some_and(|s| s.events.is_connected())
+    }
+
+    /// The event connection of a server (for state watching).
+    pub fn event_client(&self, name: &str) -> Option<&Client> {
+        self.servers.get(name).map(|s| &s.events)
+    }
+
+    /// The action connections of a server.
+    pub fn action_clients(&self, name: &str) -> &[Client] {
+        self.servers
+            .get(name)
+            .map(|s| s.actions.as_slice())
+            .unwrap_or(&[])
+    }
+
+    /// Waits until every connection of every server is logged in.
+    pub async fn wait_all_connected(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        for s in self.servers.values() {
+            for c in std::iter::once(&s.events).chain(s.actions.iter()) {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                if !c.wait_connected(left).await {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// Picks the connection for an action: the connected action connection
+    /// with the fewest actions in flight, or the event connection when the
+    /// server has no action connections.
+    fn pick(&self, server: &str) -> Result<&Client, PoolError> {
+        let s = self
+            .servers
+            .get(server)
+            .ok_or_else(|| PoolError::UnknownServer(server.to_string()))?;
+        if s.actions.is_empty() {
+            return Ok(&s.events);
+        }
+        s.actions
+            .iter()
+            .filter(|c| c.is_connected())
+            .min_by_key(|c| c.in_flight())
+            .ok_or_else(|| PoolError::Action(ActionError::Unavailable(server.to_string())))
+    }
+
+    /// Runs an action on `server`.
+    pub async fn send_action(
+        &self,
+        server: &str,
+        action: Message,
+        timeout: Option<Duration>,
+    ) -> Result<ActionResult, PoolError> {
+        let client = self.pick(server)?;
+        Ok(client.send_action(action, timeout).await?)
+    }
+
+    /// Logs off every connection.
+    pub fn shutdown(&self) {
+        for s in self.servers.values() {
+            s.events.shutdown();
+            for a in &s.actions {
+                a.shutdown();
+            }
+        }
+    }
+}
