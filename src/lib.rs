@@ -5,3 +5,4 @@
 //! for the bird's-eye view.
 
 pub mod ami;
+pub mod mapping;

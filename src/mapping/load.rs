@@ -1,0 +1,447 @@
+//! Loading and validating mapping files, with `file:line:column` errors.
+//!
+//! Operators edit these files by hand on a production box, so every mistake
+//! must be reported where it is, in words, and all at once (not one per
+//! run). Loading never half-succeeds: either every file is valid and a new
+//! [`Router`] comes out, or the caller gets the full list of
+//! [`Diagnostic`]s and keeps the set it had.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use regex::Regex;
+
+use super::router::{BodySpec, CompiledRoute, FieldMatch, PropsSpec, Router};
+use super::schema::{self, ExchangeType};
+use super::template::Template;
+
+/// One problem in one file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub file: PathBuf,
+    /// 1-based; 0 when the problem is not in a particular place.
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: {}", self.file.display(), self.message)
+        } else {
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.file.display(),
+                self.line,
+                self.column,
+                self.message
+            )
+        }
+    }
+}
+
+/// All the problems found in a mapping set.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoadError(pub Vec<Diagnostic>);
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, d) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{d}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for LoadError {}
+
+/// Byte offset → (line, column), both 1-based; columns count characters.
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let col = before[line_start..].chars().count() + 1;
+    (line, col)
+}
+
+struct Ctx<'a> {
+    file: &'a Path,
+    text: &'a str,
+    diags: &'a mut Vec<Diagnostic>,
+}
+
+impl Ctx<'_> {
+    fn err(&mut self, span: Range<usize>, message: impl Into<String>) {
+        let (line, column) = line_col(self.text, span.start);
+        self.diags.push(Diagnostic {
+            file: self.file.to_path_buf(),
+            line,
+            column,
+            message: message.into(),
+        });
+    }
+
+    /// A template at `span` (the span of the TOML string, quotes included).
+    fn template(&mut self, what: &str, span: Range<usize>, src: &str) -> Option<Template> {
+        match Template::parse(src) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                // +1 skips the opening quote (exact for plain strings).
+                let at = span.start + 1 + e.offset;
+                self.err(at..at, format!("{what}: {}", e.message));
+                None
+            }
+        }
+    }
+
+    fn regex(&mut self, what: &str, span: Range<usize>, src: &str) -> Option<Regex> {
+        match Regex::new(src) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                let msg = e.to_string().replace('\n', "\n    ");
+                self.err(span, format!("{what}: invalid regex:\n    {msg}"));
+                None
+            }
+        }
+    }
+}
+
+/// The `.toml` files of a directory, in name order (not recursive, so
+/// `mappings/examples/` is not loaded with the default set).
+pub fn mapping_files(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
+    let rd = std::fs::read_dir(dir).map_err(|e| {
+        LoadError(vec![Diagnostic {
+            file: dir.to_path_buf(),
+            line: 0,
+            column: 0,
+            message: format!("cannot read the mappings directory: {e}"),
+        }])
+    })?;
+    let mut files: Vec<PathBuf> = rd
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(LoadError(vec![Diagnostic {
+            file: dir.to_path_buf(),
+            line: 0,
+            column: 0,
+            message: "no .toml mapping files in this directory".into(),
+        }]));
+    }
+    Ok(files)
+}
+
+/// Loads every mapping file of `dir`.
+pub fn load_dir(dir: &Path) -> Result<Router, LoadError> {
+    load_files(&mapping_files(dir)?)
+}
+
+/// Loads the given files, in the given order.
+pub fn load_files(files: &[PathBuf]) -> Result<Router, LoadError> {
+    let mut sources = Vec::new();
+    let mut diags = Vec::new();
+    for f in files {
+        match std::fs::read_to_string(f) {
+            Ok(t) => sources.push((f.clone(), t)),
+            Err(e) => diags.push(Diagnostic {
+                file: f.clone(),
+                line: 0,
+                column: 0,
+                message: format!("cannot read: {e}"),
+            }),
+        }
+    }
+    let r = compile(&sources, &mut diags);
+    if diags.is_empty() {
+        Ok(r)
+    } else {
+        Err(LoadError(diags))
+    }
+}
+
+/// Compiles mapping sources given as (name, text) pairs.
+pub fn load_str(sources: &[(PathBuf, String)]) -> Result<Router, LoadError> {
+    let mut diags = Vec::new();
+    let r = compile(sources, &mut diags);
+    if diags.is_empty() {
+        Ok(r)
+    } else {
+        Err(LoadError(diags))
+    }
+}
+
+fn compile(sources: &[(PathBuf, String)], diags: &mut Vec<Diagnostic>) -> Router {
+    let mut router = Router::default();
+    let mut names: HashMap<String, (PathBuf, usize)> = HashMap::new();
+    let mut exchange_types: HashMap<Arc<str>, (ExchangeType, String)> = HashMap::new();
+    for (file, text) in sources {
+        router.files.push(file.clone());
+        let mut cx = Ctx { file, text, diags };
+        let parsed: schema::File = match toml::from_str(text) {
+            Ok(p) => p,
+            Err(e) => {
+                let span = e.span().unwrap_or(0..0);
+                let msg = e.message().trim().to_string();
+                cx.err(span, msg);
+                continue;
+            }
+        };
+        for r in parsed.route {
+            let name_span = r.name.span();
+            let name = r.name.get_ref().trim().to_string();
+            if name.is_empty() {
+                cx.err(name_span.clone(), "route name is empty");
+            }
+            let (line, _) = line_col(text, name_span.start);
+            if let Some((pf, pl)) = names.get(&name.to_lowercase()) {
+                cx.err(
+                    name_span.clone(),
+                    format!(
+                        "duplicate route name {name:?} (first defined at {}:{pl})",
+                        pf.display()
+                    ),
+                );
+            } else {
+                names.insert(name.to_lowercase(), (file.clone(), line));
+            }
+            if let Some(c) = compile_route(&mut cx, r, &name, &mut exchange_types) {
+                let idx = router.routes.len();
+                let (is_fallback, filter) = c;
+                let route = filter.0;
+                let index = if is_fallback {
+                    &mut router.fallback
+                } else {
+                    &mut router.normal
+                };
+                match filter.1 {
+                    EventFilter::Any => index.any.push(idx),
+                    EventFilter::Names(ns) => {
+                        for n in ns {
+                            let v = index.by_name.entry(n.to_lowercase()).or_default();
+                            if v.last() != Some(&idx) {
+                                v.push(idx);
+                            }
+                        }
+                    }
+                }
+                router.routes.push(route);
+            }
+        }
+    }
+    let mut ex: Vec<(Arc<str>, ExchangeType)> = exchange_types
+        .into_iter()
+        .map(|(k, (t, _))| (k, t))
+        .collect();
+    ex.sort();
+    router.exchanges = ex;
+    router
+}
+
+enum EventFilter {
+    Any,
+    Names(Vec<String>),
+}
+
+type Compiled = (bool, (CompiledRoute, EventFilter));
+
+fn compile_route(
+    cx: &mut Ctx<'_>,
+    r: schema::Route,
+    name: &str,
+    exchange_types: &mut HashMap<Arc<str>, (ExchangeType, String)>,
+) -> Option<Compiled> {
+    let before = cx.diags.len();
+    let name_span = r.name.span();
+    let what = |field: &str| format!("route {name:?}, `{field}`");
+
+    // Which events.
+    let mut filter = None;
+    let mut events_regex = None;
+    match (&r.events, &r.events_regex) {
+        (Some(_), Some(re)) => cx.err(
+            re.span(),
+            format!("route {name:?}: use `events` or `events_regex`, not both"),
+        ),
+        (None, None) => cx.err(
+            name_span.clone(),
+            format!("route {name:?}: says nothing about which events it takes: add `events = [\"Name\", …]` (or [\"*\"]) or `events_regex`"),
+        ),
+        (Some(ev), None) => {
+            let list = ev.get_ref();
+            if list.is_empty() {
+                cx.err(ev.span(), format!("{}: the list is empty", what("events")));
+            } else if list.iter().any(|e| e == "*") {
+                filter = Some(EventFilter::Any);
+            } else if let Some(bad) = list.iter().find(|e| e.trim().is_empty() || e.contains(char::is_whitespace)) {
+                cx.err(ev.span(), format!("{}: {bad:?} is not an event name", what("events")));
+            } else {
+                filter = Some(EventFilter::Names(list.clone()));
+            }
+        }
+        (None, Some(re)) => {
+            events_regex = cx.regex(&what("events_regex"), re.span(), re.get_ref());
+            filter = Some(EventFilter::Any);
+        }
+    }
+
+    let mut when = Vec::new();
+    for (field, re) in &r.when {
+        if let Some(regex) = cx.regex(
+            &format!("route {name:?}, `when.{field}`"),
+            re.span(),
+            re.get_ref(),
+        ) {
+            let has_names = regex.capture_names().flatten().next().is_some();
+            when.push(FieldMatch {
+                field: field.clone(),
+                regex,
+                has_names,
+            });
+        }
+    }
+
+    let exchange: Arc<str> = match &r.exchange {
+        Some(e) if !e.get_ref().trim().is_empty() => Arc::from(e.get_ref().trim()),
+        Some(e) => {
+            cx.err(
+                e.span(),
+                format!("{}: empty exchange name", what("exchange")),
+            );
+            Arc::from("")
+        }
+        None if r.drop => Arc::from(""),
+        None => {
+            cx.err(
+                name_span.clone(),
+                format!("route {name:?}: `exchange` is missing (or set `drop = true`)"),
+            );
+            Arc::from("")
+        }
+    };
+    if !exchange.is_empty() {
+        if exchange.starts_with("amq.")
+            && r.exchange_type == ExchangeType::Topic
+            && &*exchange != "amq.topic"
+        {
+            // amq.* exchanges are predeclared by the broker with fixed types.
+        }
+        match exchange_types.get(&exchange) {
+            Some((t, by)) if *t != r.exchange_type => {
+                let span = r.exchange.as_ref().map_or(name_span.clone(), |e| e.span());
+                cx.err(
+                    span,
+                    format!(
+                        "route {name:?}: exchange {exchange:?} is declared `{}` here but `{}` by route {by:?}",
+                        r.exchange_type.as_str(),
+                        t.as_str()
+                    ),
+                );
+            }
+            Some(_) => {}
+            None => {
+                exchange_types.insert(exchange.clone(), (r.exchange_type, name.to_string()));
+            }
+        }
+    }
+
+    let routing_key = match &r.routing_key {
+        Some(k) => cx.template(&what("routing_key"), k.span(), k.get_ref()),
+        None if r.drop => None,
+        None if matches!(
+            r.exchange_type,
+            ExchangeType::Fanout | ExchangeType::Headers
+        ) =>
+        {
+            None
+        }
+        None => {
+            cx.err(
+                name_span.clone(),
+                format!("route {name:?}: `routing_key` is missing"),
+            );
+            None
+        }
+    };
+
+    let p = &r.properties;
+    let kind = p
+        .kind
+        .as_ref()
+        .and_then(|t| cx.template(&what("properties.type"), t.span(), t.get_ref()));
+    let message_id = p
+        .message_id
+        .as_ref()
+        .and_then(|t| cx.template(&what("properties.message_id"), t.span(), t.get_ref()));
+    let mut headers = Vec::new();
+    for (k, t) in &p.headers {
+        if let Some(t) = cx.template(
+            &format!("route {name:?}, `properties.headers.{k}`"),
+            t.span(),
+            t.get_ref(),
+        ) {
+            headers.push((Arc::from(k.as_str()), t));
+        }
+    }
+    if let Some(pr) = p.priority {
+        if pr > 9 {
+            cx.err(name_span.clone(), format!("route {name:?}: `properties.priority` is {pr}; RabbitMQ priorities are 0–9 (0–255 allowed, but queues rarely use more than 10)"));
+        }
+    }
+
+    let b = &r.body;
+    let body = BodySpec {
+        format: b.format,
+        include: b.include.clone(),
+        exclude: b.exclude.clone(),
+        rename: b
+            .rename
+            .iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+            .collect(),
+    };
+
+    if cx.diags.len() != before {
+        return None;
+    }
+    let filter = filter?;
+    Some((
+        r.fallback,
+        (
+            CompiledRoute {
+                name: Arc::from(name),
+                events_regex,
+                when,
+                absent: r.absent.clone(),
+                drop: r.drop,
+                stop: r.stop,
+                exchange,
+                routing_key,
+                body,
+                props: PropsSpec {
+                    persistent: p.persistent.unwrap_or(true),
+                    priority: p.priority,
+                    expiration_ms: p.expiration_ms,
+                    content_type: Arc::from(
+                        p.content_type.as_deref().unwrap_or("application/json"),
+                    ),
+                    kind,
+                    message_id,
+                    headers,
+                },
+            },
+            filter,
+        ),
+    ))
+}

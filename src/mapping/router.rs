@@ -1,0 +1,544 @@
+//! The compiled mapping: events in, AMQP messages out.
+//!
+//! A [`Router`] is built once per load of the mapping files (see
+//! [`super::load`]) and then only read, so it can be shared by reference
+//! and swapped atomically on reload. Everything that can be prepared is
+//! prepared at load time: regexes are compiled, templates parsed, and
+//! routes are indexed by event name, so an event only meets the routes that
+//! name it (plus the few that use `events_regex` or `"*"`), in file order.
+//!
+//! Per event, [`Router::route`] tries the candidate routes in order. A route
+//! matches when its event filter, every `when` regex and every `absent`
+//! condition hold; its named capture groups become template variables. A
+//! matching route produces one [`Outgoing`] (unless it is a `drop` route);
+//! `stop = true` ends the search. When no ordinary route matched, the
+//! `fallback` routes get their turn; when none of those match either, the
+//! event is unmatched (counted by the caller).
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use regex::Regex;
+use serde::Serialize;
+
+use super::schema::{BodyFormat, ExchangeType};
+use super::template::{Lookup, RenderError, Template};
+use crate::ami::Message;
+
+/// An event with the context templates and bodies need.
+#[derive(Clone, Copy, Debug)]
+pub struct EventCtx<'a> {
+    /// The configured name of the server the event came from.
+    pub server: &'a str,
+    /// Per-server sequence number, increasing for the life of the process.
+    pub seq: u64,
+    pub received_at: SystemTime,
+    pub message: &'a Message,
+    /// Distinguishes this process's message ids from an earlier run's.
+    pub instance: &'a str,
+}
+
+/// AMQP properties of one message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MessageProps {
+    pub persistent: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub priority: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expiration_ms: Option<u64>,
+    pub content_type: Arc<str>,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub message_id: String,
+    #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "ser_headers")]
+    pub headers: Vec<(Arc<str>, String)>,
+}
+
+fn ser_headers<S: serde::Serializer>(h: &[(Arc<str>, String)], s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut m = s.serialize_map(Some(h.len()))?;
+    for (k, v) in h {
+        m.serialize_entry(&**k, v)?;
+    }
+    m.end()
+}
+
+/// One message to publish.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outgoing {
+    pub exchange: Arc<str>,
+    pub routing_key: String,
+    pub props: MessageProps,
+    /// JSON bytes.
+    pub body: Vec<u8>,
+    /// The route that produced it.
+    pub route: Arc<str>,
+}
+
+impl Outgoing {
+    /// The dry-run view: `{"route","exchange","routing_key","properties","body"}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let body: serde_json::Value = serde_json::from_slice(&self.body).unwrap_or_else(|_| {
+            serde_json::Value::String(String::from_utf8_lossy(&self.body).into_owned())
+        });
+        serde_json::json!({
+            "route": &*self.route,
+            "exchange": &*self.exchange,
+            "routing_key": self.routing_key,
+            "properties": self.props,
+            "body": body,
+        })
+    }
+}
+
+/// A route that matched but could not produce its message.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("route {route:?}: {error}")]
+pub struct RouteError {
+    pub route: Arc<str>,
+    pub error: RenderError,
+}
+
+/// What happened to one event.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct RouteOutcome {
+    /// Routes that matched (including drop routes and failed renders).
+    pub matched: usize,
+    pub errors: Vec<RouteError>,
+}
+
+#[derive(Debug)]
+pub(crate) struct BodySpec {
+    pub format: BodyFormat,
+    /// Lowercased names.
+    pub include: Option<Vec<String>>,
+    pub exclude: Vec<String>,
+    /// Lowercased name → new name.
+    pub rename: HashMap<String, String>,
+}
+
+#[derive(Debug)]
+pub(crate) struct PropsSpec {
+    pub persistent: bool,
+    pub priority: Option<u8>,
+    pub expiration_ms: Option<u64>,
+    pub content_type: Arc<str>,
+    pub kind: Option<Template>,
+    pub message_id: Option<Template>,
+    pub headers: Vec<(Arc<str>, Template)>,
+}
+
+#[derive(Debug)]
+pub(crate) struct FieldMatch {
+    pub field: String,
+    pub regex: Regex,
+    /// Whether the regex has named groups (skip capture work otherwise).
+    pub has_names: bool,
+}
+
+#[derive(Debug)]
+pub(crate) struct CompiledRoute {
+    pub name: Arc<str>,
+    pub events_regex: Option<Regex>,
+    pub when: Vec<FieldMatch>,
+    pub absent: Vec<String>,
+    pub drop: bool,
+    pub stop: bool,
+    pub exchange: Arc<str>,
+    pub routing_key: Option<Template>,
+    pub body: BodySpec,
+    pub props: PropsSpec,
+}
+
+/// Route indexes for one tier (ordinary or fallback).
+#[derive(Debug, Default)]
+pub(crate) struct Index {
+    /// Lowercased event name → route indexes, in order.
+    pub by_name: HashMap<String, Vec<usize>>,
+    /// Routes matching on a regex or `*`: tried for every event.
+    pub any: Vec<usize>,
+}
+
+impl Index {
+    /// Candidate route indexes for an event name, in route order.
+    fn candidates(&self, event_lower: &str, out: &mut Vec<usize>) {
+        out.clear();
+        let named = self
+            .by_name
+            .get(event_lower)
+            .map_or(&[][..], |v| v.as_slice());
+        if self.any.is_empty() {
+            out.extend_from_slice(named);
+            return;
+        }
+        // Merge two sorted lists.
+        let (mut i, mut j) = (0, 0);
+        while i < named.len() || j < self.any.len() {
+            let take_named = j >= self.any.len() || (i < named.len() && named[i] < self.any[j]);
+            if take_named {
+                out.push(named[i]);
+                i += 1;
+            } else {
+                out.push(self.any[j]);
+                j += 1;
+            }
+        }
+    }
+}
+
+/// The compiled mapping set.
+#[derive(Debug, Default)]
+pub struct Router {
+    pub(crate) routes: Vec<CompiledRoute>,
+    pub(crate) normal: Index,
+    pub(crate) fallback: Index,
+    /// Every exchange the routes publish to, with its type.
+    pub(crate) exchanges: Vec<(Arc<str>, ExchangeType)>,
+    /// The files the set was loaded from.
+    pub(crate) files: Vec<std::path::PathBuf>,
+}
+
+/// Template variables for one event under one route.
+struct Env<'a> {
+    ctx: &'a EventCtx<'a>,
+    event: &'a str,
+    captures: &'a [(String, String)],
+}
+
+impl Lookup for Env<'_> {
+    fn lookup(&self, name: &str) -> Option<Cow<'_, str>> {
+        if let Some((_, v)) = self.captures.iter().find(|(n, _)| n == name) {
+            return Some(Cow::Borrowed(v));
+        }
+        match name {
+            "server" => return Some(Cow::Borrowed(self.ctx.server)),
+            "seq" => return Some(Cow::Owned(self.ctx.seq.to_string())),
+            "Event" | "event" => return Some(Cow::Borrowed(self.event)),
+            _ => {}
+        }
+        self.ctx.message.get(name)
+    }
+}
+
+impl Router {
+    /// Number of routes.
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+
+    /// Route names in order.
+    pub fn route_names(&self) -> impl Iterator<Item = &str> {
+        self.routes.iter().map(|r| &*r.name)
+    }
+
+    /// Every exchange the routes publish to, with its type (for declaring
+    /// them at start).
+    pub fn exchanges(&self) -> &[(Arc<str>, ExchangeType)] {
+        &self.exchanges
+    }
+
+    /// The mapping files this set came from.
+    pub fn files(&self) -> &[std::path::PathBuf] {
+        &self.files
+    }
+
+    /// Maps one event; messages are appended to `out`.
+    pub fn route(&self, ctx: &EventCtx<'_>, out: &mut Vec<Outgoing>) -> RouteOutcome {
+        let mut outcome = RouteOutcome::default();
+        let Some(event) = ctx.message.event_name() else {
+            return outcome;
+        };
+        let mut lower_buf = [0u8; 64];
+        let lower_owned;
+        let lower: &str = if event.len() <= lower_buf.len() {
+            let b = &mut lower_buf[..event.len()];
+            b.copy_from_slice(event.as_bytes());
+            b.make_ascii_lowercase();
+            // ASCII lowercasing keeps valid UTF-8 valid.
+            std::str::from_utf8(b).unwrap_or("")
+        } else {
+            lower_owned = event.to_ascii_lowercase();
+            &lower_owned
+        };
+        let mut cand = Vec::new();
+        let mut caps: Vec<(String, String)> = Vec::new();
+        for tier in [&self.normal, &self.fallback] {
+            tier.candidates(lower, &mut cand);
+            for &i in &cand {
+                let r = &self.routes[i];
+                caps.clear();
+                if !r.matches(&event, ctx.message, &mut caps) {
+                    continue;
+                }
+                outcome.matched += 1;
+                if !r.drop {
+                    let env = Env {
+                        ctx,
+                        event: &event,
+                        captures: &caps,
+                    };
+                    match r.produce(i, &env) {
+                        Ok(o) => out.push(o),
+                        Err(error) => outcome.errors.push(RouteError {
+                            route: r.name.clone(),
+                            error,
+                        }),
+                    }
+                }
+                if r.stop {
+                    break;
+                }
+            }
+            if outcome.matched > 0 {
+                break;
+            }
+        }
+        outcome
+    }
+}
+
+impl CompiledRoute {
+    fn matches(&self, event: &str, m: &Message, caps: &mut Vec<(String, String)>) -> bool {
+        if let Some(re) = &self.events_regex {
+            if !re.is_match(event) {
+                return false;
+            }
+        }
+        for a in &self.absent {
+            if m.contains(a) {
+                return false;
+            }
+        }
+        for w in &self.when {
+            let Some(v) = m.get(&w.field) else {
+                return false;
+            };
+            if w.has_names {
+                let Some(c) = w.regex.captures(&v) else {
+                    return false;
+                };
+                for name in w.regex.capture_names().flatten() {
+                    if let Some(g) = c.name(name) {
+                        caps.push((name.to_string(), g.as_str().to_string()));
+                    }
+                }
+            } else if !w.regex.is_match(&v) {
+                return false;
+            }
+        }
+        true
+    }
+
+    fn produce(&self, index: usize, env: &Env<'_>) -> Result<Outgoing, RenderError> {
+        let ctx = env.ctx;
+        let mut routing_key = String::with_capacity(64);
+        if let Some(t) = &self.routing_key {
+            t.render_key(env, &mut routing_key)?;
+        }
+        let kind = match &self.props.kind {
+            Some(t) => {
+                let mut s = String::new();
+                t.render(env, &mut s)?;
+                s
+            }
+            None => env.event.to_string(),
+        };
+        let message_id = match &self.props.message_id {
+            Some(t) => {
+                let mut s = String::new();
+                t.render(env, &mut s)?;
+                s
+            }
+            None => format!("{}:{}:{}:{}", ctx.instance, ctx.server, ctx.seq, index),
+        };
+        let mut headers = Vec::with_capacity(self.props.headers.len());
+        for (k, t) in &self.props.headers {
+            let mut s = String::new();
+            t.render(env, &mut s)?;
+            headers.push((k.clone(), s));
+        }
+        let mut body = Vec::with_capacity(ctx.message.raw().len() + 128);
+        self.body.write(ctx, env.event, &mut body);
+        Ok(Outgoing {
+            exchange: self.exchange.clone(),
+            routing_key,
+            props: MessageProps {
+                persistent: self.props.persistent,
+                priority: self.props.priority,
+                expiration_ms: self.props.expiration_ms,
+                content_type: self.props.content_type.clone(),
+                kind,
+                message_id,
+                headers,
+            },
+            body,
+            route: self.name.clone(),
+        })
+    }
+}
+
+impl BodySpec {
+    fn keep(&self, key: &str) -> bool {
+        let lk = |v: &String| v.eq_ignore_ascii_case(key);
+        if let Some(inc) = &self.include {
+            if !inc.iter().any(lk) {
+                return false;
+            }
+        }
+        !self.exclude.iter().any(lk)
+    }
+
+    fn write(&self, ctx: &EventCtx<'_>, event: &str, out: &mut Vec<u8>) {
+        if self.format == BodyFormat::Envelope {
+            out.extend_from_slice(b"{\"server\":");
+            json_str(ctx.server, out);
+            out.extend_from_slice(b",\"event\":");
+            json_str(event, out);
+            out.extend_from_slice(b",\"seq\":");
+            out.extend_from_slice(ctx.seq.to_string().as_bytes());
+            out.extend_from_slice(b",\"received_at\":\"");
+            rfc3339_millis(ctx.received_at, out);
+            out.extend_from_slice(b"\",\"fields\":");
+        }
+        self.write_fields(ctx.message, out);
+        if self.format == BodyFormat::Envelope {
+            out.push(b'}');
+        }
+    }
+
+    /// The fields as a JSON object: repeated keys become arrays (in order),
+    /// under the spelling of their first occurrence.
+    fn write_fields(&self, m: &Message, out: &mut Vec<u8>) {
+        out.push(b'{');
+        let fields: Vec<(&[u8], &[u8])> = m.iter_bytes().collect();
+        let mut first = true;
+        for (i, &(k, v)) in fields.iter().enumerate() {
+            if fields[..i].iter().any(|(pk, _)| pk.eq_ignore_ascii_case(k)) {
+                continue; // already written with its first occurrence
+            }
+            let key = crate::ami::bytes_to_text(k);
+            if !self.keep(&key) {
+                continue;
+            }
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            let name = self
+                .rename
+                .get(&key.to_ascii_lowercase())
+                .map_or(key.as_ref(), |s| s.as_str());
+            json_str(name, out);
+            out.push(b':');
+            let repeats = fields[i + 1..]
+                .iter()
+                .any(|(nk, _)| nk.eq_ignore_ascii_case(k));
+            if repeats {
+                out.push(b'[');
+                json_str(&crate::ami::bytes_to_text(v), out);
+                for (nk, nv) in &fields[i + 1..] {
+                    if nk.eq_ignore_ascii_case(k) {
+                        out.push(b',');
+                        json_str(&crate::ami::bytes_to_text(nv), out);
+                    }
+                }
+                out.push(b']');
+            } else {
+                json_str(&crate::ami::bytes_to_text(v), out);
+            }
+        }
+        out.push(b'}');
+    }
+}
+
+/// Writes `s` as a JSON string.
+pub fn json_str(s: &str, out: &mut Vec<u8>) {
+    out.push(b'"');
+    let b = s.as_bytes();
+    let mut start = 0;
+    for (i, &c) in b.iter().enumerate() {
+        let esc: &[u8] = match c {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0..=0x1f => {
+                out.extend_from_slice(&b[start..i]);
+                out.extend_from_slice(format!("\\u{c:04x}").as_bytes());
+                start = i + 1;
+                continue;
+            }
+            _ => continue,
+        };
+        out.extend_from_slice(&b[start..i]);
+        out.extend_from_slice(esc);
+        start = i + 1;
+    }
+    out.extend_from_slice(&b[start..]);
+    out.push(b'"');
+}
+
+/// `2026-11-26T21:56:21.136Z`.
+pub fn rfc3339_millis(t: SystemTime, out: &mut Vec<u8>) {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs() as i64;
+    let millis = d.subsec_millis();
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = if month <= 2 { y + 1 } else { y };
+    let s = format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60
+    );
+    out.extend_from_slice(s.as_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn timestamps() {
+        let mut o = Vec::new();
+        rfc3339_millis(
+            UNIX_EPOCH + Duration::from_millis(1_795_730_181_136),
+            &mut o,
+        );
+        assert_eq!(String::from_utf8(o).unwrap(), "2026-11-26T21:56:21.136Z");
+        let mut o = Vec::new();
+        rfc3339_millis(UNIX_EPOCH, &mut o);
+        assert_eq!(String::from_utf8(o).unwrap(), "1970-01-01T00:00:00.000Z");
+        let mut o = Vec::new();
+        rfc3339_millis(UNIX_EPOCH + Duration::from_secs(951_782_400), &mut o); // 2000-02-29
+        assert_eq!(String::from_utf8(o).unwrap(), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn json_strings_escape() {
+        let mut o = Vec::new();
+        json_str("a\"b\\c\nd\u{1}é", &mut o);
+        let s = String::from_utf8(o).unwrap();
+        let back: String = serde_json::from_str(&s).unwrap();
+        assert_eq!(back, "a\"b\\c\nd\u{1}é");
+    }
+}

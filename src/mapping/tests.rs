@@ -1,0 +1,381 @@
+//! Tests of loading and routing together: a mapping text in, messages out.
+
+use std::path::PathBuf;
+use std::time::{Duration, UNIX_EPOCH};
+
+use super::*;
+use crate::ami::Message;
+
+fn load(text: &str) -> Result<Router, LoadError> {
+    load_str(&[(PathBuf::from("m.toml"), text.to_string())])
+}
+
+fn route(r: &Router, m: &Message) -> (Vec<Outgoing>, RouteOutcome) {
+    let ctx = EventCtx {
+        server: "pbx1",
+        seq: 7,
+        received_at: UNIX_EPOCH + Duration::from_millis(1_795_730_181_136),
+        message: m,
+        instance: "i1",
+    };
+    let mut out = Vec::new();
+    let o = r.route(&ctx, &mut out);
+    (out, o)
+}
+
+fn newchannel() -> Message {
+    Message::from_pairs([
+        ("Event", "Newchannel"),
+        ("Privilege", "call,all"),
+        ("Channel", "PJSIP/10.0.0.1-00000001"),
+        ("Uniqueid", "1795730181.0"),
+        ("Linkedid", "1795730181.0"),
+        ("ChanVariable", "LABVAR=1"),
+        ("ChanVariable", "LABTAG=x"),
+    ])
+}
+
+const BASIC: &str = r#"
+[[route]]
+name = "channel lifecycle"
+events = ["Newchannel", "Hangup"]
+when = { Channel = '^(?P<tech>[^/]+)/(?P<peer>.+)-[0-9a-f]+$' }
+exchange = "ami.events"
+routing_key = "{server}.call.{Event}.{tech|lower}.{peer}"
+properties = { headers = { "x-linkedid" = "{Linkedid}" } }
+"#;
+
+#[test]
+fn routes_with_captures_and_safe_keys() {
+    let r = load(BASIC).unwrap();
+    let (out, o) = route(&r, &newchannel());
+    assert_eq!(o.matched, 1);
+    assert_eq!(out.len(), 1);
+    let m = &out[0];
+    assert_eq!(&*m.exchange, "ami.events");
+    assert_eq!(m.routing_key, "pbx1.call.Newchannel.pjsip.10_0_0_1");
+    assert_eq!(
+        m.props.headers,
+        vec![("x-linkedid".into(), "1795730181.0".to_string())]
+    );
+    assert!(m.props.persistent);
+    assert_eq!(m.props.kind, "Newchannel");
+    assert_eq!(m.props.message_id, "i1:pbx1:7:0");
+    assert_eq!(&*m.props.content_type, "application/json");
+    let body: serde_json::Value = serde_json::from_slice(&m.body).unwrap();
+    assert_eq!(body["server"], "pbx1");
+    assert_eq!(body["event"], "Newchannel");
+    assert_eq!(body["seq"], 7);
+    assert_eq!(body["received_at"], "2026-11-26T21:56:21.136Z");
+    assert_eq!(
+        body["fields"]["ChanVariable"],
+        serde_json::json!(["LABVAR=1", "LABTAG=x"])
+    );
+    assert_eq!(body["fields"]["Uniqueid"], "1795730181.0");
+}
+
+#[test]
+fn event_names_are_case_insensitive_and_unmatched_counted() {
+    let r = load(BASIC).unwrap();
+    let m = Message::from_pairs([
+        ("Event", "NEWCHANNEL"),
+        ("Channel", "Local/1@x-0001"),
+        ("Linkedid", "1"),
+    ]);
+    assert_eq!(route(&r, &m).0.len(), 1);
+    let other = Message::from_pairs([("Event", "VarSet")]);
+    let (out, o) = route(&r, &other);
+    assert!(out.is_empty());
+    assert_eq!(o.matched, 0);
+}
+
+#[test]
+fn field_names_are_case_insensitive() {
+    let r = load(
+        r#"
+[[route]]
+name = "cel"
+events = ["CEL"]
+exchange = "x"
+routing_key = "{UniqueID}.{Linkedid}"
+"#,
+    )
+    .unwrap();
+    let m = Message::from_pairs([("Event", "CEL"), ("UniqueID", "1.1"), ("LinkedID", "1.0")]);
+    assert_eq!(route(&r, &m).0[0].routing_key, "1_1.1_0");
+}
+
+#[test]
+fn missing_field_is_an_error_not_an_empty_word() {
+    let r = load(
+        r#"
+[[route]]
+name = "needs queue"
+events = ["*"]
+exchange = "x"
+routing_key = "{server}.{Queue}"
+"#,
+    )
+    .unwrap();
+    let (out, o) = route(&r, &newchannel());
+    assert!(out.is_empty());
+    assert_eq!(o.matched, 1);
+    assert_eq!(o.errors.len(), 1);
+    assert_eq!(&*o.errors[0].route, "needs queue");
+    assert_eq!(o.errors[0].error.name, "Queue");
+}
+
+#[test]
+fn fan_out_stop_fallback_and_drop() {
+    let r = load(
+        r#"
+[[route]]
+name = "drop varset"
+events = ["VarSet"]
+drop = true
+stop = true
+
+[[route]]
+name = "a"
+events = ["Newchannel"]
+exchange = "one"
+routing_key = "a"
+
+[[route]]
+name = "b"
+events_regex = "^New"
+exchange = "two"
+routing_key = "b"
+stop = true
+
+[[route]]
+name = "c never"
+events = ["*"]
+exchange = "three"
+routing_key = "c"
+
+[[route]]
+name = "catch all"
+events = ["*"]
+fallback = true
+exchange = "rest"
+routing_key = "{server}.{Privilege|first|default:none}.{Event}"
+"#,
+    )
+    .unwrap();
+    let (out, _) = route(&r, &newchannel());
+    let ex: Vec<_> = out.iter().map(|o| &*o.exchange).collect();
+    assert_eq!(ex, vec!["one", "two"]);
+    // message ids differ per route
+    assert_ne!(out[0].props.message_id, out[1].props.message_id);
+    // "c never" is an ordinary route that matches everything else
+    let (out, _) = route(&r, &Message::from_pairs([("Event", "Hangup")]));
+    assert_eq!(
+        out.iter().map(|o| &*o.exchange).collect::<Vec<_>>(),
+        vec!["three"]
+    );
+    // drop: matched, nothing published, fallback not used
+    let (out, o) = route(&r, &Message::from_pairs([("Event", "VarSet")]));
+    assert!(out.is_empty());
+    assert_eq!(o.matched, 1);
+    let exchanges: Vec<_> = r.exchanges().iter().map(|(e, _)| e.to_string()).collect();
+    assert_eq!(exchanges, vec!["one", "rest", "three", "two"]);
+}
+
+#[test]
+fn fallback_only_when_nothing_matched() {
+    let r = load(
+        r#"
+[[route]]
+name = "hangups"
+events = ["Hangup"]
+exchange = "x"
+routing_key = "h"
+
+[[route]]
+name = "rest"
+events = ["*"]
+fallback = true
+exchange = "x"
+routing_key = "{server}.{Privilege|first|default:none}.{Event}"
+"#,
+    )
+    .unwrap();
+    assert_eq!(
+        route(&r, &Message::from_pairs([("Event", "Hangup")])).0[0].routing_key,
+        "h"
+    );
+    let (out, _) = route(&r, &newchannel());
+    assert_eq!(out[0].routing_key, "pbx1.call.Newchannel");
+    let (out, _) = route(&r, &Message::from_pairs([("Event", "QueueMember")]));
+    assert_eq!(out[0].routing_key, "pbx1.none.QueueMember");
+}
+
+#[test]
+fn absent_and_when_conditions() {
+    let r = load(
+        r#"
+[[route]]
+name = "no dest"
+events = ["DialBegin"]
+absent = ["DestChannel"]
+when = { Channel = "^Local/" }
+exchange = "x"
+routing_key = "k"
+"#,
+    )
+    .unwrap();
+    let a = Message::from_pairs([("Event", "DialBegin"), ("Channel", "Local/1@t-1;1")]);
+    let b = Message::from_pairs([
+        ("Event", "DialBegin"),
+        ("Channel", "Local/1@t-1;1"),
+        ("DestChannel", "y"),
+    ]);
+    let c = Message::from_pairs([("Event", "DialBegin"), ("Channel", "PJSIP/a-1")]);
+    assert_eq!(route(&r, &a).0.len(), 1);
+    assert_eq!(route(&r, &b).0.len(), 0);
+    assert_eq!(route(&r, &c).0.len(), 0);
+}
+
+#[test]
+fn body_include_exclude_rename_and_fields_format() {
+    let r = load(
+        r#"
+[[route]]
+name = "slim"
+events = ["Newchannel"]
+exchange = "x"
+routing_key = "k"
+body = { include = ["channel", "uniqueid", "ChanVariable"], rename = { Uniqueid = "id" } }
+
+[[route]]
+name = "flat"
+events = ["Newchannel"]
+exchange = "y"
+routing_key = "k"
+body = { format = "fields", exclude = ["ChanVariable", "Privilege"] }
+properties = { persistent = false, priority = 3, expiration_ms = 60000, content_type = "application/vnd.ami+json", type = "ami.{Event|lower}", message_id = "{Uniqueid}-{seq}" }
+"#,
+    )
+    .unwrap();
+    let (out, _) = route(&r, &newchannel());
+    let b0: serde_json::Value = serde_json::from_slice(&out[0].body).unwrap();
+    assert_eq!(
+        b0["fields"],
+        serde_json::json!({"Channel": "PJSIP/10.0.0.1-00000001", "id": "1795730181.0", "ChanVariable": ["LABVAR=1", "LABTAG=x"]})
+    );
+    let b1: serde_json::Value = serde_json::from_slice(&out[1].body).unwrap();
+    assert_eq!(
+        b1,
+        serde_json::json!({"Event": "Newchannel", "Channel": "PJSIP/10.0.0.1-00000001", "Uniqueid": "1795730181.0", "Linkedid": "1795730181.0"})
+    );
+    let p = &out[1].props;
+    assert!(!p.persistent);
+    assert_eq!(p.priority, Some(3));
+    assert_eq!(p.expiration_ms, Some(60000));
+    assert_eq!(&*p.content_type, "application/vnd.ami+json");
+    assert_eq!(p.kind, "ami.newchannel");
+    assert_eq!(p.message_id, "1795730181.0-7");
+}
+
+#[test]
+fn non_utf8_values_reach_json_as_latin1() {
+    let r = load(BASIC).unwrap();
+    let m = Message::from_pairs([
+        (&b"Event"[..], &b"Newchannel"[..]),
+        (b"Channel", b"SIP/a-0001"),
+        (b"Linkedid", b"1"),
+        (b"CallerIDName", b"Jos\xe9"),
+    ]);
+    let (out, _) = route(&r, &m);
+    let b: serde_json::Value = serde_json::from_slice(&out[0].body).unwrap();
+    assert_eq!(b["fields"]["CallerIDName"], "José");
+}
+
+fn errors(text: &str) -> Vec<String> {
+    load(text)
+        .unwrap_err()
+        .0
+        .iter()
+        .map(|d| d.to_string())
+        .collect()
+}
+
+#[test]
+fn diagnostics_name_file_line_and_column() {
+    let e = errors(
+        "[[route]]\nname = \"x\"\nevents = [\"A\"]\nexchange = \"e\"\nrouting-key = \"k\"\n",
+    );
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].starts_with("m.toml:5:1: unknown field `routing-key`"),
+        "{e:?}"
+    );
+
+    let e = errors(
+        "[[route]]\nname = \"x\"\nevents = [\"A\"]\nwhen = { Channel = '^(' }\nexchange = \"e\"\nrouting_key = \"k\"\n",
+    );
+    assert!(
+        e[0].starts_with("m.toml:4:20: route \"x\", `when.Channel`: invalid regex"),
+        "{e:?}"
+    );
+
+    let e = errors(
+        "[[route]]\nname = \"x\"\nevents = [\"A\"]\nexchange = \"e\"\nrouting_key = \"{server}.{Event|lowr}\"\n",
+    );
+    assert!(
+        e[0].starts_with("m.toml:5:26: route \"x\", `routing_key`: unknown filter `lowr`"),
+        "{e:?}"
+    );
+
+    let e = errors(
+        "[[route]]\nname = \"x\"\nevents = [\"A\"]\nexchange = \"e\"\nrouting_key = \"k\"\n[[route]]\nname = \"X\"\nevents = [\"A\"]\nexchange = \"e\"\nrouting_key = \"k\"\n",
+    );
+    assert!(
+        e[0].starts_with("m.toml:7:8: duplicate route name \"X\" (first defined at m.toml:2)"),
+        "{e:?}"
+    );
+
+    let e = errors("[[route]]\nname = \"x\"\nexchange = \"e\"\nrouting_key = \"k\"\n");
+    assert!(e[0].contains("says nothing about which events"), "{e:?}");
+
+    let e = errors("[[route]]\nname = \"x\"\nevents = [\"A\"]\n");
+    assert!(
+        e.iter().any(|l| l.contains("`exchange` is missing")),
+        "{e:?}"
+    );
+    assert!(
+        e.iter().any(|l| l.contains("`routing_key` is missing")),
+        "{e:?}"
+    );
+
+    let e = errors(
+        "[[route]]\nname = \"x\"\nevents = [\"A\"]\nexchange = \"e\"\nexchange_type = \"direct\"\nrouting_key = \"k\"\n[[route]]\nname = \"y\"\nevents = [\"A\"]\nexchange = \"e\"\nrouting_key = \"k\"\n",
+    );
+    assert!(e[0].contains("declared `topic` here but `direct`"), "{e:?}");
+
+    let e = errors("[[route\nname = \"x\"\n");
+    assert!(e[0].starts_with("m.toml:1:"), "{e:?}");
+}
+
+#[test]
+fn all_errors_are_reported_at_once() {
+    let e = errors(
+        "[[route]]\nname = \"a\"\nevents = [\"A\"]\nexchange = \"e\"\nrouting_key = \"{x|bad}\"\n[[route]]\nname = \"b\"\nevents_regex = \"(\"\nexchange = \"e\"\nrouting_key = \"k\"\n",
+    );
+    assert_eq!(e.len(), 2, "{e:?}");
+}
+
+#[test]
+fn duplicate_names_across_files() {
+    let a = (
+        PathBuf::from("10-a.toml"),
+        "[[route]]\nname = \"same\"\nevents = [\"A\"]\nexchange = \"e\"\nrouting_key = \"k\"\n"
+            .to_string(),
+    );
+    let b = (PathBuf::from("20-b.toml"), a.1.clone());
+    let e = load_str(&[a, b]).unwrap_err();
+    assert_eq!(e.0.len(), 1);
+    assert_eq!(e.0[0].file, PathBuf::from("20-b.toml"));
+    assert!(e.0[0].message.contains("first defined at 10-a.toml:2"));
+}
