@@ -8,6 +8,7 @@
 //! zero or more [`Outgoing`] messages.
 
 pub mod load;
+pub mod reload;
 pub mod router;
 pub mod schema;
 pub mod template;

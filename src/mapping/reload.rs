@@ -1,0 +1,178 @@
+//! Hot reload: a new mapping set goes live without a restart, or not at all.
+//!
+//! The running [`Router`] lives in an [`ArcSwap`]: the event path loads the
+//! current pointer per batch (a couple of atomic operations, no lock) and a
+//! reload replaces it in one step. A reload is triggered by a change in the
+//! mappings directory (watched with `notify`) or by SIGHUP, the Unix
+//! convention operators already use. The new set is loaded and validated in
+//! full first; if anything is wrong the errors are logged exactly as
+//! `ami2amqp check` prints them and the running set stays in force. Editors
+//! save files in several steps (truncate, write, rename), so file events are
+//! debounced before loading.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+
+use super::load::{LoadError, load_dir};
+use super::router::Router;
+
+/// The live mapping set, shared by everyone who routes events.
+#[derive(Clone)]
+pub struct Mappings {
+    dir: PathBuf,
+    current: Arc<ArcSwap<Router>>,
+}
+
+/// What a reload did.
+#[derive(Debug)]
+pub enum ReloadOutcome {
+    /// The new set is live (its number of routes).
+    Applied { routes: usize },
+    /// The new set was invalid; the old one stays.
+    Rejected(LoadError),
+}
+
+impl Mappings {
+    /// Loads `dir`; fails when the initial set is invalid.
+    pub fn load(dir: &Path) -> Result<Mappings, LoadError> {
+        let r = load_dir(dir)?;
+        Ok(Mappings {
+            dir: dir.to_path_buf(),
+            current: Arc::new(ArcSwap::from_pointee(r)),
+        })
+    }
+
+    /// The set in force now. Hold the returned `Arc` for a batch of events,
+    /// not forever: a reload only frees the old set when nobody holds it.
+    pub fn current(&self) -> Arc<Router> {
+        self.current.load_full()
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Loads the directory again and swaps the new set in if it is valid.
+    pub fn reload(&self) -> ReloadOutcome {
+        match load_dir(&self.dir) {
+            Ok(r) => {
+                let routes = r.len();
+                self.current.store(Arc::new(r));
+                metrics::counter!("mapping_reloads_total", "result" => "applied").increment(1);
+                tracing::info!(dir = %self.dir.display(), routes, "mapping set reloaded");
+                ReloadOutcome::Applied { routes }
+            }
+            Err(e) => {
+                metrics::counter!("mapping_reloads_total", "result" => "rejected").increment(1);
+                tracing::error!(dir = %self.dir.display(),
+                    "mapping set NOT reloaded, the previous set stays in force:\n{e}");
+                ReloadOutcome::Rejected(e)
+            }
+        }
+    }
+
+    /// Watches the directory and SIGHUP until the returned task is aborted.
+    /// `outcomes` (optional) receives the result of every reload, for tests
+    /// and status reporting.
+    pub fn spawn_watcher(
+        &self,
+        debounce: Duration,
+        outcomes: Option<mpsc::Sender<ReloadOutcome>>,
+    ) -> std::io::Result<tokio::task::JoinHandle<()>> {
+        let (tx, mut rx) = mpsc::channel::<()>(16);
+        let file_tx = tx.clone();
+        let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            if let Ok(ev) = res {
+                let relevant = ev
+                    .paths
+                    .iter()
+                    .any(|p| p.extension().is_some_and(|x| x == "toml"));
+                if relevant && !ev.kind.is_access() {
+                    let _ = file_tx.try_send(());
+                }
+            }
+        })
+        .map_err(std::io::Error::other)?;
+        watcher
+            .watch(&self.dir, RecursiveMode::NonRecursive)
+            .map_err(std::io::Error::other)?;
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        let this = self.clone();
+        Ok(tokio::spawn(async move {
+            // The watcher stops when dropped: keep it in the task.
+            let _watcher = watcher;
+            loop {
+                tokio::select! {
+                    r = rx.recv() => {
+                        if r.is_none() { break; }
+                        // Debounce: wait until the files have been quiet.
+                        loop {
+                            match tokio::time::timeout(debounce, rx.recv()).await {
+                                Ok(Some(())) => continue,
+                                _ => break,
+                            }
+                        }
+                        tracing::info!("mapping files changed; reloading");
+                    }
+                    _ = hup.recv() => {
+                        tracing::info!("SIGHUP received; reloading mappings");
+                    }
+                }
+                let outcome = this.reload();
+                if let Some(o) = &outcomes {
+                    let _ = o.send(outcome).await;
+                }
+            }
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str =
+        "[[route]]\nname = \"a\"\nevents = [\"*\"]\nexchange = \"x\"\nrouting_key = \"{Event}\"\n";
+    const GOOD2: &str = "[[route]]\nname = \"a\"\nevents = [\"*\"]\nexchange = \"x\"\nrouting_key = \"v2.{Event}\"\n[[route]]\nname = \"b\"\nevents = [\"*\"]\nexchange = \"y\"\nrouting_key = \"b\"\n";
+    const BAD: &str = "[[route]]\nname = \"a\"\nevents = [\"*\"]\nexchange = \"x\"\nrouting_key = \"{Event|nope}\"\n";
+
+    #[tokio::test]
+    async fn file_change_swaps_valid_sets_and_keeps_the_old_on_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("10-a.toml");
+        std::fs::write(&f, GOOD).unwrap();
+        let m = Mappings::load(dir.path()).unwrap();
+        assert_eq!(m.current().len(), 1);
+        let (tx, mut rx) = mpsc::channel(8);
+        let task = m
+            .spawn_watcher(Duration::from_millis(100), Some(tx))
+            .unwrap();
+
+        std::fs::write(&f, BAD).unwrap();
+        let o = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        match o {
+            ReloadOutcome::Rejected(e) => {
+                assert!(e.to_string().contains("unknown filter `nope`"), "{e}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(m.current().len(), 1, "old set stays");
+
+        std::fs::write(&f, GOOD2).unwrap();
+        let o = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(matches!(o, ReloadOutcome::Applied { routes: 2 }), "{o:?}");
+        assert_eq!(m.current().len(), 2);
+        task.abort();
+    }
+}
