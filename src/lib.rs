@@ -5,4 +5,5 @@
 //! for the bird's-eye view.
 
 pub mod ami;
+pub mod config;
 pub mod mapping;
