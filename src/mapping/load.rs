@@ -331,12 +331,6 @@ fn compile_route(
         }
     };
     if !exchange.is_empty() {
-        if exchange.starts_with("amq.")
-            && r.exchange_type == ExchangeType::Topic
-            && &*exchange != "amq.topic"
-        {
-            // amq.* exchanges are predeclared by the broker with fixed types.
-        }
         match exchange_types.get(&exchange) {
             Some((t, by)) if *t != r.exchange_type => {
                 let span = r.exchange.as_ref().map_or(name_span.clone(), |e| e.span());
