@@ -5,5 +5,7 @@
 //! for the bird's-eye view.
 
 pub mod ami;
+pub mod amqp;
 pub mod config;
 pub mod mapping;
+pub mod trace;

@@ -1,0 +1,5 @@
+//! The RabbitMQ side: the spool every message passes through, and the
+//! publisher that drains it with publisher confirms.
+
+pub mod record;
+pub mod spool;
