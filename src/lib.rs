@@ -6,6 +6,8 @@
 
 pub mod ami;
 pub mod amqp;
+pub mod bridge;
 pub mod config;
 pub mod mapping;
+pub mod metrics;
 pub mod trace;

@@ -18,7 +18,7 @@ async fn sighup_reloads_the_mapping_set() {
     let m = Mappings::load(dir.path()).unwrap();
     let (tx, mut rx) = mpsc::channel(8);
     let task = m
-        .spawn_watcher(Duration::from_millis(50), Some(tx))
+        .spawn_watcher(false, Duration::from_millis(50), Some(tx))
         .unwrap();
     let pid = std::process::id().to_string();
     let st = std::process::Command::new("kill")

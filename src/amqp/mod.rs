@@ -1,5 +1,6 @@
 //! The RabbitMQ side: the spool every message passes through, and the
 //! publisher that drains it with publisher confirms.
 
+pub mod publisher;
 pub mod record;
 pub mod spool;

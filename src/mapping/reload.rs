@@ -76,11 +76,12 @@ impl Mappings {
         }
     }
 
-    /// Watches the directory and SIGHUP until the returned task is aborted.
+    /// Watches the directory (when `watch_files`) and SIGHUP until the returned task is aborted.
     /// `outcomes` (optional) receives the result of every reload, for tests
     /// and status reporting.
     pub fn spawn_watcher(
         &self,
+        watch_files: bool,
         debounce: Duration,
         outcomes: Option<mpsc::Sender<ReloadOutcome>>,
     ) -> std::io::Result<tokio::task::JoinHandle<()>> {
@@ -98,9 +99,13 @@ impl Mappings {
             }
         })
         .map_err(std::io::Error::other)?;
-        watcher
-            .watch(&self.dir, RecursiveMode::NonRecursive)
-            .map_err(std::io::Error::other)?;
+        if watch_files {
+            watcher
+                .watch(&self.dir, RecursiveMode::NonRecursive)
+                .map_err(std::io::Error::other)?;
+        } else {
+            tracing::info!("mappings.watch = false: file changes are ignored, reload with SIGHUP");
+        }
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         let this = self.clone();
         Ok(tokio::spawn(async move {
@@ -150,7 +155,7 @@ mod tests {
         assert_eq!(m.current().len(), 1);
         let (tx, mut rx) = mpsc::channel(8);
         let task = m
-            .spawn_watcher(Duration::from_millis(100), Some(tx))
+            .spawn_watcher(true, Duration::from_millis(100), Some(tx))
             .unwrap();
 
         std::fs::write(&f, BAD).unwrap();

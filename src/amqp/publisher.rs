@@ -1,0 +1,480 @@
+//! The publisher: drains the spool into RabbitMQ with publisher confirms.
+//!
+//! One task, one connection, one channel in confirm mode. It reads records
+//! from the spool in order, publishes up to `confirm_window` of them without
+//! waiting, and acknowledges spool positions as the broker confirms them.
+//! Confirms can resolve out of order, but the spool cursor only moves over a
+//! contiguous run of confirmed records, so "confirmed" on disk always means
+//! "everything before this point is at the broker".
+//!
+//! Anything that goes wrong with the broker — connection refused or
+//! killed, channel closed, a `nack` — ends the session: the publisher
+//! reconnects (trying the configured URLs in turn, with backoff) and
+//! re-reads the spool from the oldest unconfirmed record. That keeps the
+//! order of messages even across failures, at the price of possibly
+//! publishing again a few messages that the broker had taken just before the
+//! failure (at-least-once; `message_id` lets consumers dedupe). While the
+//! broker is away nothing is published and the spool simply grows; the AMI
+//! side never notices.
+//!
+//! Messages are published `mandatory`. Exchanges are declared with an
+//! alternate exchange (`ami.unroutable` by default, with a queue of the same
+//! name) so that events no consumer is bound for are kept, not dropped; if
+//! the alternate exchange is disabled, returned messages are counted
+//! (`amqp_returned_total`) and dropped, which is what an unbound topic
+//! exchange means.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
+};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::record::Record;
+use super::spool::{ReadRecord, Spool};
+use crate::ami::client::Backoff;
+use crate::config::redact_url;
+use crate::mapping::schema::ExchangeType;
+
+/// Publisher settings.
+#[derive(Clone, Debug)]
+pub struct PublisherConfig {
+    pub urls: Vec<String>,
+    pub confirm_window: usize,
+    pub backoff: Backoff,
+    pub declare_exchanges: bool,
+    /// "" disables the alternate exchange.
+    pub alternate_exchange: String,
+    pub shutdown_timeout: Duration,
+}
+
+/// Where the exchanges to declare come from (the live mapping set, which
+/// can change on reload).
+pub type ExchangeSource = Arc<dyn Fn() -> Vec<(Arc<str>, ExchangeType)> + Send + Sync>;
+
+/// The broker connection state, for `/healthz`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BrokerState {
+    Connecting,
+    Up { url: String },
+    Down { reason: String },
+}
+
+/// An AMQP short string from arbitrary text, cut to 255 bytes at a
+/// character boundary (lapin panics on longer ones).
+pub fn short(s: &str) -> ShortString {
+    let mut cut = s.len().min(255);
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    ShortString::try_new(&s[..cut]).unwrap_or_else(|_| ShortString::from(""))
+}
+
+fn kind_of(t: ExchangeType) -> ExchangeKind {
+    match t {
+        ExchangeType::Topic => ExchangeKind::Topic,
+        ExchangeType::Direct => ExchangeKind::Direct,
+        ExchangeType::Fanout => ExchangeKind::Fanout,
+        ExchangeType::Headers => ExchangeKind::Headers,
+    }
+}
+
+/// Builds the AMQP properties of a record.
+pub fn properties(r: &Record) -> BasicProperties {
+    let p = &r.msg.props;
+    let mut b = BasicProperties::default()
+        .with_delivery_mode(if p.persistent { 2 } else { 1 })
+        .with_content_type(short(&p.content_type))
+        .with_type(short(&p.kind))
+        .with_message_id(short(&p.message_id))
+        .with_timestamp(r.received_at_us / 1_000_000)
+        .with_app_id(short("ami2amqp"));
+    if let Some(pr) = p.priority {
+        b = b.with_priority(pr);
+    }
+    if let Some(e) = p.expiration_ms {
+        b = b.with_expiration(short(&e.to_string()));
+    }
+    let mut h = FieldTable::default();
+    h.insert(
+        short("x-ami-server"),
+        AMQPValue::LongString(r.server.as_bytes().into()),
+    );
+    for (k, v) in &p.headers {
+        h.insert(short(k), AMQPValue::LongString(v.as_bytes().into()));
+    }
+    b.with_headers(h)
+}
+
+/// Per-exchange counters, looked up once per exchange rather than per
+/// message.
+struct Counters {
+    published: metrics::Counter,
+    confirmed: metrics::Counter,
+    nacked: metrics::Counter,
+    returned: metrics::Counter,
+}
+
+impl Counters {
+    fn new(ex: &str) -> Counters {
+        let l = ex.to_string();
+        Counters {
+            published: metrics::counter!("amqp_published_total", "exchange" => l.clone()),
+            confirmed: metrics::counter!("amqp_confirmed_total", "exchange" => l.clone()),
+            nacked: metrics::counter!("amqp_nacked_total", "exchange" => l.clone()),
+            returned: metrics::counter!("amqp_returned_total", "exchange" => l),
+        }
+    }
+}
+
+/// A published record waiting for its confirm.
+struct Slot {
+    end: u64,
+    received_at_us: u64,
+    exchange: Arc<str>,
+    done: bool,
+}
+
+/// Runs until `cancel` fires and in-flight confirms are in (or the shutdown
+/// timeout passes).
+pub async fn run(
+    cfg: PublisherConfig,
+    spool: Spool,
+    exchanges: ExchangeSource,
+    state: watch::Sender<BrokerState>,
+    cancel: CancellationToken,
+) {
+    let mut p = Publisher {
+        cfg,
+        spool: spool.clone(),
+        reader: spool.reader(),
+        exchanges,
+        state,
+        cancel,
+        counters: HashMap::new(),
+        url_index: 0,
+    };
+    p.run().await;
+}
+
+struct Publisher {
+    cfg: PublisherConfig,
+    spool: Spool,
+    reader: super::spool::SpoolReader,
+    exchanges: ExchangeSource,
+    state: watch::Sender<BrokerState>,
+    cancel: CancellationToken,
+    counters: HashMap<Arc<str>, Counters>,
+    url_index: usize,
+}
+
+enum SessionEnd {
+    /// Shut down cleanly.
+    Done,
+    /// The broker failed; reconnect.
+    Failed(String),
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+impl Publisher {
+    fn counters(&mut self, ex: &Arc<str>) -> &Counters {
+        self.counters
+            .entry(ex.clone())
+            .or_insert_with(|| Counters::new(ex))
+    }
+
+    async fn run(&mut self) {
+        let mut attempt = 0u32;
+        loop {
+            if self.cancel.is_cancelled() {
+                break;
+            }
+            self.state.send_replace(BrokerState::Connecting);
+            let url = self.cfg.urls[self.url_index % self.cfg.urls.len()].clone();
+            let cancel = self.cancel.clone();
+            let connected = tokio::select! {
+                r = self.connect(&url) => Some(r),
+                _ = cancel.cancelled() => None,
+            };
+            let Some(connected) = connected else { break };
+            let reason = match connected {
+                Ok((conn, channel)) => {
+                    attempt = 0;
+                    tracing::info!(url = %redact_url(&url), "AMQP connected");
+                    self.state.send_replace(BrokerState::Up {
+                        url: redact_url(&url),
+                    });
+                    let end = self.session(&channel).await;
+                    let _ = conn.close(200, short("ami2amqp stopping")).await;
+                    match end {
+                        SessionEnd::Done => break,
+                        SessionEnd::Failed(r) => r,
+                    }
+                }
+                Err(e) => {
+                    attempt = attempt.saturating_add(1);
+                    // Next time, try the next URL (cluster fail-over).
+                    self.url_index = self.url_index.wrapping_add(1);
+                    e
+                }
+            };
+            metrics::counter!("amqp_reconnects_total").increment(1);
+            let (bytes, msgs) = self.spool.pending();
+            tracing::warn!(url = %redact_url(&url), %reason, spooled_messages = msgs, spooled_bytes = bytes,
+                "AMQP unavailable; events wait in the spool");
+            self.state.send_replace(BrokerState::Down {
+                reason: reason.clone(),
+            });
+            let delay = self.cfg.backoff.delay(attempt.saturating_sub(1));
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = self.cancel.cancelled() => break,
+            }
+        }
+        let _ = self.spool.ack(0, 0, true);
+    }
+
+    async fn connect(&mut self, url: &str) -> Result<(Connection, Channel), String> {
+        let conn = tokio::time::timeout(
+            Duration::from_secs(10),
+            Connection::connect(url, ConnectionProperties::default()),
+        )
+        .await
+        .map_err(|_| "connect timed out".to_string())?
+        .map_err(|e| format!("connect: {e}"))?;
+        let ch = conn
+            .create_channel()
+            .await
+            .map_err(|e| format!("channel: {e}"))?;
+        if self.cfg.declare_exchanges {
+            self.declare_all(&conn, &ch).await?;
+        }
+        let ch = if ch.status().connected() {
+            ch
+        } else {
+            conn.create_channel()
+                .await
+                .map_err(|e| format!("channel: {e}"))?
+        };
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|e| format!("confirm.select: {e}"))?;
+        Ok((conn, ch))
+    }
+
+    /// Declares the alternate exchange and queue, then every exchange of
+    /// the mapping set (durable). An exchange that already exists with other
+    /// arguments is left as it is (and logged).
+    async fn declare_all(&mut self, conn: &Connection, ch: &Channel) -> Result<(), String> {
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        let ae = self.cfg.alternate_exchange.clone();
+        let mut ch = ch.clone();
+        if !ae.is_empty() {
+            ch.exchange_declare(
+                short(&ae),
+                ExchangeKind::Fanout,
+                durable,
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| format!("declare alternate exchange {ae}: {e}"))?;
+            ch.queue_declare(
+                short(&ae),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| format!("declare queue {ae}: {e}"))?;
+            ch.queue_bind(
+                short(&ae),
+                short(&ae),
+                short(""),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| format!("bind queue {ae}: {e}"))?;
+        }
+        let mut seen = HashSet::new();
+        for (name, t) in (self.exchanges)() {
+            if name.is_empty() || name.starts_with("amq.") || !seen.insert(name.clone()) {
+                continue; // the default and amq.* exchanges always exist
+            }
+            let mut args = FieldTable::default();
+            if !ae.is_empty() {
+                args.insert(
+                    short("alternate-exchange"),
+                    AMQPValue::LongString(ae.as_bytes().into()),
+                );
+            }
+            if let Err(e) = ch
+                .exchange_declare(short(&name), kind_of(t), durable, args)
+                .await
+            {
+                tracing::warn!(exchange = %name, error = %e,
+                    "exchange exists with other settings; using it as it is");
+                ch = conn
+                    .create_channel()
+                    .await
+                    .map_err(|e| format!("channel: {e}"))?;
+                ch.exchange_declare(
+                    short(&name),
+                    kind_of(t),
+                    ExchangeDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(|e| format!("exchange {name}: {e}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn session(&mut self, ch: &Channel) -> SessionEnd {
+        self.reader.rewind();
+        let window = self.cfg.confirm_window.max(1);
+        let mut slots: VecDeque<Slot> = VecDeque::with_capacity(window);
+        let mut front_id: u64 = 0; // id of slots[0]
+        let mut next_id: u64 = 0;
+        let mut confirms = FuturesUnordered::new();
+        let mut batch: Vec<ReadRecord> = Vec::with_capacity(window);
+        let mut stopping: Option<tokio::time::Instant> = None;
+        let latency = metrics::histogram!("publish_latency_seconds");
+
+        loop {
+            if stopping.is_some() && confirms.is_empty() {
+                return SessionEnd::Done;
+            }
+            let room = window.saturating_sub(slots.len());
+            let pos = self.reader.position();
+            tokio::select! {
+                biased;
+                Some((id, res)) = confirms.next(), if !confirms.is_empty() => {
+                    let res: Result<Confirmation, lapin::Error> = res;
+                    let idx = (id - front_id) as usize;
+                    let ex = slots[idx].exchange.clone();
+                    match res {
+                        Ok(Confirmation::Ack(ret)) => {
+                            let c = self.counters(&ex);
+                            c.confirmed.increment(1);
+                            if ret.is_some() {
+                                c.returned.increment(1);
+                                tracing::debug!(exchange = %ex, "message returned: no queue bound for its routing key");
+                            }
+                            slots[idx].done = true;
+                        }
+                        Ok(Confirmation::NotRequested) => {
+                            slots[idx].done = true;
+                        }
+                        Ok(Confirmation::Nack(_)) => {
+                            self.counters(&ex).nacked.increment(1);
+                            return SessionEnd::Failed("broker nacked a message; re-publishing from the oldest unconfirmed".into());
+                        }
+                        Err(e) => return SessionEnd::Failed(format!("confirm: {e}")),
+                    }
+                    // Move the spool cursor over the contiguous confirmed run.
+                    let mut n = 0u64;
+                    let mut upto = None;
+                    let now = now_us();
+                    while slots.front().is_some_and(|s| s.done) {
+                        if let Some(s) = slots.pop_front() {
+                            upto = Some(s.end);
+                            latency.record(now.saturating_sub(s.received_at_us) as f64 / 1e6);
+                        }
+                        front_id += 1;
+                        n += 1;
+                    }
+                    if let Some(upto) = upto {
+                        if let Err(e) = self.spool.ack(upto, n, false) {
+                            tracing::error!(error = %e, "cannot persist the spool cursor");
+                        }
+                    }
+                }
+                _ = self.spool.wait_for_data(pos), if room > 0 && stopping.is_none() => {
+                    batch.clear();
+                    if let Err(e) = self.reader.read_batch(room, &mut batch) {
+                        tracing::error!(error = %e, "spool read failed");
+                        return SessionEnd::Failed(format!("spool read: {e}"));
+                    }
+                    for rr in batch.drain(..) {
+                        let rec = match Record::decode(&rr.payload) {
+                            Ok(r) => r,
+                            Err(e) => {
+                                // Cannot happen unless the disk lies (CRC
+                                // passed); skip it rather than loop forever.
+                                tracing::error!(error = %e, "undecodable spool record skipped");
+                                metrics::counter!("spool_corrupt_records_total").increment(1);
+                                slots.push_back(Slot { end: rr.end, received_at_us: now_us(), exchange: Arc::from(""), done: true });
+                                next_id += 1;
+                                continue;
+                            }
+                        };
+                        let props = properties(&rec);
+                        let ex = rec.msg.exchange.clone();
+                        let publish = ch.basic_publish(
+                            short(&ex),
+                            short(&rec.msg.routing_key),
+                            BasicPublishOptions { mandatory: true, ..Default::default() },
+                            &rec.msg.body,
+                            props,
+                        );
+                        let confirm = tokio::select! {
+                            r = publish => r,
+                            _ = self.cancel.cancelled() => {
+                                return SessionEnd::Done;
+                            }
+                        };
+                        let confirm = match confirm {
+                            Ok(c) => c,
+                            Err(e) => return SessionEnd::Failed(format!("publish: {e}")),
+                        };
+                        self.counters(&ex).published.increment(1);
+                        let id = next_id;
+                        next_id += 1;
+                        slots.push_back(Slot { end: rr.end, received_at_us: rec.received_at_us, exchange: ex, done: false });
+                        confirms.push(async move { (id, confirm.await) });
+                    }
+                }
+                _ = self.cancel.cancelled(), if stopping.is_none() => {
+                    tracing::info!(in_flight = confirms.len(), "stopping: waiting for in-flight confirms");
+                    stopping = Some(tokio::time::Instant::now() + self.cfg.shutdown_timeout);
+                }
+                _ = async {
+                    match stopping {
+                        Some(t) => tokio::time::sleep_until(t).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    tracing::warn!(in_flight = confirms.len(), "shutdown timeout: unconfirmed messages stay in the spool");
+                    return SessionEnd::Done;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,406 @@
+//! `ami2amqp run`: the bridge itself, wiring the pieces together.
+//!
+//! ```text
+//! Asterisk ─AMI─> ami::Pool ─Incoming─> router task ─records─> Spool ─> publisher ─> RabbitMQ
+//! ```
+//!
+//! Data flows one way through bounded channels, and each piece of state has
+//! one owner: the pool owns the AMI sockets, the router task owns the
+//! per-server sequence numbers and the spool's writing end, the publisher
+//! owns the broker connection and the spool's reading end. The router task
+//! is the only place where an event becomes a message, so the order in which
+//! a server's events are read is the order in which their messages enter
+//! the spool, and so the order in which they reach the broker.
+//!
+//! Shutdown (SIGTERM/SIGINT) runs front to back: the AMI connections log off
+//! and stop reading; the router task writes what it still holds into the
+//! spool and fsyncs it; the publisher waits (bounded) for the confirms in
+//! flight; whatever is not confirmed stays in the spool for the next start.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::ami::{ConnState, Incoming, Pool};
+use crate::amqp::publisher::{self, BrokerState, ExchangeSource, PublisherConfig};
+use crate::amqp::record::Record;
+use crate::amqp::spool::{Spool, SpoolConfig, SpoolWriter};
+use crate::config::Config;
+use crate::mapping::reload::Mappings;
+use crate::mapping::router::{EventCtx, MessageProps, Outgoing, json_str, rfc3339_millis};
+
+/// A fatal start-up error, printed as one line.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BridgeError(pub String);
+
+/// A random id for this process, part of every default `message_id` so that
+/// ids never repeat across restarts.
+pub fn instance_id() -> String {
+    let r: u64 = rand::random();
+    format!("{:012x}", r & 0xffff_ffff_ffff)
+}
+
+/// Counts of what the router task did (also exported as metrics).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RouterStats {
+    pub events: u64,
+    pub messages: u64,
+    pub unmatched: u64,
+    pub mapping_errors: u64,
+    pub refused: u64,
+}
+
+/// The router task: turns incoming events into spool records, in order.
+pub struct RouterTask {
+    mappings: Mappings,
+    writer: SpoolWriter,
+    instance: String,
+    status_exchange: Arc<str>,
+    status_key: String,
+    seq: HashMap<Arc<str>, u64>,
+    was_connected: HashMap<Arc<str>, bool>,
+    event_counters: HashMap<Arc<str>, HashMap<String, metrics::Counter>>,
+    stats: RouterStats,
+    scratch: Vec<Outgoing>,
+}
+
+fn micros(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+impl RouterTask {
+    pub fn new(
+        mappings: Mappings,
+        writer: SpoolWriter,
+        instance: String,
+        status_exchange: &str,
+        status_key: &str,
+    ) -> Self {
+        RouterTask {
+            mappings,
+            writer,
+            instance,
+            status_exchange: Arc::from(status_exchange),
+            status_key: status_key.to_string(),
+            seq: HashMap::new(),
+            was_connected: HashMap::new(),
+            event_counters: HashMap::new(),
+            stats: RouterStats::default(),
+            scratch: Vec::new(),
+        }
+    }
+
+    pub fn stats(&self) -> RouterStats {
+        self.stats
+    }
+
+    /// Routes a batch of incoming items and writes the result to the spool
+    /// with one `write`.
+    pub fn handle_batch(&mut self, items: &mut Vec<Incoming>) -> std::io::Result<()> {
+        let router = self.mappings.current();
+        let mut records = 0usize;
+        for item in items.drain(..) {
+            match item {
+                Incoming::Event(ev) => {
+                    let seq = {
+                        let s = self.seq.entry(ev.server.clone()).or_insert(0);
+                        *s += 1;
+                        *s
+                    };
+                    self.stats.events += 1;
+                    let name = ev.message.event_name().unwrap_or_default();
+                    let per_server = self.event_counters.entry(ev.server.clone()).or_default();
+                    match per_server.get(name.as_ref()) {
+                        Some(c) => c.increment(1),
+                        None => {
+                            let c = metrics::counter!("ami_events_total", "server" => ev.server.to_string(), "event" => name.to_string());
+                            c.increment(1);
+                            per_server.insert(name.to_string(), c);
+                        }
+                    }
+                    let ctx = EventCtx {
+                        server: &ev.server,
+                        seq,
+                        received_at: ev.received_at,
+                        message: &ev.message,
+                        instance: &self.instance,
+                    };
+                    self.scratch.clear();
+                    let outcome = router.route(&ctx, &mut self.scratch);
+                    if outcome.matched == 0 {
+                        self.stats.unmatched += 1;
+                        metrics::counter!("events_unmatched_total").increment(1);
+                    }
+                    for e in &outcome.errors {
+                        self.stats.mapping_errors += 1;
+                        metrics::counter!("mapping_errors_total", "route" => e.route.to_string())
+                            .increment(1);
+                        if self.stats.mapping_errors <= 10 || self.stats.mapping_errors % 1000 == 0
+                        {
+                            tracing::warn!(server = %ev.server, event = %name, seq, error = %e,
+                                total = self.stats.mapping_errors, "mapping error: message not produced");
+                        }
+                    }
+                    let at = micros(ev.received_at);
+                    for msg in self.scratch.drain(..) {
+                        let rec = Record {
+                            received_at_us: at,
+                            server: ev.server.clone(),
+                            seq,
+                            msg,
+                        };
+                        self.writer.stage_with(|b| rec.encode(b));
+                        records += 1;
+                    }
+                }
+                Incoming::State { server, state } => {
+                    if let Some(rec) = self.status_record(&server, &state) {
+                        self.writer.stage_with(|b| rec.encode(b));
+                        records += 1;
+                    }
+                }
+                Incoming::Malformed { .. } => {
+                    // Logged and counted by the client; nothing to publish.
+                }
+            }
+        }
+        self.stats.messages += records as u64;
+        let refused = self.writer.commit(records)?;
+        self.stats.refused += refused as u64;
+        Ok(())
+    }
+
+    /// The bridge status message for a connection state change, or `None`
+    /// for states that are not worth announcing (reconnect attempts).
+    fn status_record(&mut self, server: &Arc<str>, state: &ConnState) -> Option<Record> {
+        let was = self.was_connected.get(server).copied().unwrap_or(false);
+        let (status, detail) = match state {
+            ConnState::Connected { banner } => ("connected", banner.as_str()),
+            ConnState::Disconnected { reason } if was => ("disconnected", reason.as_str()),
+            ConnState::Stopped if was => ("stopped", ""),
+            _ => return None,
+        };
+        self.was_connected
+            .insert(server.clone(), status == "connected");
+        let now = SystemTime::now();
+        let seq = self.seq.get(server).copied().unwrap_or(0);
+        let mut body = Vec::with_capacity(256);
+        body.extend_from_slice(b"{\"server\":");
+        json_str(server, &mut body);
+        body.extend_from_slice(b",\"event\":\"BridgeStatus\",\"status\":");
+        json_str(status, &mut body);
+        body.extend_from_slice(b",\"detail\":");
+        json_str(detail, &mut body);
+        body.extend_from_slice(format!(",\"last_seq\":{seq},\"at\":\"").as_bytes());
+        rfc3339_millis(now, &mut body);
+        body.extend_from_slice(b"\"}");
+        let key = self.status_key.replace("{server}", server);
+        Some(Record {
+            received_at_us: micros(now),
+            server: server.clone(),
+            seq,
+            msg: Outgoing {
+                exchange: self.status_exchange.clone(),
+                routing_key: key,
+                props: MessageProps {
+                    persistent: true,
+                    priority: None,
+                    expiration_ms: None,
+                    content_type: Arc::from("application/json"),
+                    kind: "BridgeStatus".into(),
+                    message_id: format!(
+                        "{}:{}:status:{}:{}",
+                        self.instance,
+                        server,
+                        seq,
+                        micros(now)
+                    ),
+                    headers: Vec::new(),
+                },
+                body,
+                route: Arc::from("bridge status"),
+            },
+        })
+    }
+
+    /// Consumes `rx` until it closes, in batches.
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Incoming>) -> RouterStats {
+        let mut batch = Vec::with_capacity(1024);
+        loop {
+            let n = rx.recv_many(&mut batch, 1024).await;
+            if n == 0 {
+                break;
+            }
+            if let Err(e) = self.handle_batch(&mut batch) {
+                // The spool is the only place events can go; without it
+                // nothing can be promised. Keep trying, loudly.
+                metrics::counter!("spool_write_errors_total").increment(1);
+                tracing::error!(error = %e, "cannot write to the spool; retrying in 1 s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+        if let Err(e) = self.writer.sync() {
+            tracing::error!(error = %e, "final spool fsync failed");
+        }
+        self.stats
+    }
+}
+
+/// Runs the bridge until `shutdown` fires.
+pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), BridgeError> {
+    let mappings = Mappings::load(&cfg.mappings.dir).map_err(|e| {
+        BridgeError(format!(
+            "invalid mappings in {}:\n{e}",
+            cfg.mappings.dir.display()
+        ))
+    })?;
+    let specs = cfg.server_specs().map_err(|e| BridgeError(e.to_string()))?;
+    let (spool, recovered) = Spool::open(SpoolConfig {
+        dir: cfg.spool.dir.clone(),
+        max_bytes: cfg.spool.max_bytes,
+        segment_bytes: cfg.spool.segment_bytes,
+        on_full: cfg.spool.on_full,
+        fsync_interval: Duration::from_millis(cfg.spool.fsync_interval_ms),
+    })
+    .map_err(|e| BridgeError(format!("spool: {e}")))?;
+    if recovered.records > 0 {
+        tracing::info!(
+            records = recovered.records,
+            bytes = recovered.bytes,
+            "spool holds messages from a previous run; they are published first"
+        );
+    }
+    let writer = spool
+        .writer()
+        .map_err(|e| BridgeError(format!("spool: {e}")))?;
+
+    let handle = crate::metrics::install();
+    let metrics_listener = if cfg.metrics.listen.is_empty() {
+        None
+    } else {
+        Some(
+            tokio::net::TcpListener::bind(&cfg.metrics.listen)
+                .await
+                .map_err(|e| BridgeError(format!("metrics listen {}: {e}", cfg.metrics.listen)))?,
+        )
+    };
+
+    let instance = instance_id();
+    tracing::info!(instance = %instance, servers = specs.len(), routes = mappings.current().len(),
+        mappings = %cfg.mappings.dir.display(), spool = %cfg.spool.dir.display(), "ami2amqp starting");
+
+    let (tx, rx) = mpsc::channel::<Incoming>(8192);
+    let pool = Arc::new(Pool::start(specs, tx));
+
+    let router = RouterTask::new(
+        mappings.clone(),
+        writer,
+        instance,
+        &cfg.status.exchange,
+        &cfg.status.routing_key,
+    );
+    let router_task = tokio::spawn(router.run(rx));
+
+    let (broker_tx, broker_rx) = watch::channel(BrokerState::Connecting);
+    let pub_cancel = CancellationToken::new();
+    let status_exchange: Arc<str> = Arc::from(cfg.status.exchange.as_str());
+    let m2 = mappings.clone();
+    let exchanges: ExchangeSource = Arc::new(move || {
+        let mut v = m2.current().exchanges().to_vec();
+        if !v.iter().any(|(n, _)| *n == status_exchange) {
+            v.push((
+                status_exchange.clone(),
+                crate::mapping::schema::ExchangeType::Topic,
+            ));
+        }
+        v
+    });
+    let pub_cfg = PublisherConfig {
+        urls: cfg.amqp.urls(),
+        confirm_window: cfg.amqp.confirm_window,
+        backoff: cfg.amqp.backoff(),
+        declare_exchanges: cfg.amqp.declare_exchanges,
+        alternate_exchange: cfg.amqp.alternate_exchange.clone(),
+        shutdown_timeout: Duration::from_secs(cfg.amqp.shutdown_timeout_s),
+    };
+    let publisher_task = tokio::spawn(publisher::run(
+        pub_cfg,
+        spool.clone(),
+        exchanges,
+        broker_tx,
+        pub_cancel.clone(),
+    ));
+
+    let watcher = mappings
+        .spawn_watcher(cfg.mappings.watch, Duration::from_millis(300), None)
+        .map_err(|e| BridgeError(format!("cannot watch {}: {e}", cfg.mappings.dir.display())))?;
+
+    let metrics_cancel = CancellationToken::new();
+    if let Some(l) = metrics_listener {
+        let pool2 = pool.clone();
+        let spool2 = spool.clone();
+        let health: crate::metrics::HealthFn = Arc::new(move || {
+            let broker = broker_rx.borrow().clone();
+            let broker_ok = matches!(broker, BrokerState::Up { .. });
+            let mut servers = serde_json::Map::new();
+            let mut all = broker_ok;
+            for name in pool2.server_names() {
+                let up = pool2.events_connected(name);
+                all &= up;
+                servers.insert(
+                    name.to_string(),
+                    serde_json::json!(if up { "connected" } else { "disconnected" }),
+                );
+            }
+            let (bytes, msgs) = spool2.pending();
+            (
+                all,
+                serde_json::json!({
+                    "healthy": all,
+                    "broker": match broker { BrokerState::Up{..} => "connected".to_string(), BrokerState::Connecting => "connecting".to_string(), BrokerState::Down{reason} => format!("down: {reason}") },
+                    "servers": servers,
+                    "spool": {"messages": msgs, "bytes": bytes},
+                }),
+            )
+        });
+        tokio::spawn(crate::metrics::serve(
+            l,
+            handle,
+            health,
+            metrics_cancel.clone(),
+        ));
+    }
+
+    shutdown.cancelled().await;
+    tracing::info!("shutting down: logging off from Asterisk");
+    pool.shutdown();
+    drop(pool);
+    watcher.abort();
+    let stats = match tokio::time::timeout(Duration::from_secs(10), router_task).await {
+        Ok(Ok(s)) => s,
+        _ => {
+            tracing::warn!("router task did not finish in time");
+            RouterStats::default()
+        }
+    };
+    pub_cancel.cancel();
+    let _ = publisher_task.await;
+    metrics_cancel.cancel();
+    let (bytes, msgs) = spool.pending();
+    tracing::info!(
+        events = stats.events,
+        messages = stats.messages,
+        unmatched = stats.unmatched,
+        mapping_errors = stats.mapping_errors,
+        spooled_messages = msgs,
+        spooled_bytes = bytes,
+        "ami2amqp stopped"
+    );
+    Ok(())
+}
