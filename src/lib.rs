@@ -10,4 +10,5 @@ pub mod bridge;
 pub mod config;
 pub mod mapping;
 pub mod metrics;
+pub mod tools;
 pub mod trace;

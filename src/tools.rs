@@ -1,0 +1,319 @@
+//! Operator tools: `check`, `map` (the dry run) and `tail`.
+//!
+//! These are how an operator changes routing without fear: `check` says
+//! whether the config and mappings are valid (every problem with its
+//! `file:line:col`), `map` shows exactly which messages a captured trace
+//! would produce with the mappings on disk, and `tail` shows what really
+//! arrives on the bus. They share the library code the bridge runs, so what
+//! they show is what the bridge does.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, UNIX_EPOCH};
+
+use bytes::BytesMut;
+use futures::StreamExt;
+use tokio_util::codec::Decoder;
+
+use crate::ami::{AmiCodec, Frame, Kind, Limits};
+use crate::config::Config;
+use crate::mapping::{EventCtx, Outgoing, load_dir};
+
+/// `ami2amqp check`: validates the config file (if given) and the mappings.
+/// Prints one line per problem and returns the process exit code.
+pub fn check(config: Option<&Path>, mappings: Option<&Path>, out: &mut dyn Write) -> i32 {
+    let mut ok = true;
+    let mut dir = mappings.map(Path::to_path_buf);
+    if let Some(c) = config {
+        match Config::load(c) {
+            Ok(cfg) => {
+                match cfg.server_specs() {
+                    Ok(specs) => {
+                        let _ = writeln!(out, "{}: ok ({} server(s))", c.display(), specs.len());
+                    }
+                    Err(e) => {
+                        ok = false;
+                        let _ = writeln!(out, "{e}");
+                    }
+                }
+                if dir.is_none() {
+                    dir = Some(cfg.mappings.dir.clone());
+                }
+            }
+            Err(e) => {
+                ok = false;
+                let _ = writeln!(out, "{e}");
+            }
+        }
+    }
+    let dir = dir.unwrap_or_else(|| PathBuf::from("mappings"));
+    match load_dir(&dir) {
+        Ok(r) => {
+            let _ = writeln!(
+                out,
+                "{}: ok ({} route(s) in {} file(s), exchanges: {})",
+                dir.display(),
+                r.len(),
+                r.files().len(),
+                r.exchanges()
+                    .iter()
+                    .map(|(e, t)| format!("{e} ({})", t.as_str()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        Err(e) => {
+            ok = false;
+            let _ = writeln!(out, "{e}");
+        }
+    }
+    if ok { 0 } else { 1 }
+}
+
+/// What the dry run saw.
+#[derive(Debug, Default)]
+pub struct MapSummary {
+    pub events: u64,
+    pub messages: u64,
+    pub malformed: u64,
+    /// Events of event lists (answers to the capturing client), skipped.
+    pub list_items: u64,
+    pub errors: u64,
+    /// (exchange, routing key) → count
+    pub keys: BTreeMap<(String, String), u64>,
+    /// event name → count, for events no route matched
+    pub unmatched: BTreeMap<String, u64>,
+    /// route error text → count
+    pub error_texts: BTreeMap<String, u64>,
+}
+
+/// `ami2amqp map`: feeds traces through the mappings. Each message is
+/// passed to `emit`; the summary is returned. Timestamps are derived from
+/// a fixed clock (the Unix epoch plus the event's index in milliseconds)
+/// and the instance id is `dryrun`, so the output is the same every run.
+pub fn map_traces(
+    mappings: &Path,
+    server: &str,
+    traces: &[PathBuf],
+    mut emit: impl FnMut(&Outgoing) -> std::io::Result<()>,
+) -> Result<MapSummary, String> {
+    let router = load_dir(mappings).map_err(|e| e.to_string())?;
+    let mut s = MapSummary::default();
+    let mut out = Vec::new();
+    for t in traces {
+        let data =
+            crate::trace::file::read_trace(t).map_err(|e| format!("{}: {e}", t.display()))?;
+        let mut codec = AmiCodec::new(Limits::default());
+        let mut buf = BytesMut::from(&data[..]);
+        let mut open_lists = std::collections::HashSet::new();
+        loop {
+            let f = match codec.decode(&mut buf) {
+                Ok(Some(f)) => f,
+                Ok(None) => match codec.decode_eof(&mut buf) {
+                    Ok(Some(f)) => f,
+                    _ => break,
+                },
+                Err(e) => return Err(format!("{}: {e}", t.display())),
+            };
+            let m = match f {
+                Frame::Message(m) => m,
+                Frame::Malformed(_) => {
+                    s.malformed += 1;
+                    continue;
+                }
+                Frame::Banner(_) => continue,
+            };
+            // Items of an event list answer the capturing client's action;
+            // Asterisk sends them to nobody else, so the bridge never sees
+            // them on its event connection: skip them here too.
+            let id = m.action_id().map(|c| c.into_owned());
+            if m.kind() == Kind::Response {
+                if let Some(id) = id {
+                    if m.get("EventList")
+                        .is_some_and(|v| v.eq_ignore_ascii_case("start"))
+                    {
+                        open_lists.insert(id);
+                    }
+                }
+                continue;
+            }
+            if m.kind() != Kind::Event {
+                continue;
+            }
+            if let Some(id) = id.filter(|i| open_lists.contains(i)) {
+                if m.get("EventList")
+                    .is_some_and(|v| v.eq_ignore_ascii_case("Complete"))
+                {
+                    open_lists.remove(&id);
+                }
+                s.list_items += 1;
+                continue;
+            }
+            s.events += 1;
+            let ctx = EventCtx {
+                server,
+                seq: s.events,
+                received_at: UNIX_EPOCH + Duration::from_millis(s.events),
+                message: &m,
+                instance: "dryrun",
+            };
+            out.clear();
+            let o = router.route(&ctx, &mut out);
+            if o.matched == 0 {
+                *s.unmatched
+                    .entry(m.event_name().unwrap_or_default().into_owned())
+                    .or_default() += 1;
+            }
+            for e in o.errors {
+                s.errors += 1;
+                *s.error_texts.entry(e.to_string()).or_default() += 1;
+            }
+            for msg in &out {
+                s.messages += 1;
+                *s.keys
+                    .entry((msg.exchange.to_string(), msg.routing_key.clone()))
+                    .or_default() += 1;
+                emit(msg).map_err(|e| e.to_string())?;
+            }
+        }
+    }
+    Ok(s)
+}
+
+/// Prints the `--summary` table.
+pub fn print_summary(s: &MapSummary, out: &mut dyn Write) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "events: {}  messages: {}  unmatched: {}  mapping errors: {}  malformed: {}  event-list items skipped: {}",
+        s.events,
+        s.messages,
+        s.unmatched.values().sum::<u64>(),
+        s.errors,
+        s.malformed,
+        s.list_items
+    )?;
+    writeln!(out, "\n{:>8}  {:<20} routing key", "count", "exchange")?;
+    let mut rows: Vec<_> = s.keys.iter().collect();
+    rows.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    for ((ex, key), n) in rows {
+        writeln!(out, "{n:>8}  {ex:<20} {key}")?;
+    }
+    if !s.unmatched.is_empty() {
+        writeln!(out, "\nevents that matched no route:")?;
+        for (e, n) in &s.unmatched {
+            writeln!(out, "{n:>8}  {e}")?;
+        }
+    }
+    if !s.error_texts.is_empty() {
+        writeln!(out, "\nmapping errors:")?;
+        for (e, n) in &s.error_texts {
+            writeln!(out, "{n:>8}  {e}")?;
+        }
+    }
+    Ok(())
+}
+
+/// `ami2amqp tail`: binds a temporary queue to `exchange` with `bindings`
+/// (default `#`) and prints what arrives until `limit` messages or
+/// `duration` or Ctrl-C.
+pub async fn tail(
+    url: &str,
+    exchange: &str,
+    bindings: &[String],
+    json: bool,
+    limit: Option<u64>,
+    duration: Option<Duration>,
+    out: &mut (dyn Write + Send),
+) -> Result<u64, String> {
+    use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+    use lapin::types::FieldTable;
+    let short = crate::amqp::publisher::short;
+    let conn = lapin::Connection::connect(url, lapin::ConnectionProperties::default())
+        .await
+        .map_err(|e| format!("cannot connect to {}: {e}", crate::config::redact_url(url)))?;
+    let ch = conn.create_channel().await.map_err(|e| e.to_string())?;
+    let q = ch
+        .queue_declare(
+            short(""),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let qname = q.name().clone();
+    let binds: Vec<String> = if bindings.is_empty() {
+        vec!["#".into()]
+    } else {
+        bindings.to_vec()
+    };
+    for b in &binds {
+        ch.queue_bind(qname.clone(), short(exchange), short(b), QueueBindOptions::default(), FieldTable::default())
+            .await
+            .map_err(|e| format!("cannot bind to exchange {exchange:?} (does it exist? the bridge declares it at start): {e}"))?;
+    }
+    let mut consumer = ch
+        .basic_consume(
+            qname,
+            short("ami2amqp-tail"),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let deadline = duration.map(|d| tokio::time::Instant::now() + d);
+    let mut n = 0u64;
+    loop {
+        if limit.is_some_and(|l| n >= l) {
+            break;
+        }
+        let next = async {
+            match deadline {
+                Some(d) => tokio::time::timeout_at(d, consumer.next())
+                    .await
+                    .ok()
+                    .flatten(),
+                None => consumer.next().await,
+            }
+        };
+        let d = tokio::select! {
+            d = next => d,
+            _ = tokio::signal::ctrl_c() => None,
+        };
+        let Some(d) = d else { break };
+        let d = d.map_err(|e| e.to_string())?;
+        n += 1;
+        let key = d.routing_key.as_str();
+        let body: serde_json::Value = serde_json::from_slice(&d.data).unwrap_or_else(|_| {
+            serde_json::Value::String(String::from_utf8_lossy(&d.data).into_owned())
+        });
+        let line = if json {
+            let p = &d.properties;
+            serde_json::json!({
+                "exchange": d.exchange.as_str(),
+                "routing_key": key,
+                "properties": {
+                    "type": p.kind().as_ref().map(|s| s.as_str()),
+                    "message_id": p.message_id().as_ref().map(|s| s.as_str()),
+                    "content_type": p.content_type().as_ref().map(|s| s.as_str()),
+                    "delivery_mode": p.delivery_mode(),
+                },
+                "body": body,
+            })
+            .to_string()
+        } else {
+            format!("{key}  {body}")
+        };
+        writeln!(out, "{line}").map_err(|e| e.to_string())?;
+        let _ = out.flush();
+    }
+    let _ = conn.close(200, short("bye")).await;
+    Ok(n)
+}
