@@ -1,1 +1,497 @@
-fn main() {}
+//! The `ami2amqp` command line.
+//!
+//! This file is deliberately thin: it parses arguments with clap, sets up
+//! logging and hands over to the library, where the real work (and its
+//! tests) live. Every subcommand is one variant of [`Command`] holding its
+//! own `clap::Args` struct and one `async fn` that runs it; adding a
+//! subcommand means adding those two things and one line to
+//! [`Command::run`].
+//!
+//! Errors end the program with one line on stderr (`ami2amqp: error: …`)
+//! and exit status 1; usage errors are clap's (status 2). Logs go to
+//! stderr too, so stdout carries only a command's output (the `listening on
+//! ADDR` line of `replay`, the report of `inspect`).
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use ami2amqp::ami::login::{AuthType, Credentials, EventMask};
+use ami2amqp::trace::replay::{Account, Pace, ReplayConfig, ReplayServer};
+use ami2amqp::trace::{inspect, record};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Bridge between the Asterisk Manager Interface (AMI) and AMQP (RabbitMQ).
+#[derive(Parser, Debug)]
+#[command(name = "ami2amqp", version, about, propagate_version = true)]
+struct Cli {
+    #[command(flatten)]
+    log: LogArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Debug)]
+struct LogArgs {
+    /// Log filter in RUST_LOG syntax, e.g. `info`, `debug`,
+    /// `ami2amqp=debug,info`. Logs go to stderr.
+    #[arg(long, global = true, env = "RUST_LOG", default_value = "info")]
+    log_level: String,
+    /// Log format: human-readable `text` or one JSON object per line.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    Run(RunArgs),
+    Check(CheckArgs),
+    Map(MapArgs),
+    Tail(TailArgs),
+    Replay(ReplayArgs),
+    Record(RecordArgs),
+    Inspect(InspectArgs),
+}
+
+impl Command {
+    async fn run(self) -> Result<(), BoxError> {
+        match self {
+            Command::Run(a) => run(a).await,
+            Command::Check(a) => check(a),
+            Command::Map(a) => map(a),
+            Command::Tail(a) => tail(a).await,
+            Command::Replay(a) => replay(a).await,
+            Command::Record(a) => record(a).await,
+            Command::Inspect(a) => inspect(a).await,
+        }
+    }
+}
+
+/// Run the bridge: AMI events → mappings → RabbitMQ (with confirms and an
+/// on-disk spool), until SIGTERM/SIGINT.
+///
+/// On SIGTERM/SIGINT the bridge logs off from Asterisk, writes what it
+/// holds to the spool, waits (bounded) for the broker's confirms and exits
+/// 0; what is not confirmed is published at the next start. SIGHUP reloads
+/// the mapping files. docs/config.md describes the config file;
+/// contrib/ami2amqp.toml is an example.
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// The configuration file (TOML).
+    #[arg(long, short, default_value = "/etc/ami2amqp/ami2amqp.toml")]
+    config: PathBuf,
+}
+
+async fn run(a: RunArgs) -> Result<(), BoxError> {
+    let cfg = ami2amqp::config::Config::load(&a.config)?;
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let c2 = cancel.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("signal received");
+        c2.cancel();
+    });
+    ami2amqp::bridge::run(cfg, cancel).await?;
+    Ok(())
+}
+
+/// Validate the config file and the mapping files without running anything.
+///
+/// Prints `file:line:col: message` for every problem found and exits 0
+/// only when everything is valid. With --config alone, the mappings
+/// directory named in the config is checked too.
+#[derive(Args, Debug)]
+struct CheckArgs {
+    /// The configuration file to check.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// The mappings directory to check (default: the config's
+    /// `mappings.dir`, or `mappings`).
+    #[arg(long, short)]
+    mappings: Option<PathBuf>,
+}
+
+fn check(a: CheckArgs) -> Result<(), BoxError> {
+    let mut out = std::io::stdout().lock();
+    match ami2amqp::tools::check(a.config.as_deref(), a.mappings.as_deref(), &mut out) {
+        0 => Ok(()),
+        _ => Err("invalid configuration or mappings (see above)".into()),
+    }
+}
+
+/// Dry run: feed traces through the mappings and print every message that
+/// would be published, one JSON object per line
+/// (`{"route","exchange","routing_key","properties","body"}`).
+///
+/// Timestamps and ids are deterministic (instance `dryrun`), so two runs
+/// can be diffed to see what an edit changes. Items of event lists (answers
+/// to the capturing client's actions) are skipped, as the bridge never
+/// receives them.
+#[derive(Args, Debug)]
+struct MapArgs {
+    /// The mappings directory.
+    #[arg(long, short, default_value = "mappings")]
+    mappings: PathBuf,
+    /// The server name to use for `{server}`.
+    #[arg(long, default_value = "pbx1")]
+    server: String,
+    /// Print a table of routing keys with counts, unmatched events and
+    /// mapping errors instead of the messages.
+    #[arg(long)]
+    summary: bool,
+    /// Trace files (raw AMI bytes, `.zst` accepted).
+    #[arg(required = true, value_name = "TRACE")]
+    traces: Vec<PathBuf>,
+}
+
+fn map(a: MapArgs) -> Result<(), BoxError> {
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let summary = a.summary;
+    let s = ami2amqp::tools::map_traces(&a.mappings, &a.server, &a.traces, |m| {
+        if summary {
+            return Ok(());
+        }
+        serde_json::to_writer(&mut out, &m.to_json())?;
+        out.write_all(b"\n")
+    })?;
+    if summary {
+        ami2amqp::tools::print_summary(&s, &mut out)?;
+    }
+    out.flush()?;
+    if s.errors > 0 {
+        eprintln!(
+            "ami2amqp: {} mapping error(s); run with --summary to see them",
+            s.errors
+        );
+    }
+    Ok(())
+}
+
+/// Watch the bus: bind a temporary queue to an exchange and print what
+/// arrives, one line per message (`routing-key  body`), or JSON objects
+/// with --json.
+#[derive(Args, Debug)]
+struct TailArgs {
+    /// The broker URL.
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    amqp: String,
+    /// The exchange to watch.
+    #[arg(long, default_value = "ami.events")]
+    exchange: String,
+    /// Print one JSON object per message (exchange, routing key,
+    /// properties, body).
+    #[arg(long)]
+    json: bool,
+    /// Stop after this many messages.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Stop after this many seconds.
+    #[arg(long, value_name = "SECONDS")]
+    duration: Option<f64>,
+    /// Binding keys (topic patterns such as `pbx1.call.#`); default `#`.
+    #[arg(value_name = "BINDING")]
+    bindings: Vec<String>,
+}
+
+async fn tail(a: TailArgs) -> Result<(), BoxError> {
+    let mut out = std::io::stdout();
+    let d = a.duration.map(Duration::from_secs_f64);
+    ami2amqp::tools::tail(
+        &a.amqp,
+        &a.exchange,
+        &a.bindings,
+        a.json,
+        a.count,
+        d,
+        &mut out,
+    )
+    .await?;
+    Ok(())
+}
+
+/// Act as a fake Asterisk: serve recorded traces to AMI clients over TCP.
+///
+/// Each client gets the banner, must log in (plain `Secret` or MD5
+/// `Challenge`/`Key`), and then receives the traces' events, filtered by
+/// its `Events:` mask, while `Ping`, `Logoff`, `Events` and (with
+/// --responses) recorded actions are answered. The bound address is
+/// printed on stdout as `listening on ADDR`.
+#[derive(Args, Debug)]
+struct ReplayArgs {
+    /// Address to listen on; port 0 picks a free port (see the
+    /// `listening on` line).
+    #[arg(long, default_value = "127.0.0.1:5038")]
+    listen: String,
+    /// Username the clients must log in with. Without --username and
+    /// --secret any login is accepted.
+    #[arg(long, requires = "secret")]
+    username: Option<String>,
+    /// Secret for --username (plain `Secret:` or the MD5 `Key`).
+    #[arg(long, requires = "username")]
+    secret: Option<String>,
+    /// Send this many events per second to each client (default: as fast
+    /// as the client reads).
+    #[arg(long, conflicts_with = "timing")]
+    rate: Option<f64>,
+    /// Reproduce the recorded pace from a `.timing` file (`<seconds>
+    /// <cumulative bytes>` per line, `.zst` accepted). Give one per TRACE,
+    /// in the same order.
+    #[arg(long)]
+    timing: Vec<PathBuf>,
+    /// Play the stream this many times per client; 0 = forever.
+    #[arg(long = "loop", default_value_t = 1)]
+    loops: u64,
+    /// Answer actions with the responses recorded in SENT_FILE (a
+    /// `NAME.sent`) and its `NAME.ami`; the ActionID is rewritten to the
+    /// client's. Login, Challenge, Ping, Logoff and Events stay built in.
+    #[arg(long, value_name = "SENT_FILE")]
+    responses: Option<PathBuf>,
+    /// Milliseconds to wait before answering a failed login (Asterisk
+    /// waits about a second); the connection is closed after the answer.
+    #[arg(long, default_value_t = 100, value_name = "MS")]
+    auth_fail_delay: u64,
+    /// Also stream the items of event lists recorded in the trace
+    /// (answers to the capturing client's actions, which a real server
+    /// sends only to that client).
+    #[arg(long)]
+    include_list_events: bool,
+    /// Exit after the first client has disconnected.
+    #[arg(long, conflicts_with = "exit_after_clients")]
+    once: bool,
+    /// Exit after N clients have connected and disconnected.
+    #[arg(long, value_name = "N")]
+    exit_after_clients: Option<u64>,
+    /// Trace files (raw server→client bytes, `.zst` accepted), streamed
+    /// one after the other.
+    #[arg(required = true, value_name = "TRACE")]
+    traces: Vec<PathBuf>,
+}
+
+async fn replay(a: ReplayArgs) -> Result<(), BoxError> {
+    let pace = match (a.rate, a.timing.is_empty()) {
+        (Some(r), _) => Pace::Rate(r),
+        (None, false) => Pace::Timing(a.timing),
+        (None, true) => Pace::Max,
+    };
+    let account = match (a.username, a.secret) {
+        (Some(username), Some(secret)) => Some(Account { username, secret }),
+        _ => None,
+    };
+    let config = ReplayConfig {
+        listen: a.listen,
+        traces: a.traces,
+        account,
+        pace,
+        loops: a.loops,
+        responses: a.responses,
+        auth_fail_delay: Duration::from_millis(a.auth_fail_delay),
+        include_list_events: a.include_list_events,
+        exit_after_clients: if a.once {
+            Some(1)
+        } else {
+            a.exit_after_clients
+        },
+    };
+    let server = ReplayServer::bind(config).await?;
+    let addr = server.local_addr()?;
+    tracing::info!(%addr, events = server.event_count(), "replay listening");
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "listening on {addr}")?;
+        out.flush()?;
+    }
+    server.run(shutdown_signal()).await?;
+    Ok(())
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum AuthArg {
+    Plain,
+    Md5,
+}
+
+/// Record a live Asterisk's AMI stream, byte for byte, into a trace file.
+///
+/// Logs in, writes every byte received (banner included) to --out, and
+/// optionally the timing of each read to --timing. Stops after --duration,
+/// on SIGINT/SIGTERM or when the server closes; sends Logoff first and
+/// flushes the files.
+#[derive(Args, Debug)]
+struct RecordArgs {
+    /// Asterisk manager address, `host:port`.
+    #[arg(long, value_name = "HOST:PORT")]
+    server: String,
+    /// AMI username (manager.conf section).
+    #[arg(long)]
+    username: String,
+    /// AMI secret.
+    #[arg(long, env = "AMI2AMQP_SECRET", hide_env_values = true)]
+    secret: String,
+    /// How to authenticate: `plain` sends the secret, `md5` uses the
+    /// challenge so the secret never crosses the wire.
+    #[arg(long, value_enum, default_value_t = AuthArg::Md5)]
+    auth: AuthArg,
+    /// Events to ask for: `on`, `off` or a class list such as
+    /// `call,cdr,user`.
+    #[arg(long, default_value = "on")]
+    events: String,
+    /// Trace file to write; zstd-compressed when the name ends in `.zst`.
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+    /// Also write `<seconds since connect> <cumulative bytes>` per read to
+    /// this file (`.zst`: compressed), for `replay --timing`.
+    #[arg(long, value_name = "FILE")]
+    timing: Option<PathBuf>,
+    /// Stop after this many seconds (fractions allowed; default: until
+    /// SIGINT/SIGTERM or the server closes).
+    #[arg(long, value_name = "SECONDS")]
+    duration: Option<f64>,
+}
+
+async fn record(a: RecordArgs) -> Result<(), BoxError> {
+    let duration = match a.duration {
+        Some(d) if d.is_finite() && d >= 0.0 => Some(Duration::from_secs_f64(d)),
+        Some(d) => return Err(format!("--duration must be >= 0 seconds, got {d}").into()),
+        None => None,
+    };
+    let credentials = Credentials {
+        username: a.username,
+        secret: a.secret,
+        auth: match a.auth {
+            AuthArg::Plain => AuthType::Plain,
+            AuthArg::Md5 => AuthType::Md5,
+        },
+    };
+    let mut config = record::RecordConfig::new(a.server, credentials, a.out);
+    config.events = EventMask::parse(&a.events);
+    config.timing = a.timing;
+    config.duration = duration;
+    record::record(config, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Count the messages, events, responses and malformed frames of traces.
+///
+/// Prints a table per trace, or with --json one JSON object per trace and
+/// line with the keys trace, banner, messages, events (name → count),
+/// responses (value → count), malformed and fields (event → field names in
+/// first-seen order).
+#[derive(Args, Debug)]
+struct InspectArgs {
+    /// Print one JSON object per trace (one per line) instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Trace files (`.zst` accepted).
+    #[arg(required = true, value_name = "TRACE")]
+    traces: Vec<PathBuf>,
+}
+
+async fn inspect(a: InspectArgs) -> Result<(), BoxError> {
+    for path in a.traces {
+        let report = tokio::task::spawn_blocking(move || inspect::inspect(&path)).await??;
+        let mut out = std::io::stdout().lock();
+        if a.json {
+            writeln!(out, "{}", report.to_json())?;
+        } else {
+            writeln!(out, "{}", report.to_table())?;
+        }
+    }
+    Ok(())
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn init_logging(log: &LogArgs) -> Result<(), BoxError> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&log.log_level)
+        .map_err(|e| format!("bad --log-level {:?}: {e}", log.log_level))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match log.log_format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    }
+    .map_err(|e| format!("cannot set up logging: {e}"))?;
+    Ok(())
+}
+
+/// The error and its causes on one line (`a: b: c`), without repeating a
+/// cause its parent already printed.
+fn one_line(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = c.source();
+    }
+    s.replace('\n', " ")
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(e) = init_logging(&cli.log) {
+        eprintln!("ami2amqp: error: {}", one_line(e.as_ref()));
+        return ExitCode::FAILURE;
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ami2amqp: error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(cli.command.run()) {
+        Ok(()) => ExitCode::SUCCESS,
+        // stdout closed early (`inspect … | head`): not an error.
+        Err(e)
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ami2amqp: error: {}", one_line(e.as_ref()));
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,353 @@
+//! Child processes of the `ami2amqp` binary for end-to-end tests: a replay
+//! (fake Asterisk) and the bridge, killed on drop even when a test fails.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use lapin::options::{
+    BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_ami2amqp")
+}
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn trace(name: &str) -> PathBuf {
+    repo().join("tests/traces").join(name)
+}
+
+/// A unique name for this test run (server names, exchanges, queues).
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}{}x{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A child process killed (SIGKILL) when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal (e.g. "TERM", "KILL", "HUP").
+    pub fn signal(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status();
+    }
+
+    /// Waits for exit, at most `t`; returns the exit code (None = still
+    /// running or killed by a signal).
+    pub fn wait_timeout(&mut self, t: Duration) -> Option<i32> {
+        let end = Instant::now() + t;
+        while Instant::now() < end {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return st.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `ami2amqp replay` on a free port; returns it and its address.
+pub fn replay(args: &[&str]) -> (Proc, String) {
+    let mut child = Command::new(bin())
+        .arg("replay")
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start replay");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("replay prints its address");
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line from replay: {line:?}"))
+        .to_string();
+    (
+        Proc {
+            child,
+            name: "replay".into(),
+        },
+        addr,
+    )
+}
+
+/// Writes a bridge config for one replayed server.
+pub struct BridgeSetup {
+    pub dir: tempfile::TempDir,
+    pub server: String,
+    pub exchange: String,
+    pub config: PathBuf,
+    pub mappings: PathBuf,
+    pub metrics: String,
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+impl BridgeSetup {
+    /// Copies the default mappings with the exchange renamed to a unique
+    /// one, and writes a config pointing at `ami_addr` and `amqp_url`.
+    pub fn new(ami_addr: &str, amqp_url: &str, extra: &str) -> BridgeSetup {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let server = unique("pbx");
+        let exchange = unique("ami.test.");
+        let mappings = dir.path().join("mappings");
+        std::fs::create_dir(&mappings).expect("mkdir");
+        for e in std::fs::read_dir(repo().join("mappings")).expect("mappings dir") {
+            let p = e.expect("entry").path();
+            if p.extension().is_some_and(|x| x == "toml") {
+                let t = std::fs::read_to_string(&p).expect("read mapping");
+                let t = t.replace("\"ami.events\"", &format!("\"{exchange}\""));
+                std::fs::write(mappings.join(p.file_name().expect("name")), t).expect("write");
+            }
+        }
+        let metrics = format!("127.0.0.1:{}", free_port());
+        let config = dir.path().join("ami2amqp.toml");
+        let text = format!(
+            r#"
+[amqp]
+url = "{amqp_url}"
+reconnect_initial_ms = 100
+reconnect_max_ms = 1000
+
+[[server]]
+name = "{server}"
+address = "{ami_addr}"
+username = "bridge"
+secret = "bridgepass"
+action_connections = 1
+reconnect_initial_ms = 100
+reconnect_max_ms = 1000
+
+[mappings]
+dir = "{mappings}"
+
+[spool]
+dir = "{spool}"
+fsync_interval_ms = 50
+
+[metrics]
+listen = "{metrics}"
+
+[status]
+exchange = "{exchange}"
+{extra}
+"#,
+            mappings = mappings.display(),
+            spool = dir.path().join("spool").display(),
+        );
+        std::fs::write(&config, text).expect("write config");
+        BridgeSetup {
+            dir,
+            server,
+            exchange,
+            config,
+            mappings,
+            metrics,
+        }
+    }
+
+    pub fn spool_dir(&self) -> PathBuf {
+        self.dir.path().join("spool")
+    }
+
+    /// Starts `ami2amqp run` with this config.
+    pub fn start(&self) -> Proc {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("bridge.log"))
+            .expect("log file");
+        let child = Command::new(bin())
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start bridge");
+        Proc {
+            child,
+            name: "bridge".into(),
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("bridge.log")).unwrap_or_default()
+    }
+
+    /// GET /metrics or /healthz from the bridge.
+    pub fn http_get(&self, path: &str) -> Option<(u16, String)> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&self.metrics).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").ok()?;
+        let mut r = String::new();
+        s.read_to_string(&mut r).ok()?;
+        let code = r.split_whitespace().nth(1)?.parse().ok()?;
+        let body = r.split_once("\r\n\r\n").map(|x| x.1.to_string())?;
+        Some((code, body))
+    }
+
+    /// Runs `ami2amqp map` over a trace with this setup's mappings and
+    /// server name; returns the JSON messages.
+    pub fn dry_run(&self, trace: &Path) -> Vec<serde_json::Value> {
+        let out = Command::new(bin())
+            .args(["map", "--mappings"])
+            .arg(&self.mappings)
+            .args(["--server", &self.server])
+            .arg(trace)
+            .output()
+            .expect("run map");
+        assert!(
+            out.status.success(),
+            "map failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("map prints JSON lines"))
+            .collect()
+    }
+}
+
+/// A queue bound to an exchange, consumed into a channel.
+pub struct Sink {
+    pub conn: lapin::Connection,
+    pub rx: tokio::sync::mpsc::UnboundedReceiver<lapin::message::Delivery>,
+}
+
+/// Declares `exchange` exactly as the bridge does (durable topic with the
+/// `ami.unroutable` alternate exchange) and binds a fresh exclusive queue
+/// with `binding`, so no message is published before someone listens.
+pub async fn sink(url: &str, exchange: &str, binding: &str) -> Sink {
+    let conn = lapin::Connection::connect(url, lapin::ConnectionProperties::default())
+        .await
+        .expect("connect to RabbitMQ");
+    let ch = conn.create_channel().await.expect("channel");
+    let mut args = FieldTable::default();
+    args.insert(
+        "alternate-exchange".into(),
+        AMQPValue::LongString("ami.unroutable".as_bytes().into()),
+    );
+    ch.exchange_declare(
+        exchange.into(),
+        lapin::ExchangeKind::Topic,
+        ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        args,
+    )
+    .await
+    .expect("declare exchange");
+    let q = ch
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("declare queue");
+    ch.queue_bind(
+        q.name().clone(),
+        exchange.into(),
+        binding.into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("bind");
+    let mut consumer = ch
+        .basic_consume(
+            q.name().clone(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume");
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(Ok(d)) = consumer.next().await {
+            if tx.send(d).is_err() {
+                break;
+            }
+        }
+    });
+    Sink { conn, rx }
+}
+
+impl Sink {
+    /// Collects messages until `n` arrived or nothing came for `idle`.
+    pub async fn collect(&mut self, n: usize, idle: Duration) -> Vec<lapin::message::Delivery> {
+        let mut v = Vec::new();
+        while v.len() < n {
+            match tokio::time::timeout(idle, self.rx.recv()).await {
+                Ok(Some(d)) => v.push(d),
+                _ => break,
+            }
+        }
+        v
+    }
+}
+
+/// A delivery's body as JSON.
+pub fn body(d: &lapin::message::Delivery) -> serde_json::Value {
+    serde_json::from_slice(&d.data).expect("JSON body")
+}
+
+/// Waits until `f` is true, at most `t`.
+pub fn wait_until(t: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + t;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
