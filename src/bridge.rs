@@ -141,7 +141,8 @@ impl RouterTask {
                         self.stats.mapping_errors += 1;
                         metrics::counter!("mapping_errors_total", "route" => e.route.to_string())
                             .increment(1);
-                        if self.stats.mapping_errors <= 10 || self.stats.mapping_errors % 1000 == 0
+                        if self.stats.mapping_errors <= 10
+                            || self.stats.mapping_errors.is_multiple_of(1000)
                         {
                             tracing::warn!(server = %ev.server, event = %name, seq, error = %e,
                                 total = self.stats.mapping_errors, "mapping error: message not produced");

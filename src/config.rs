@@ -546,11 +546,11 @@ fn resolve_secret(s: &Server) -> Result<String, String> {
 
 /// `amqp://user:pass@host/vhost` → `amqp://user:***@host/vhost`.
 pub fn redact_url(u: &str) -> String {
-    if let Some((scheme, rest)) = u.split_once("://") {
-        if let Some((cred, host)) = rest.split_once('@') {
-            let user = cred.split(':').next().unwrap_or("");
-            return format!("{scheme}://{user}:***@{host}");
-        }
+    if let Some((scheme, rest)) = u.split_once("://")
+        && let Some((cred, host)) = rest.split_once('@')
+    {
+        let user = cred.split(':').next().unwrap_or("");
+        return format!("{scheme}://{user}:***@{host}");
     }
     u.to_string()
 }

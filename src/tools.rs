@@ -129,12 +129,11 @@ pub fn map_traces(
             // them on its event connection: skip them here too.
             let id = m.action_id().map(|c| c.into_owned());
             if m.kind() == Kind::Response {
-                if let Some(id) = id {
-                    if m.get("EventList")
+                if let Some(id) = id
+                    && m.get("EventList")
                         .is_some_and(|v| v.eq_ignore_ascii_case("start"))
-                    {
-                        open_lists.insert(id);
-                    }
+                {
+                    open_lists.insert(id);
                 }
                 continue;
             }

@@ -413,7 +413,7 @@ impl Outbox {
     fn push(&mut self, tx: &mpsc::Sender<Incoming>, item: Incoming) {
         if self.items.is_empty() {
             match tx.try_send(item) {
-                Ok(()) => return,
+                Ok(()) => (),
                 Err(mpsc::error::TrySendError::Full(item)) => {
                     self.bytes += incoming_size(&item);
                     self.items.push_back(item);
@@ -636,11 +636,10 @@ impl Supervisor {
                             }
                         }
                         Some(Ok(Frame::Message(m))) => {
-                            if let Some(item) = self.dispatch(m, &mut pending, &mut ping_outstanding) {
-                                if let Some(tx) = &events_tx {
+                            if let Some(item) = self.dispatch(m, &mut pending, &mut ping_outstanding)
+                                && let Some(tx) = &events_tx {
                                     self.queue.push(tx, item);
                                 }
-                            }
                         }
                     }
                 }
@@ -695,37 +694,37 @@ impl Supervisor {
         ping: &mut Option<(String, Instant)>,
     ) -> Option<Incoming> {
         let kind = m.kind();
-        if kind == Kind::Response || kind == Kind::Event {
-            if let Some(id) = m.action_id() {
-                if ping.as_ref().is_some_and(|(p, _)| *p == *id) {
-                    *ping = None;
+        if (kind == Kind::Response || kind == Kind::Event)
+            && let Some(id) = m.action_id()
+        {
+            if ping.as_ref().is_some_and(|(p, _)| *p == *id) {
+                *ping = None;
+                return None;
+            }
+            if let Some(p) = pending.get_mut(id.as_ref()) {
+                let id = id.into_owned();
+                if kind == Kind::Response && p.response.is_none() {
+                    let is_list = m
+                        .get("EventList")
+                        .is_some_and(|v| v.eq_ignore_ascii_case("start"));
+                    let failed = m
+                        .get("Response")
+                        .is_some_and(|v| v.eq_ignore_ascii_case("Error"));
+                    p.response = Some(m);
+                    if !is_list || failed {
+                        finish(pending, &id);
+                    }
                     return None;
                 }
-                if let Some(p) = pending.get_mut(id.as_ref()) {
-                    let id = id.into_owned();
-                    if kind == Kind::Response && p.response.is_none() {
-                        let is_list = m
-                            .get("EventList")
-                            .is_some_and(|v| v.eq_ignore_ascii_case("start"));
-                        let failed = m
-                            .get("Response")
-                            .is_some_and(|v| v.eq_ignore_ascii_case("Error"));
-                        p.response = Some(m);
-                        if !is_list || failed {
-                            finish(pending, &id);
-                        }
-                        return None;
+                if kind == Kind::Event {
+                    let complete = m
+                        .get("EventList")
+                        .is_some_and(|v| v.eq_ignore_ascii_case("Complete"));
+                    p.events.push(m);
+                    if complete {
+                        finish(pending, &id);
                     }
-                    if kind == Kind::Event {
-                        let complete = m
-                            .get("EventList")
-                            .is_some_and(|v| v.eq_ignore_ascii_case("Complete"));
-                        p.events.push(m);
-                        if complete {
-                            finish(pending, &id);
-                        }
-                        return None;
-                    }
+                    return None;
                 }
             }
         }
@@ -740,13 +739,13 @@ impl Supervisor {
 }
 
 fn finish(pending: &mut HashMap<String, Pending>, id: &str) {
-    if let Some(p) = pending.remove(id) {
-        if let Some(response) = p.response {
-            let _ = p.reply.send(Ok(ActionResult {
-                response,
-                events: p.events,
-            }));
-        }
+    if let Some(p) = pending.remove(id)
+        && let Some(response) = p.response
+    {
+        let _ = p.reply.send(Ok(ActionResult {
+            response,
+            events: p.events,
+        }));
     }
 }
 

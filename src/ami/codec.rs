@@ -255,10 +255,10 @@ impl Decoder for AmiCodec {
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, std::io::Error> {
         loop {
-            if let State::Discarding { .. } = self.state {
-                if !self.discard(src) {
-                    return Ok(None);
-                }
+            if let State::Discarding { .. } = self.state
+                && !self.discard(src)
+            {
+                return Ok(None);
             }
             let Some(nl) = memchr::memchr(b'\n', &src[self.scanned..]) else {
                 // No complete line: check the limits on what is pending.
@@ -315,17 +315,15 @@ impl Decoder for AmiCodec {
                         self.reset();
                         return Ok(Some(Frame::Message(m)));
                     }
-                    if !headers_done {
-                        if let Some((kl, vs)) = split_line(line) {
-                            let key = &line[..kl];
-                            if key.eq_ignore_ascii_case(b"Privilege")
-                                || key.eq_ignore_ascii_case(b"ActionID")
-                            {
-                                self.spans
-                                    .push((line_start, kl, line_start + vs, line_len - vs));
-                                self.scanned = next;
-                                continue;
-                            }
+                    if !headers_done && let Some((kl, vs)) = split_line(line) {
+                        let key = &line[..kl];
+                        if key.eq_ignore_ascii_case(b"Privilege")
+                            || key.eq_ignore_ascii_case(b"ActionID")
+                        {
+                            self.spans
+                                .push((line_start, kl, line_start + vs, line_len - vs));
+                            self.scanned = next;
+                            continue;
                         }
                     }
                     // An output line, possibly carrying the end marker.

@@ -410,11 +410,10 @@ impl Publisher {
                         front_id += 1;
                         n += 1;
                     }
-                    if let Some(upto) = upto {
-                        if let Err(e) = self.spool.ack(upto, n, false) {
+                    if let Some(upto) = upto
+                        && let Err(e) = self.spool.ack(upto, n, false) {
                             tracing::error!(error = %e, "cannot persist the spool cursor");
                         }
-                    }
                 }
                 _ = self.spool.wait_for_data(pos), if room > 0 && stopping.is_none() => {
                     batch.clear();

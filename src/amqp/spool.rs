@@ -565,11 +565,11 @@ impl SpoolReader {
             let skipped = s.skipped_to.take();
             (s.end, s.segments.clone(), skipped)
         };
-        if let Some(sk) = skipped {
-            if self.pos < sk {
-                self.pos = sk;
-                self.file = None;
-            }
+        if let Some(sk) = skipped
+            && self.pos < sk
+        {
+            self.pos = sk;
+            self.file = None;
         }
         let mut n = 0;
         while n < max && self.pos < end {

@@ -388,10 +388,10 @@ fn compile_route(
             headers.push((Arc::from(k.as_str()), t));
         }
     }
-    if let Some(pr) = p.priority {
-        if pr > 9 {
-            cx.err(name_span.clone(), format!("route {name:?}: `properties.priority` is {pr}; RabbitMQ priorities are 0–9 (0–255 allowed, but queues rarely use more than 10)"));
-        }
+    if let Some(pr) = p.priority
+        && pr > 9
+    {
+        cx.err(name_span.clone(), format!("route {name:?}: `properties.priority` is {pr}; RabbitMQ priorities are 0–9 (0–255 allowed, but queues rarely use more than 10)"));
     }
 
     let b = &r.body;

@@ -116,12 +116,7 @@ impl Mappings {
                     r = rx.recv() => {
                         if r.is_none() { break; }
                         // Debounce: wait until the files have been quiet.
-                        loop {
-                            match tokio::time::timeout(debounce, rx.recv()).await {
-                                Ok(Some(())) => continue,
-                                _ => break,
-                            }
-                        }
+                        while let Ok(Some(())) = tokio::time::timeout(debounce, rx.recv()).await {}
                         tracing::info!("mapping files changed; reloading");
                     }
                     _ = hup.recv() => {

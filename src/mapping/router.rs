@@ -305,10 +305,10 @@ impl Router {
 
 impl CompiledRoute {
     fn matches(&self, event: &str, m: &Message, caps: &mut Vec<(String, String)>) -> bool {
-        if let Some(re) = &self.events_regex {
-            if !re.is_match(event) {
-                return false;
-            }
+        if let Some(re) = &self.events_regex
+            && !re.is_match(event)
+        {
+            return false;
         }
         for a in &self.absent {
             if m.contains(a) {
@@ -386,10 +386,10 @@ impl CompiledRoute {
 impl BodySpec {
     fn keep(&self, key: &str) -> bool {
         let lk = |v: &String| v.eq_ignore_ascii_case(key);
-        if let Some(inc) = &self.include {
-            if !inc.iter().any(lk) {
-                return false;
-            }
+        if let Some(inc) = &self.include
+            && !inc.iter().any(lk)
+        {
+            return false;
         }
         !self.exclude.iter().any(lk)
     }
