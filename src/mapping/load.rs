@@ -95,12 +95,26 @@ impl Ctx<'_> {
         match Template::parse(src) {
             Ok(t) => Some(t),
             Err(e) => {
-                // +1 skips the opening quote (exact for plain strings).
-                let at = span.start + 1 + e.offset;
+                let at = span.start + locate(self.text, &span, src, e.offset);
                 self.err(at..at, format!("{what}: {}", e.message));
                 None
             }
         }
+    }
+
+    /// A routing-key template: also rejects `*` and `#` written in the
+    /// template itself (they would make a published key a pattern).
+    fn key_template(&mut self, what: &str, span: Range<usize>, src: &str) -> Option<Template> {
+        let t = self.template(what, span.clone(), src)?;
+        if let Some(off) = t.literal_wildcard() {
+            let at = span.start + locate(self.text, &span, src, off);
+            self.err(
+                at..at,
+                format!("{what}: `*` and `#` are binding wildcards and cannot appear in a published routing key"),
+            );
+            return None;
+        }
+        Some(t)
     }
 
     fn regex(&mut self, what: &str, span: Range<usize>, src: &str) -> Option<Regex> {
@@ -113,6 +127,23 @@ impl Ctx<'_> {
             }
         }
     }
+}
+
+/// Where byte `offset` of a parsed string value lies within its TOML
+/// source at `span` (quotes, escapes and multi-line strings included): the
+/// text from `offset` to the end of its line is searched for in the
+/// source; when it cannot be found (escapes in that part), the start of the
+/// value is used.
+fn locate(text: &str, span: &Range<usize>, value: &str, offset: usize) -> usize {
+    let raw = text.get(span.clone()).unwrap_or("");
+    let tail = value.get(offset..).unwrap_or("");
+    let needle = tail.split('\n').next().unwrap_or("");
+    if !needle.is_empty() {
+        if let Some(i) = raw.find(needle) {
+            return i;
+        }
+    }
+    0
 }
 
 /// The `.toml` files of a directory, in name order (not recursive, so
@@ -205,7 +236,7 @@ fn compile(sources: &[(PathBuf, String)], diags: &mut Vec<Diagnostic>) -> Router
                 cx.err(name_span.clone(), "route name is empty");
             }
             let (line, _) = line_col(text, name_span.start);
-            if let Some((pf, pl)) = names.get(&name.to_lowercase()) {
+            if let Some((pf, pl)) = names.get(&name.to_ascii_lowercase()) {
                 cx.err(
                     name_span.clone(),
                     format!(
@@ -214,7 +245,7 @@ fn compile(sources: &[(PathBuf, String)], diags: &mut Vec<Diagnostic>) -> Router
                     ),
                 );
             } else {
-                names.insert(name.to_lowercase(), (file.clone(), line));
+                names.insert(name.to_ascii_lowercase(), (file.clone(), line));
             }
             if let Some(c) = compile_route(&mut cx, r, &name, &mut exchange_types) {
                 let idx = router.routes.len();
@@ -229,7 +260,7 @@ fn compile(sources: &[(PathBuf, String)], diags: &mut Vec<Diagnostic>) -> Router
                     EventFilter::Any => index.any.push(idx),
                     EventFilter::Names(ns) => {
                         for n in ns {
-                            let v = index.by_name.entry(n.to_lowercase()).or_default();
+                            let v = index.by_name.entry(n.to_ascii_lowercase()).or_default();
                             if v.last() != Some(&idx) {
                                 v.push(idx);
                             }
@@ -351,7 +382,7 @@ fn compile_route(
     }
 
     let routing_key = match &r.routing_key {
-        Some(k) => cx.template(&what("routing_key"), k.span(), k.get_ref()),
+        Some(k) => cx.key_template(&what("routing_key"), k.span(), k.get_ref()),
         None if r.drop => None,
         None if matches!(
             r.exchange_type,
@@ -391,10 +422,28 @@ fn compile_route(
     if let Some(pr) = p.priority
         && pr > 9
     {
-        cx.err(name_span.clone(), format!("route {name:?}: `properties.priority` is {pr}; RabbitMQ priorities are 0–9 (0–255 allowed, but queues rarely use more than 10)"));
+        cx.err(name_span.clone(), format!("route {name:?}: `properties.priority` is {pr}; use 0–9 (RabbitMQ priority queues support at most a few levels)"));
     }
 
     let b = &r.body;
+    let mut targets: Vec<String> = Vec::new();
+    for (from, to) in &b.rename {
+        // Two renames to one name, or a rename onto a field the route
+        // explicitly includes, would write one JSON key twice.
+        let clash = targets.iter().any(|t| t.eq_ignore_ascii_case(to))
+            || (!from.eq_ignore_ascii_case(to)
+                && !b.rename.keys().any(|k| k.eq_ignore_ascii_case(to))
+                && b.include
+                    .as_ref()
+                    .is_some_and(|inc| inc.iter().any(|i| i.eq_ignore_ascii_case(to))));
+        if clash {
+            cx.err(
+                name_span.clone(),
+                format!("route {name:?}: `body.rename` maps {from:?} to {to:?}, which is already a field name in the body (JSON keys must be unique)"),
+            );
+        }
+        targets.push(to.clone());
+    }
     let body = BodySpec {
         format: b.format,
         include: b.include.clone(),

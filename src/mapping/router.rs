@@ -418,6 +418,10 @@ impl BodySpec {
         out.push(b'{');
         let fields: Vec<(&[u8], &[u8])> = m.iter_bytes().collect();
         let mut first = true;
+        // Names written so far (only needed when renaming: a rename onto a
+        // name the event also carries must not write the key twice; the
+        // first one written wins).
+        let mut written: Vec<String> = Vec::new();
         for (i, &(k, v)) in fields.iter().enumerate() {
             if fields[..i].iter().any(|(pk, _)| pk.eq_ignore_ascii_case(k)) {
                 continue; // already written with its first occurrence
@@ -426,14 +430,20 @@ impl BodySpec {
             if !self.keep(&key) {
                 continue;
             }
-            if !first {
-                out.push(b',');
-            }
-            first = false;
             let name = self
                 .rename
                 .get(&key.to_ascii_lowercase())
                 .map_or(key.as_ref(), |s| s.as_str());
+            if !self.rename.is_empty() {
+                if written.iter().any(|w| w.eq_ignore_ascii_case(name)) {
+                    continue;
+                }
+                written.push(name.to_string());
+            }
+            if !first {
+                out.push(b',');
+            }
+            first = false;
             json_str(name, out);
             out.push(b':');
             let repeats = fields[i + 1..]

@@ -240,6 +240,21 @@ impl Template {
         &self.source
     }
 
+    /// The byte offset (in the template source) of a `*` or `#` written in
+    /// the literal text, if any.
+    pub fn literal_wildcard(&self) -> Option<usize> {
+        let mut in_hole = false;
+        for (i, c) in self.source.char_indices() {
+            match c {
+                '{' => in_hole = true,
+                '}' => in_hole = false,
+                '*' | '#' if !in_hole => return Some(i),
+                _ => {}
+            }
+        }
+        None
+    }
+
     /// True when the template has no `{…}` holes.
     pub fn is_literal(&self) -> bool {
         self.parts.iter().all(|p| matches!(p, Part::Lit(_)))

@@ -379,3 +379,59 @@ fn duplicate_names_across_files() {
     assert_eq!(e.0[0].file, PathBuf::from("20-b.toml"));
     assert!(e.0[0].message.contains("first defined at 10-a.toml:2"));
 }
+
+#[test]
+fn wildcards_in_the_key_template_are_rejected() {
+    let e = errors(
+        "[[route]]\nname = \"x\"\nevents = [\"A\"]\nexchange = \"e\"\nrouting_key = \"a.*.{Event}\"\n",
+    );
+    assert!(
+        e[0].starts_with("m.toml:5:18: route \"x\", `routing_key`: `*` and `#`"),
+        "{e:?}"
+    );
+    // inside a hole they are a filter argument, not a wildcard
+    assert!(load("[[route]]\nname = \"x\"\nevents = [\"A\"]\nexchange = \"e\"\nrouting_key = \"{Event|replace:a:*}\"\n").is_ok());
+}
+
+#[test]
+fn rename_never_writes_a_key_twice() {
+    let e = errors(
+        "[[route]]\nname = \"x\"\nevents = [\"A\"]\nexchange = \"e\"\nrouting_key = \"k\"\nbody = { include = [\"Uniqueid\", \"Linkedid\"], rename = { Uniqueid = \"Linkedid\" } }\n",
+    );
+    assert!(e[0].contains("already a field name"), "{e:?}");
+    let r = load("[[route]]\nname = \"x\"\nevents = [\"*\"]\nexchange = \"e\"\nrouting_key = \"k\"\nbody = { rename = { Uniqueid = \"Linkedid\" } }\n").unwrap();
+    let (out, _) = route(&r, &newchannel());
+    let text = String::from_utf8(out[0].body.clone()).unwrap();
+    assert_eq!(text.matches("\"Linkedid\"").count(), 1, "{text}");
+}
+
+#[test]
+fn template_errors_point_into_multiline_and_escaped_strings() {
+    let e = errors(
+        "[[route]]\nname = \"x\"\nevents = [\"A\"]\nexchange = \"e\"\nrouting_key = \"\"\"\n{Event|bad}\"\"\"\n",
+    );
+    assert!(e[0].starts_with("m.toml:6:2:"), "{e:?}");
+    let e = errors(
+        "[[route]]\nname = \"x\"\nevents = [\"A\"]\nexchange = \"e\"\nrouting_key = \"\\u0041.{Event|bad}\"\n",
+    );
+    assert!(e[0].starts_with("m.toml:5:24:"), "{e:?}");
+}
+
+#[test]
+fn dry_run_view_keeps_field_order() {
+    let r = load(BASIC).unwrap();
+    let (out, _) = route(&r, &newchannel());
+    let v = out[0].to_json();
+    let keys: Vec<&String> = v["body"]["fields"].as_object().unwrap().keys().collect();
+    assert_eq!(
+        keys,
+        vec![
+            "Event",
+            "Privilege",
+            "Channel",
+            "Uniqueid",
+            "Linkedid",
+            "ChanVariable"
+        ]
+    );
+}

@@ -1,0 +1,54 @@
+# ami2amqp — common tasks. `make test` is what CI runs (.ci/run).
+#
+#   make test    start RabbitMQ if needed, then every test target
+#   make lint    rustfmt check + clippy with warnings as errors
+#   make bench   start RabbitMQ if needed, then the benchmarks
+#   make fuzz    scripts/fuzz.sh
+#   make demo    release build, then scripts/demo.sh
+#   make build   release build
+#   make clean   cargo clean
+
+# A fresh machine with rustup has cargo in ~/.cargo/bin, not always on PATH.
+ifeq ($(shell command -v cargo 2>/dev/null),)
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+endif
+
+CARGO ?= cargo
+
+.PHONY: all test lint fmt-check clippy bench fuzz demo build clean rabbitmq
+
+all: build
+
+rabbitmq:
+	bash scripts/ensure-rabbitmq.sh
+
+# Doc tests first, so that the output ends with the summary of the main run
+# (--all-targets does not include them). --no-fail-fast: run every test
+# binary and list all failing ones at the end, not just the first.
+test: rabbitmq
+	$(CARGO) test --doc
+	$(CARGO) test --all-targets --no-fail-fast
+
+lint: fmt-check clippy
+
+fmt-check:
+	$(CARGO) fmt --check
+
+clippy:
+	$(CARGO) clippy --all-targets -- -D warnings
+
+# One line per benchmark target (each is a [[bench]] in Cargo.toml).
+bench: rabbitmq
+	$(CARGO) bench --bench parse
+
+fuzz:
+	bash scripts/fuzz.sh
+
+demo: build rabbitmq
+	bash scripts/demo.sh
+
+build:
+	$(CARGO) build --release
+
+clean:
+	$(CARGO) clean
