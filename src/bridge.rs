@@ -254,7 +254,7 @@ impl RouterTask {
 }
 
 /// Runs the bridge until `shutdown` fires.
-pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), BridgeError> {
+pub async fn run(mut cfg: Config, shutdown: CancellationToken) -> Result<(), BridgeError> {
     let mappings = Mappings::load(&cfg.mappings.dir).map_err(|e| {
         BridgeError(format!(
             "invalid mappings in {}:\n{e}",
@@ -302,7 +302,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), BridgeE
     let router = RouterTask::new(
         mappings.clone(),
         writer,
-        instance,
+        instance.clone(),
         &cfg.status.exchange,
         &cfg.status.routing_key,
     );
@@ -342,6 +342,21 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), BridgeE
         .spawn_watcher(cfg.mappings.watch, Duration::from_millis(300), None)
         .map_err(|e| BridgeError(format!("cannot watch {}: {e}", cfg.mappings.dir.display())))?;
 
+    let actions_cancel = CancellationToken::new();
+    let actions_task = if cfg.actions.enabled {
+        let a = std::mem::take(&mut cfg.actions);
+        Some(tokio::spawn(crate::actions::rpc::run(
+            a,
+            cfg.amqp.urls(),
+            cfg.amqp.backoff(),
+            pool.clone(),
+            instance.clone(),
+            actions_cancel.clone(),
+        )))
+    } else {
+        None
+    };
+
     let metrics_cancel = CancellationToken::new();
     if let Some(l) = metrics_listener {
         let pool2 = pool.clone();
@@ -380,6 +395,10 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), BridgeE
 
     shutdown.cancelled().await;
     tracing::info!("shutting down: logging off from Asterisk");
+    actions_cancel.cancel();
+    if let Some(t) = actions_task {
+        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+    }
     pool.shutdown();
     drop(pool);
     watcher.abort();

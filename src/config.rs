@@ -51,8 +51,9 @@ pub struct Config {
     pub bridge: Bridge,
     #[serde(default)]
     pub status: Status,
+    /// The action path (AMQP → AMI): docs/actions.md.
     #[serde(default)]
-    pub actions: Actions,
+    pub actions: crate::actions::ActionsConfig,
     /// Where the file was read from (for relative paths and messages).
     #[serde(skip)]
     pub path: PathBuf,
@@ -383,14 +384,6 @@ impl Default for Status {
     }
 }
 
-/// The action path (AMQP → AMI). Kept as raw TOML here so that the action
-/// module owns its own schema.
-#[derive(Debug, Deserialize, Default)]
-pub struct Actions {
-    #[serde(flatten)]
-    pub raw: toml::Table,
-}
-
 impl Config {
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -469,6 +462,7 @@ impl Config {
                 )));
             }
         }
+        crate::actions::allow::AllowList::new(&self.actions.allow).map_err(|e| self.err(e))?;
         if self.amqp.confirm_window == 0 {
             return Err(self.err("[amqp] confirm_window must be at least 1".into()));
         }

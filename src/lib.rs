@@ -4,6 +4,7 @@
 //! and benchmarks drive the same code the bridge runs. See ARCHITECTURE.md
 //! for the bird's-eye view.
 
+pub mod actions;
 pub mod ami;
 pub mod amqp;
 pub mod bridge;

@@ -58,6 +58,7 @@ enum Command {
     Check(CheckArgs),
     Map(MapArgs),
     Tail(TailArgs),
+    Action(ActionArgs),
     Replay(ReplayArgs),
     Record(RecordArgs),
     Inspect(InspectArgs),
@@ -70,6 +71,7 @@ impl Command {
             Command::Check(a) => check(a),
             Command::Map(a) => map(a),
             Command::Tail(a) => tail(a).await,
+            Command::Action(a) => action(a).await,
             Command::Replay(a) => replay(a).await,
             Command::Record(a) => record(a).await,
             Command::Inspect(a) => inspect(a).await,
@@ -220,6 +222,78 @@ async fn tail(a: TailArgs) -> Result<(), BoxError> {
         &mut out,
     )
     .await?;
+    Ok(())
+}
+
+/// Send one AMI action through the bridge over AMQP and print the reply.
+///
+/// The request goes to the actions exchange with the server's name as
+/// routing key; the reply comes back on direct reply-to. Exits 1 when the
+/// reply is an error (bad_request, unknown_server, forbidden, timeout,
+/// ami_error, unavailable) — handy to test the allow-list: the AMQP user of
+/// the URL is the `user` the bridge checks.
+///
+/// Example: ami2amqp action --server pbx1 Originate Channel=Local/100@test
+/// Context=test Exten=100 Priority=1 Async=true
+#[derive(Args, Debug)]
+struct ActionArgs {
+    /// The broker URL (its user is the one the allow-list checks).
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    amqp: String,
+    /// The Asterisk server (its name in the bridge's config).
+    #[arg(long)]
+    server: String,
+    /// The actions exchange.
+    #[arg(long, default_value = "ami.actions")]
+    exchange: String,
+    /// Seconds to wait; also sent as the request's expiration.
+    #[arg(long, default_value_t = 10.0)]
+    timeout: f64,
+    /// Print the reply as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Set the AMQP user_id property (RabbitMQ rejects it unless it is the
+    /// URL's user; by default it is set to that user).
+    #[arg(long)]
+    user_id: Option<String>,
+    /// The action name, e.g. Ping, CoreShowChannels, Originate.
+    #[arg(value_name = "ACTION")]
+    action: String,
+    /// Fields as Key=Value; repeat a key for a repeated header (Variable).
+    #[arg(value_name = "KEY=VALUE")]
+    fields: Vec<String>,
+}
+
+async fn action(a: ActionArgs) -> Result<(), BoxError> {
+    use ami2amqp::actions::client;
+    let body = client::body_from_args(&a.action, &a.fields)?;
+    let user = a.user_id.clone().or_else(|| {
+        let rest = a.amqp.split_once("://")?.1;
+        let cred = rest.split_once('@')?.0;
+        Some(cred.split(':').next()?.to_string())
+    });
+    let timeout = Duration::from_secs_f64(a.timeout.max(0.001));
+    let reply = client::call(
+        &a.amqp,
+        &a.exchange,
+        &a.server,
+        body.to_string().as_bytes(),
+        timeout,
+        user.as_deref(),
+    )
+    .await?;
+    if a.json {
+        println!("{reply}");
+    } else {
+        print!("{}", client::render(&reply));
+    }
+    if client::is_error(&reply) {
+        return Err("the action failed (see the reply above)".into());
+    }
     Ok(())
 }
 

@@ -1,0 +1,12 @@
+//! Actions in: AMQP messages become AMI actions, and replies come back.
+//!
+//! [`request`] is the JSON contract (docs/actions.md), [`allow`] the
+//! allow-list that decides who may do what, [`rpc`] the consumer that ties
+//! them to the AMI pool.
+
+pub mod allow;
+pub mod client;
+pub mod request;
+pub mod rpc;
+
+pub use rpc::ActionsConfig;
