@@ -119,11 +119,10 @@ impl AllowList {
             if !r.actions.iter().any(|a| a == "*" || *a == name) {
                 continue;
             }
-            if let Some(s) = &r.servers {
-                if !s.iter().any(|s| s == server || s == "*") {
+            if let Some(s) = &r.servers
+                && !s.iter().any(|s| s == server || s == "*") {
                     continue;
                 }
-            }
             let mut fields_ok = true;
             for (f, re) in &r.fields {
                 match action.get(f) {
