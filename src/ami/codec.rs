@@ -262,7 +262,12 @@ impl Decoder for AmiCodec {
             }
             let Some(nl) = memchr::memchr(b'\n', &src[self.scanned..]) else {
                 // No complete line: check the limits on what is pending.
-                let pending_line = src.len() - self.scanned;
+                // A final `\r` may be the first half of a CRLF split
+                // across reads: it is not part of the line.
+                let mut pending_line = src.len() - self.scanned;
+                if src.last() == Some(&b'\r') {
+                    pending_line -= 1;
+                }
                 if pending_line > self.limits.max_line {
                     let limit = self.limits.max_line;
                     return Ok(Some(self.start_discard(
@@ -337,7 +342,7 @@ impl Decoder for AmiCodec {
                         // Output lines are bare-LF text; drop a CR only
                         // when the marker follows it.
                         let mut l = content_len;
-                        if is_end && l > 0 && src[line_start + l - 1] == b'\n' {
+                        if is_end && l > 0 && src[line_start + l - 1] == b'\r' {
                             l -= 1;
                         }
                         self.output.push((line_start, l));
@@ -356,6 +361,14 @@ impl Decoder for AmiCodec {
                         ended: is_end,
                     };
                     self.scanned = next;
+                    if self.scanned > self.limits.max_message {
+                        let limit = self.limits.max_message;
+                        return Ok(Some(self.start_discard(
+                            src,
+                            MalformedKind::MessageTooLarge { limit },
+                            false,
+                        )));
+                    }
                     continue;
                 }
                 State::Discarding { .. } => unreachable!("handled above"),
