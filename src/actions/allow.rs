@@ -120,9 +120,10 @@ impl AllowList {
                 continue;
             }
             if let Some(s) = &r.servers
-                && !s.iter().any(|s| s == server || s == "*") {
-                    continue;
-                }
+                && !s.iter().any(|s| s == server || s == "*")
+            {
+                continue;
+            }
             let mut fields_ok = true;
             for (f, re) in &r.fields {
                 match action.get(f) {

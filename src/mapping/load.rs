@@ -139,9 +139,10 @@ fn locate(text: &str, span: &Range<usize>, value: &str, offset: usize) -> usize 
     let tail = value.get(offset..).unwrap_or("");
     let needle = tail.split('\n').next().unwrap_or("");
     if !needle.is_empty()
-        && let Some(i) = raw.find(needle) {
-            return i;
-        }
+        && let Some(i) = raw.find(needle)
+    {
+        return i;
+    }
     0
 }
 
