@@ -417,54 +417,148 @@ impl BodySpec {
     fn write_fields(&self, m: &Message, out: &mut Vec<u8>) {
         out.push(b'{');
         let fields: Vec<(&[u8], &[u8])> = m.iter_bytes().collect();
+        // A cheap case-insensitive fingerprint per key, so that finding
+        // repeated keys compares integers, not strings (this loop is the
+        // hot path of every event).
+        let prints: Vec<u64> = fields.iter().map(|(k, _)| key_print(k)).collect();
+        // 256-bit maps of the prints seen once and seen again: a key whose
+        // bit is not in `twice` is certainly unique, and needs no scan.
+        let mut once = [0u64; 4];
+        let mut twice = [0u64; 4];
+        for &p in &prints {
+            let h = (p.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as usize;
+            let (w, bit) = (h >> 6, 1u64 << (h & 63));
+            twice[w] |= once[w] & bit;
+            once[w] |= bit;
+        }
+        let maybe_repeated = |p: u64| {
+            let h = (p.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as usize;
+            twice[h >> 6] & (1u64 << (h & 63)) != 0
+        };
         let mut first = true;
         // Names written so far (only needed when renaming: a rename onto a
         // name the event also carries must not write the key twice; the
         // first one written wins).
         let mut written: Vec<String> = Vec::new();
         for (i, &(k, v)) in fields.iter().enumerate() {
-            if fields[..i].iter().any(|(pk, _)| pk.eq_ignore_ascii_case(k)) {
+            let p = prints[i];
+            let repeated = maybe_repeated(p);
+            let same = |j: usize| prints[j] == p && fields[j].0.eq_ignore_ascii_case(k);
+            if repeated && (0..i).any(same) {
                 continue; // already written with its first occurrence
             }
-            let key = crate::ami::bytes_to_text(k);
-            if !self.keep(&key) {
-                continue;
-            }
-            let name = self
-                .rename
-                .get(&key.to_ascii_lowercase())
-                .map_or(key.as_ref(), |s| s.as_str());
-            if !self.rename.is_empty() {
-                if written.iter().any(|w| w.eq_ignore_ascii_case(name)) {
+            if self.include.is_none() && self.exclude.is_empty() && self.rename.is_empty() {
+                // The common case: every field, under its own name.
+                if !first {
+                    out.push(b',');
+                }
+                first = false;
+                json_bytes(k, out);
+            } else {
+                let key = crate::ami::bytes_to_text(k);
+                if !self.keep(&key) {
                     continue;
                 }
-                written.push(name.to_string());
+                let name = if self.rename.is_empty() {
+                    key.as_ref()
+                } else {
+                    let name = self
+                        .rename
+                        .get(&key.to_ascii_lowercase())
+                        .map_or(key.as_ref(), |s| s.as_str());
+                    if written.iter().any(|w| w.eq_ignore_ascii_case(name)) {
+                        continue;
+                    }
+                    written.push(name.to_string());
+                    name
+                };
+                if !first {
+                    out.push(b',');
+                }
+                first = false;
+                json_str(name, out);
             }
-            if !first {
-                out.push(b',');
-            }
-            first = false;
-            json_str(name, out);
             out.push(b':');
-            let repeats = fields[i + 1..]
-                .iter()
-                .any(|(nk, _)| nk.eq_ignore_ascii_case(k));
-            if repeats {
+            if repeated && (i + 1..fields.len()).any(same) {
                 out.push(b'[');
-                json_str(&crate::ami::bytes_to_text(v), out);
-                for (nk, nv) in &fields[i + 1..] {
-                    if nk.eq_ignore_ascii_case(k) {
+                json_bytes(v, out);
+                for j in i + 1..fields.len() {
+                    if same(j) {
                         out.push(b',');
-                        json_str(&crate::ami::bytes_to_text(nv), out);
+                        json_bytes(fields[j].1, out);
                     }
                 }
                 out.push(b']');
             } else {
-                json_str(&crate::ami::bytes_to_text(v), out);
+                json_bytes(v, out);
             }
         }
         out.push(b'}');
     }
+}
+
+/// Length and ASCII-lowercased first and last bytes of a key, packed: equal
+/// keys (ignoring ASCII case) always have equal prints.
+fn key_print(k: &[u8]) -> u64 {
+    let f = k.first().map_or(0, |c| c.to_ascii_lowercase()) as u64;
+    let l = k.last().map_or(0, |c| c.to_ascii_lowercase()) as u64;
+    let m = k.get(k.len() / 2).map_or(0, |c| c.to_ascii_lowercase()) as u64;
+    (k.len() as u64) << 24 | f << 16 | m << 8 | l
+}
+
+/// Bytes that JSON strings cannot hold as they are: `"`, `\\` and controls.
+static ESCAPE: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 0x20 {
+        t[i] = true;
+        i += 1;
+    }
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t
+};
+
+/// Writes raw AMI bytes as a JSON string: one pass for the usual plain
+/// ASCII value; text with other bytes goes through [`bytes_to_text`]
+/// (UTF-8, else Latin-1) and [`json_str`].
+///
+/// [`bytes_to_text`]: crate::ami::bytes_to_text
+pub fn json_bytes(b: &[u8], out: &mut Vec<u8>) {
+    if is_plain(b) {
+        out.reserve(b.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(b);
+        out.push(b'"');
+    } else {
+        json_str(&crate::ami::bytes_to_text(b), out);
+    }
+}
+
+/// True when `b` is ASCII with nothing to escape, checked eight bytes at a
+/// time (this runs on every key and value of every event).
+fn is_plain(b: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let mut chunks = b.chunks_exact(8);
+    for c in &mut chunks {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(c);
+        let x = u64::from_le_bytes(a);
+        // Exact "some byte is …" tests: below 0x20, '"', '\\', or >= 0x80.
+        let lt20 = x.wrapping_sub(ONES * 0x20) & !x;
+        let q = x ^ (ONES * b'"' as u64);
+        let zq = q.wrapping_sub(ONES) & !q;
+        let bs = x ^ (ONES * b'\\' as u64);
+        let zb = bs.wrapping_sub(ONES) & !bs;
+        if (lt20 | zq | zb | x) & HIGH != 0 {
+            return false;
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .all(|&c| c < 0x80 && !ESCAPE[c as usize])
 }
 
 /// Writes `s` as a JSON string.
@@ -473,6 +567,9 @@ pub fn json_str(s: &str, out: &mut Vec<u8>) {
     let b = s.as_bytes();
     let mut start = 0;
     for (i, &c) in b.iter().enumerate() {
+        if !ESCAPE[c as usize] {
+            continue;
+        }
         let esc: &[u8] = match c {
             b'"' => b"\\\"",
             b'\\' => b"\\\\",
@@ -541,6 +638,19 @@ mod tests {
         let mut o = Vec::new();
         rfc3339_millis(UNIX_EPOCH + Duration::from_secs(951_782_400), &mut o); // 2000-02-29
         assert_eq!(String::from_utf8(o).unwrap(), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn plain_detection_is_exact() {
+        for i in 0u32..256 {
+            let c = i as u8;
+            for pos in 0..17 {
+                let mut v = vec![b'a'; 17];
+                v[pos] = c;
+                let want = c >= 0x20 && c < 0x80 && c != b'"' && c != b'\\';
+                assert_eq!(is_plain(&v), want, "byte {c:#x} at {pos}");
+            }
+        }
     }
 
     #[test]
