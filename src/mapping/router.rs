@@ -482,10 +482,10 @@ impl BodySpec {
             if repeated && (i + 1..fields.len()).any(same) {
                 out.push(b'[');
                 json_bytes(v, out);
-                for j in i + 1..fields.len() {
+                for (j, (_, nv)) in fields.iter().enumerate().skip(i + 1) {
                     if same(j) {
                         out.push(b',');
-                        json_bytes(fields[j].1, out);
+                        json_bytes(nv, out);
                     }
                 }
                 out.push(b']');
@@ -647,7 +647,7 @@ mod tests {
             for pos in 0..17 {
                 let mut v = vec![b'a'; 17];
                 v[pos] = c;
-                let want = c >= 0x20 && c < 0x80 && c != b'"' && c != b'\\';
+                let want = (0x20..0x80).contains(&c) && c != b'"' && c != b'\\';
                 assert_eq!(is_plain(&v), want, "byte {c:#x} at {pos}");
             }
         }
