@@ -42,7 +42,7 @@ fn check_accepts_the_default_set_and_pinpoints_errors() {
         "{out}"
     );
     assert!(
-        out.contains(&format!("{f}:9:")) && out.contains("invalid regex"),
+        out.contains(&format!("{f}:10:20:")) && out.contains("invalid regex"),
         "{out}"
     );
 
