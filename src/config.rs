@@ -4,7 +4,8 @@
 //! the mappings and the spool live and where metrics are served.
 //! docs/config.md documents every key with its default, and
 //! contrib/ami2amqp.toml is a working example. Every key except the
-//! server list has a default, so a minimal file is four lines.
+//! server list has a default, so a minimal file is five lines (one
+//! `[[server]]` with name, address, username and secret).
 //!
 //! Validation happens here, before anything connects: a typo in a key is a
 //! `file:line:col` error (unknown keys are rejected, never ignored), and
@@ -54,7 +55,8 @@ pub struct Config {
     /// The action path (AMQP → AMI): docs/actions.md.
     #[serde(default)]
     pub actions: crate::actions::ActionsConfig,
-    /// Where the file was read from (for relative paths and messages).
+    /// Where the file was read from (for messages; relative paths in the
+    /// file are relative to the working directory).
     #[serde(skip)]
     pub path: PathBuf,
 }
