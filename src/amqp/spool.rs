@@ -263,6 +263,8 @@ impl Spool {
             buf: Vec::with_capacity(256 * 1024),
             last_sync: Instant::now(),
             dirty: false,
+            refused_since_log: 0,
+            last_refused_log: None,
         })
     }
 
@@ -371,6 +373,8 @@ pub struct SpoolWriter {
     buf: Vec<u8>,
     last_sync: Instant,
     dirty: bool,
+    refused_since_log: u64,
+    last_refused_log: Option<Instant>,
 }
 
 impl SpoolWriter {
@@ -404,12 +408,13 @@ impl SpoolWriter {
         // Room?
         let mut refused = 0;
         loop {
+            // The limit is on what waits (appended, not confirmed). The disk
+            // may hold up to one more segment of confirmed records that the
+            // writer is still appending to; counting those would refuse
+            // messages while nothing waits at all.
             let (used, segs) = {
                 let s = self.spool.lock();
-                (
-                    s.segments.iter().map(|g| g.len).sum::<u64>(),
-                    s.segments.len(),
-                )
+                (s.end - s.acked, s.segments.len())
             };
             if used + batch <= cfg.max_bytes {
                 break;
@@ -435,11 +440,20 @@ impl SpoolWriter {
             self.buf.clear();
             metrics::counter!("spool_dropped_total", "reason" => "full_refuse_new")
                 .increment(refused as u64);
-            tracing::error!(
-                records = refused,
-                max_bytes = cfg.max_bytes,
-                "spool full: new messages refused (on_full = refuse_new)"
-            );
+            self.refused_since_log += refused as u64;
+            // One line every 10 s while it lasts, not one per batch.
+            if self
+                .last_refused_log
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
+            {
+                tracing::error!(
+                    records = self.refused_since_log,
+                    max_bytes = cfg.max_bytes,
+                    "spool full: new messages refused (on_full = refuse_new); is the broker reachable?"
+                );
+                self.refused_since_log = 0;
+                self.last_refused_log = Some(Instant::now());
+            }
             return Ok(refused);
         }
         self.file
@@ -468,6 +482,15 @@ impl SpoolWriter {
         self.spool.notify.notify_waiters();
         self.spool.update_gauges();
         Ok(0)
+    }
+
+    /// fsyncs written data if `fsync_interval` has passed since the last
+    /// sync (called by a timer, so a quiet spool is synced too).
+    pub fn sync_if_due(&mut self) -> io::Result<()> {
+        if self.dirty && self.last_sync.elapsed() >= self.spool.cfg.fsync_interval {
+            self.sync()?;
+        }
+        Ok(())
     }
 
     /// fsyncs written data (also called on shutdown).
@@ -763,6 +786,27 @@ mod tests {
         assert_eq!(got.len() + refused, 100);
         // the oldest are the ones kept
         assert_eq!(got[0].1, format!("{:0>92}", 0));
+    }
+
+    #[test]
+    fn confirmed_data_does_not_count_against_the_limit() {
+        let d = tempfile::tempdir().unwrap();
+        let mut c = cfg(d.path());
+        c.max_bytes = 2000;
+        c.segment_bytes = 1 << 20; // one segment bigger than the limit
+        let (sp, _) = Spool::open(c).unwrap();
+        let mut w = sp.writer().unwrap();
+        let mut r = sp.reader();
+        for i in 0..100 {
+            assert_eq!(
+                append(&mut w, [format!("{i:0>92}")]),
+                0,
+                "message {i} refused"
+            );
+            let got = read_all(&mut r);
+            sp.ack(got.last().unwrap().0, 1, false).unwrap();
+        }
+        assert_eq!(sp.pending(), (0, 0));
     }
 
     #[test]
