@@ -468,8 +468,11 @@ impl Config {
         if self.amqp.confirm_window == 0 {
             return Err(self.err("[amqp] confirm_window must be at least 1".into()));
         }
-        if self.spool.max_bytes < self.spool.segment_bytes.min(1 << 20) {
-            return Err(self.err("[spool] max_bytes is smaller than one segment".into()));
+        if self.spool.max_bytes < (1 << 20) {
+            return Err(self.err("[spool] max_bytes must be at least 1 MiB (1048576)".into()));
+        }
+        if self.spool.segment_bytes < (64 << 10) {
+            return Err(self.err("[spool] segment_bytes must be at least 64 KiB (65536)".into()));
         }
         Ok(())
     }
