@@ -162,29 +162,40 @@ pub(crate) struct Index {
 }
 
 impl Index {
-    /// Candidate route indexes for an event name, in route order.
-    fn candidates(&self, event_lower: &str, out: &mut Vec<usize>) {
-        out.clear();
+    /// Candidate route indexes for an event name, in route order: the
+    /// routes naming the event merged with the ones tried for every event
+    /// (both lists are sorted; no allocation).
+    fn candidates<'a>(&'a self, event_lower: &str) -> Merge<'a> {
         let named = self
             .by_name
             .get(event_lower)
             .map_or(&[][..], |v| v.as_slice());
-        if self.any.is_empty() {
-            out.extend_from_slice(named);
-            return;
+        Merge {
+            a: named,
+            b: &self.any,
         }
-        // Merge two sorted lists.
-        let (mut i, mut j) = (0, 0);
-        while i < named.len() || j < self.any.len() {
-            let take_named = j >= self.any.len() || (i < named.len() && named[i] < self.any[j]);
-            if take_named {
-                out.push(named[i]);
-                i += 1;
-            } else {
-                out.push(self.any[j]);
-                j += 1;
-            }
-        }
+    }
+}
+
+/// Two sorted index lists, merged.
+pub(crate) struct Merge<'a> {
+    a: &'a [usize],
+    b: &'a [usize],
+}
+
+impl Iterator for Merge<'_> {
+    type Item = usize;
+    fn next(&mut self) -> Option<usize> {
+        let take_a = match (self.a.first(), self.b.first()) {
+            (Some(x), Some(y)) => x < y,
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (None, None) => return None,
+        };
+        let list = if take_a { &mut self.a } else { &mut self.b };
+        let (&first, rest) = list.split_first()?;
+        *list = rest;
+        Some(first)
     }
 }
 
@@ -266,11 +277,9 @@ impl Router {
             lower_owned = event.to_ascii_lowercase();
             &lower_owned
         };
-        let mut cand = Vec::new();
         let mut caps: Vec<(String, String)> = Vec::new();
         for tier in [&self.normal, &self.fallback] {
-            tier.candidates(lower, &mut cand);
-            for &i in &cand {
+            for i in tier.candidates(lower) {
                 let r = &self.routes[i];
                 caps.clear();
                 if !r.matches(&event, ctx.message, &mut caps) {
@@ -415,17 +424,34 @@ impl BodySpec {
     /// The fields as a JSON object: repeated keys become arrays (in order),
     /// under the spelling of their first occurrence.
     fn write_fields(&self, m: &Message, out: &mut Vec<u8>) {
+        // Fields and their prints on the stack for ordinary events (no
+        // allocation per event); a heap copy only for very long messages.
+        const STACK: usize = 64;
+        if m.len() <= STACK {
+            let mut f: [(&[u8], &[u8]); STACK] = [(&[], &[]); STACK];
+            let mut p = [0u64; STACK];
+            for (i, kv) in m.iter_bytes().enumerate() {
+                f[i] = kv;
+                p[i] = key_print(kv.0);
+            }
+            self.write_field_list(&f[..m.len()], &p[..m.len()], out);
+        } else {
+            let f: Vec<(&[u8], &[u8])> = m.iter_bytes().collect();
+            let p: Vec<u64> = f.iter().map(|(k, _)| key_print(k)).collect();
+            self.write_field_list(&f, &p, out);
+        }
+    }
+
+    /// `prints[i]` is [`key_print`] of `fields[i].0`: a cheap
+    /// case-insensitive fingerprint, so that finding repeated keys compares
+    /// integers, not strings (this loop is the hot path of every event).
+    fn write_field_list(&self, fields: &[(&[u8], &[u8])], prints: &[u64], out: &mut Vec<u8>) {
         out.push(b'{');
-        let fields: Vec<(&[u8], &[u8])> = m.iter_bytes().collect();
-        // A cheap case-insensitive fingerprint per key, so that finding
-        // repeated keys compares integers, not strings (this loop is the
-        // hot path of every event).
-        let prints: Vec<u64> = fields.iter().map(|(k, _)| key_print(k)).collect();
         // 256-bit maps of the prints seen once and seen again: a key whose
         // bit is not in `twice` is certainly unique, and needs no scan.
         let mut once = [0u64; 4];
         let mut twice = [0u64; 4];
-        for &p in &prints {
+        for &p in prints {
             let h = (p.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as usize;
             let (w, bit) = (h >> 6, 1u64 << (h & 63));
             twice[w] |= once[w] & bit;
