@@ -503,6 +503,8 @@ impl Supervisor {
             };
             tracing::warn!(server = %self.config.server, role = %self.config.role,
                 address = %self.config.address, %reason, "AMI disconnected; will reconnect");
+            metrics::counter!("ami_reconnects_total", "server" => self.config.server.to_string(), "role" => self.config.role.clone())
+                .increment(1);
             self.set_state(ConnState::Disconnected {
                 reason: reason.clone(),
             });
