@@ -22,12 +22,13 @@ all: build
 rabbitmq:
 	bash scripts/ensure-rabbitmq.sh
 
-# Doc tests first, so that the output ends with the summary of the main run
-# (--all-targets does not include them). --no-fail-fast: run every test
-# binary and list all failing ones at the end, not just the first.
+# Doc tests first, so that the output ends with the summary of the main run.
+# Every test target, plus the two in-process benches as quick smoke runs
+# (the end-to-end benches start brokers' worth of load: `make bench` only).
+# --no-fail-fast: run every test binary and list all failing ones at the end.
 test: rabbitmq
 	$(CARGO) test --doc
-	$(CARGO) test --all-targets --no-fail-fast
+	$(CARGO) test --lib --bins --tests --bench parse --bench route --no-fail-fast
 
 lint: fmt-check clippy
 
@@ -40,6 +41,9 @@ clippy:
 # One line per benchmark target (each is a [[bench]] in Cargo.toml).
 bench: rabbitmq
 	$(CARGO) bench --bench parse
+	$(CARGO) bench --bench route
+	$(CARGO) bench --bench bridge
+	$(CARGO) bench --bench actions
 
 fuzz:
 	bash scripts/fuzz.sh
