@@ -22,13 +22,15 @@ all: build
 rabbitmq:
 	bash scripts/ensure-rabbitmq.sh
 
-# Doc tests first, so that the output ends with the summary of the main run.
+# Doc tests and bench smoke runs first, so that the output ends with the
+# summary of the main run.
 # Every test target, plus the two in-process benches as quick smoke runs
 # (the end-to-end benches start brokers' worth of load: `make bench` only).
 # --no-fail-fast: run every test binary and list all failing ones at the end.
 test: rabbitmq
 	$(CARGO) test --doc
-	$(CARGO) test --lib --bins --tests --bench parse --bench route --no-fail-fast
+	$(CARGO) test --bench parse --bench route
+	$(CARGO) test --lib --bins --tests --no-fail-fast
 
 lint: fmt-check clippy
 
