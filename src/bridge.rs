@@ -280,7 +280,10 @@ pub async fn run(mut cfg: Config, shutdown: CancellationToken) -> Result<(), Bri
         max_bytes: cfg.spool.max_bytes,
         // drop_oldest frees whole segments: keep them a quarter of the
         // limit at most so it never throws away most of the spool at once.
-        segment_bytes: cfg.spool.segment_bytes.min((cfg.spool.max_bytes / 4).max(64 << 10)),
+        segment_bytes: cfg
+            .spool
+            .segment_bytes
+            .min((cfg.spool.max_bytes / 4).max(64 << 10)),
         on_full: cfg.spool.on_full,
         fsync_interval: Duration::from_millis(cfg.spool.fsync_interval_ms),
     })

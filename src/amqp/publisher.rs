@@ -17,6 +17,31 @@
 //! broker is away nothing is published and the spool simply grows; the AMI
 //! side never notices.
 //!
+//! ## Never waiting on a dead connection
+//!
+//! When a session fails, the connection is closed and the broker reported
+//! down. `Connection::close` used to be awaited without a bound, and the
+//! state was set to down only after it returned. When the broker went away
+//! during its own shutdown (`connection.close` 320 `shutdown`, then a reset
+//! socket), the session could end on an error before lapin had marked the
+//! connection closed; `close()` then sent `connection.close` on a connection
+//! whose I/O loop was gone and waited forever for a `close-ok`. The
+//! publisher hung there: `/healthz` kept saying `connected`, the spool grew,
+//! and nothing was published again until the process restarted (found by
+//! `tests/bridge_failures.rs`, broker restarted mid-stream, roughly one run
+//! in four). Now the state goes down first and `close` is bounded by
+//! [`CLOSE_TIMEOUT`].
+//!
+//! The same lapin behaviour — a request made just as the connection dies
+//! may never complete — could in principle catch a publish, a confirm or
+//! the set-up of a connection, so there are two more backstops: while a
+//! session waits for anything it checks every [`WATCHDOG`] that the
+//! connection and channel are still connected, and a connection attempt
+//! (handshake, declarations, `confirm.select`) is bounded by
+//! [`CONNECT_TIMEOUT`]. Neither fires while the broker merely blocks
+//! publishers (memory or disk alarm): the connection stays connected, so
+//! the publisher waits, as it should.
+//!
 //! Messages are published `mandatory`. Exchanges are declared with an
 //! alternate exchange (`ami.unroutable` by default, with a queue of the same
 //! name) so that events no consumer is bound for are kept, not dropped; if
@@ -46,6 +71,14 @@ use super::spool::{ReadRecord, Spool};
 use crate::ami::client::Backoff;
 use crate::config::redact_url;
 use crate::mapping::schema::ExchangeType;
+
+/// How often a waiting session checks that its connection is still alive.
+pub const WATCHDOG: Duration = Duration::from_millis(250);
+/// Longest wait for the broker's `close-ok` when closing a connection.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest a connection attempt (TCP, AMQP handshake, declarations,
+/// `confirm.select`) may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Publisher settings.
 #[derive(Clone, Debug)]
@@ -186,6 +219,29 @@ enum SessionEnd {
     Failed(String),
 }
 
+/// Why the connection or channel can no longer be used, if it cannot.
+fn broken(conn: &Connection, ch: &Channel) -> Option<String> {
+    let c = conn.status();
+    if !c.connected() {
+        let state = if c.errored() {
+            "failed"
+        } else if c.closing() {
+            "closing"
+        } else if c.closed() {
+            "closed"
+        } else {
+            "not connected"
+        };
+        return Some(format!("the AMQP connection is {state}"));
+    }
+    let s = ch.status();
+    if !s.connected() {
+        let state = if s.closing() { "closing" } else { "closed" };
+        return Some(format!("the AMQP channel is {state}"));
+    }
+    None
+}
+
 fn now_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -210,7 +266,9 @@ impl Publisher {
             let url = self.cfg.urls[self.url_index % self.cfg.urls.len()].clone();
             let cancel = self.cancel.clone();
             let connected = tokio::select! {
-                r = self.connect(&url) => Some(r),
+                r = tokio::time::timeout(CONNECT_TIMEOUT, self.connect(&url)) => {
+                    Some(r.unwrap_or_else(|_| Err(format!("connecting took more than {CONNECT_TIMEOUT:?}"))))
+                }
                 _ = cancel.cancelled() => None,
             };
             let Some(connected) = connected else { break };
@@ -221,8 +279,26 @@ impl Publisher {
                     self.state.send_replace(BrokerState::Up {
                         url: redact_url(&url),
                     });
-                    let end = self.session(&channel).await;
-                    let _ = conn.close(200, short("ami2amqp stopping")).await;
+                    let end = self.session(&conn, &channel).await;
+                    if let SessionEnd::Failed(reason) = &end {
+                        // Say so at once: closing a broken connection may
+                        // take up to CLOSE_TIMEOUT.
+                        self.state.send_replace(BrokerState::Down {
+                            reason: reason.clone(),
+                        });
+                    }
+                    // lapin may never complete the close of a connection
+                    // that died under it (see the module docs).
+                    if tokio::time::timeout(
+                        CLOSE_TIMEOUT,
+                        conn.close(200, short("ami2amqp stopping")),
+                    )
+                    .await
+                    .is_err()
+                    {
+                        tracing::warn!(url = %redact_url(&url), timeout = ?CLOSE_TIMEOUT,
+                            "AMQP connection did not close in time; dropped");
+                    }
                     match end {
                         SessionEnd::Done => break,
                         SessionEnd::Failed(r) => r,
@@ -356,7 +432,7 @@ impl Publisher {
         Ok(())
     }
 
-    async fn session(&mut self, ch: &Channel) -> SessionEnd {
+    async fn session(&mut self, conn: &Connection, ch: &Channel) -> SessionEnd {
         self.reader.rewind();
         let window = self.cfg.confirm_window.max(1);
         let mut slots: VecDeque<Slot> = VecDeque::with_capacity(window);
@@ -366,6 +442,8 @@ impl Publisher {
         let mut batch: Vec<ReadRecord> = Vec::with_capacity(window);
         let mut stopping: Option<tokio::time::Instant> = None;
         let latency = metrics::histogram!("publish_latency_seconds");
+        let mut watchdog = tokio::time::interval(WATCHDOG);
+        watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
         loop {
             if stopping.is_some() && confirms.is_empty() {
@@ -443,10 +521,18 @@ impl Publisher {
                             &rec.msg.body,
                             props,
                         );
-                        let confirm = tokio::select! {
-                            r = publish => r,
-                            _ = self.cancel.cancelled() => {
-                                return SessionEnd::Done;
+                        tokio::pin!(publish);
+                        let confirm = loop {
+                            tokio::select! {
+                                r = &mut publish => break r,
+                                _ = self.cancel.cancelled() => {
+                                    return SessionEnd::Done;
+                                }
+                                _ = watchdog.tick() => {
+                                    if let Some(why) = broken(conn, ch) {
+                                        return SessionEnd::Failed(format!("{why} while a publish was pending"));
+                                    }
+                                }
                             }
                         };
                         let confirm = match confirm {
@@ -458,6 +544,11 @@ impl Publisher {
                         next_id += 1;
                         slots.push_back(Slot { end: rr.end, received_at_us: rec.received_at_us, exchange: ex, done: false });
                         confirms.push(async move { (id, confirm.await) });
+                    }
+                }
+                _ = watchdog.tick() => {
+                    if let Some(why) = broken(conn, ch) {
+                        return SessionEnd::Failed(format!("{why} with {} confirms outstanding", confirms.len()));
                     }
                 }
                 _ = self.cancel.cancelled(), if stopping.is_none() => {
