@@ -172,7 +172,7 @@ impl RouterTask {
             }
         }
         self.stats.messages += records as u64;
-        let refused = self.writer.commit(records)?;
+        let refused = self.writer.commit()?;
         self.stats.refused += refused as u64;
         Ok(())
     }

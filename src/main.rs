@@ -163,13 +163,23 @@ fn map(a: MapArgs) -> Result<(), BoxError> {
         if summary {
             return Ok(());
         }
-        serde_json::to_writer(&mut out, &m.to_json())?;
-        out.write_all(b"\n")
+        let mut line = serde_json::to_vec(&m.to_json())?;
+        line.push(b'\n');
+        match out.write_all(&line) {
+            // `map … | head`: the reader has seen enough.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+            r => r,
+        }
     })?;
     if summary {
         ami2amqp::tools::print_summary(&s, &mut out)?;
     }
-    out.flush()?;
+    if let Err(e) = out.flush() {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            return Ok(());
+        }
+        return Err(e.into());
+    }
     if s.errors > 0 {
         eprintln!(
             "ami2amqp: {} mapping error(s); run with --summary to see them",

@@ -283,7 +283,13 @@ async fn session(ctx: &Arc<Ctx>, url: &str, cancel: &CancellationToken) -> Resul
         let next = tokio::select! {
             n = all.next() => n,
             _ = cancel.cancelled() => {
-                let _ = conn.close(200, short("ami2amqp stopping")).await;
+                // Bounded: lapin may never finish closing a connection that
+                // died under it (see src/amqp/publisher.rs).
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    conn.close(200, short("ami2amqp stopping")),
+                )
+                .await;
                 return Ok(());
             }
         };

@@ -265,6 +265,7 @@ impl Spool {
             dirty: false,
             refused_since_log: 0,
             last_refused_log: None,
+            staged: 0,
         })
     }
 
@@ -375,6 +376,8 @@ pub struct SpoolWriter {
     dirty: bool,
     refused_since_log: u64,
     last_refused_log: Option<Instant>,
+    /// Records staged and not yet written.
+    staged: usize,
 }
 
 impl SpoolWriter {
@@ -386,6 +389,7 @@ impl SpoolWriter {
     /// Stages one record whose payload `fill` appends to the buffer (saves
     /// a copy on the hot path).
     pub fn stage_with(&mut self, fill: impl FnOnce(&mut Vec<u8>)) {
+        self.staged += 1;
         let start = self.buf.len();
         self.buf.extend_from_slice(&[0u8; HEADER]);
         fill(&mut self.buf);
@@ -398,11 +402,13 @@ impl SpoolWriter {
 
     /// Writes the staged records to the kernel (one `write` per batch),
     /// rolls the segment when full, and wakes the reader. Returns how many
-    /// records were refused because the spool is full (`refuse_new`).
-    pub fn commit(&mut self, records: usize) -> io::Result<usize> {
+    /// records were refused because the spool is full (`refuse_new`). On a
+    /// write error the batch stays staged and the next commit retries it.
+    pub fn commit(&mut self) -> io::Result<usize> {
         if self.buf.is_empty() {
             return Ok(0);
         }
+        let records = self.staged;
         let cfg = self.spool.cfg.clone();
         let batch = self.buf.len() as u64;
         // Room?
@@ -438,6 +444,7 @@ impl SpoolWriter {
         }
         if refused > 0 {
             self.buf.clear();
+            self.staged = 0;
             metrics::counter!("spool_dropped_total", "reason" => "full_refuse_new")
                 .increment(refused as u64);
             self.refused_since_log += refused as u64;
@@ -456,10 +463,16 @@ impl SpoolWriter {
             }
             return Ok(refused);
         }
-        self.file
-            .write_all(&self.buf)
-            .map_err(|e| io::Error::new(e.kind(), format!("spool write failed: {e}")))?;
+        if let Err(e) = self.file.write_all(&self.buf) {
+            // Part of the batch may be on disk: cut the file back to the
+            // last complete record so that the retry (the batch stays
+            // staged) lands where the offsets say it does.
+            let len = self.spool.lock().segments.back().map_or(0, |g| g.len);
+            let _ = self.file.set_len(len);
+            return Err(io::Error::new(e.kind(), format!("spool write failed: {e}")));
+        }
         self.buf.clear();
+        self.staged = 0;
         self.dirty = true;
         let roll = {
             let mut s = self.spool.lock();
@@ -673,7 +686,8 @@ mod tests {
             w.stage(i.as_bytes());
             n += 1;
         }
-        w.commit(n).unwrap()
+        let _ = n;
+        w.commit().unwrap()
     }
 
     fn read_all(r: &mut SpoolReader) -> Vec<(u64, String)> {
