@@ -446,7 +446,11 @@ impl Publisher {
         watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
         loop {
-            if stopping.is_some() && confirms.is_empty() {
+            // Stopping: publish what the spool still holds (the router has
+            // written its last records, e.g. the `stopped` status, before
+            // the publisher is told to stop), within the shutdown timeout.
+            let drained = self.reader.position() >= self.spool.end();
+            if stopping.is_some() && confirms.is_empty() && drained {
                 return SessionEnd::Done;
             }
             let room = window.saturating_sub(slots.len());
@@ -493,7 +497,7 @@ impl Publisher {
                             tracing::error!(error = %e, "cannot persist the spool cursor");
                         }
                 }
-                _ = self.spool.wait_for_data(pos), if room > 0 && stopping.is_none() => {
+                _ = self.spool.wait_for_data(pos), if room > 0 && (stopping.is_none() || !drained) => {
                     batch.clear();
                     if let Err(e) = self.reader.read_batch(room, &mut batch) {
                         tracing::error!(error = %e, "spool read failed");
@@ -523,9 +527,21 @@ impl Publisher {
                         );
                         tokio::pin!(publish);
                         let confirm = loop {
+                            let st = stopping;
                             tokio::select! {
                                 r = &mut publish => break r,
-                                _ = self.cancel.cancelled() => {
+                                // A publish the broker holds back (alarm)
+                                // must not keep a shutdown waiting forever.
+                                _ = async {
+                                    match st {
+                                        Some(t) => tokio::time::sleep_until(t).await,
+                                        None => self.cancel.cancelled().await,
+                                    }
+                                } => {
+                                    if st.is_none() {
+                                        stopping = Some(tokio::time::Instant::now() + self.cfg.shutdown_timeout);
+                                        continue;
+                                    }
                                     return SessionEnd::Done;
                                 }
                                 _ = watchdog.tick() => {

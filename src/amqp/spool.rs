@@ -218,6 +218,11 @@ impl Spool {
         (s.end - s.acked, s.pending_records)
     }
 
+    /// Global offset of the end of the last record written.
+    pub fn end(&self) -> u64 {
+        self.lock().end
+    }
+
     /// Bytes the segment files take on disk.
     pub fn disk_bytes(&self) -> u64 {
         let s = self.lock();
