@@ -96,7 +96,11 @@ async fn run_trace(name: &str) {
     assert!(setup.log().contains("ami2amqp stopped"));
     // With the broker up, a clean stop publishes everything, the `stopped`
     // status included: nothing is left in the spool.
-    assert!(setup.log().contains("spooled_messages=0"), "{}", setup.log());
+    assert!(
+        setup.log().contains("spooled_messages=0"),
+        "{}",
+        setup.log()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
