@@ -300,6 +300,18 @@ pub async fn run(mut cfg: Config, shutdown: CancellationToken) -> Result<(), Bri
         .map_err(|e| BridgeError(format!("spool: {e}")))?;
 
     let handle = crate::metrics::install();
+    if let Some(h) = handle.clone() {
+        // Histograms keep their samples until upkeep folds them in (a
+        // scrape does it too): without this, memory grows when nobody
+        // scrapes /metrics.
+        tokio::spawn(async move {
+            let mut t = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                t.tick().await;
+                h.run_upkeep();
+            }
+        });
+    }
     let metrics_listener = if cfg.metrics.listen.is_empty() {
         None
     } else {
