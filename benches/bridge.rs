@@ -1107,6 +1107,15 @@ async fn run_bridge(s: &Setup, scenario: &str, pace: Pace) -> Res<Outcome> {
         .map_err(|e| e.to_string())?;
     let ami_addr = listener.local_addr().map_err(|e| e.to_string())?;
     let metrics = format!("127.0.0.1:{}", free_port()?);
+    let spool_dir = match std::env::var("BENCH_SPOOL_DIR") {
+        // An experiment: the spool somewhere else (e.g. /dev/shm); removed
+        // at the end of the run.
+        Ok(d) => Path::new(&d).join(format!(
+            "ami2amqp-bench-spool.{}.{scenario}",
+            std::process::id()
+        )),
+        Err(_) => work.join("spool"),
+    };
     let config = work.join("ami2amqp.toml");
     // Defaults everywhere (confirm window, fsync interval, spool sizes…)
     // except where things live. One AMI connection: no action connections.
@@ -1136,15 +1145,7 @@ exchange = "{exchange}"
 "#,
         url = s.url,
         mappings = s.mappings.display(),
-        spool = match std::env::var("BENCH_SPOOL_DIR") {
-            // An experiment: the spool somewhere else (e.g. /dev/shm).
-            Ok(d) => Path::new(&d).join(format!(
-                "ami2amqp-bench-spool.{}.{scenario}",
-                std::process::id()
-            )),
-            Err(_) => work.join("spool"),
-        }
-        .display(),
+        spool = spool_dir.display(),
         exchange = s.exchange,
     );
     std::fs::write(&config, text).map_err(|e| e.to_string())?;
@@ -1261,6 +1262,9 @@ exchange = "{exchange}"
     }
     let _ = tokio::time::timeout(Duration::from_secs(5), replay.wait()).await;
     let _ = replay.kill().await;
+    if !spool_dir.starts_with(s.dir.path()) {
+        let _ = std::fs::remove_dir_all(&spool_dir);
+    }
     let _ = tokio::time::timeout(Duration::from_secs(5), relay_task).await;
 
     let delivered = sink.deliveries();
