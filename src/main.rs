@@ -38,8 +38,15 @@ struct Cli {
 #[derive(Args, Debug)]
 struct LogArgs {
     /// Log filter in RUST_LOG syntax, e.g. `info`, `debug`,
-    /// `ami2amqp=debug,info`. Logs go to stderr.
-    #[arg(long, global = true, env = "RUST_LOG", default_value = "info")]
+    /// `ami2amqp=debug,info`. Logs go to stderr. The default keeps lapin
+    /// from logging every returned (unroutable) message: they are counted
+    /// in `amqp_returned_total`.
+    #[arg(
+        long,
+        global = true,
+        env = "RUST_LOG",
+        default_value = "info,lapin::returned_messages=error"
+    )]
     log_level: String,
     /// Log format: human-readable `text` or one JSON object per line.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
