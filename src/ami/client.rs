@@ -650,14 +650,33 @@ impl Supervisor {
                         self.cancel.cancel();
                         continue;
                     };
-                    if reply.is_closed() { continue; }
-                    let id = self.next_action_id();
-                    let wire = with_action_id(&message, &id);
-                    if let Err(e) = framed.send(wire).await {
-                        let _ = reply.send(Err(ActionError::ConnectionLost(self.config.server.to_string())));
+                    // Queue this action and any others already waiting,
+                    // then write them with one flush (one syscall for a
+                    // burst of concurrent actions instead of one each).
+                    let mut next = Some((message, reply));
+                    let mut failed = None;
+                    while let Some((message, reply)) = next.take() {
+                        if !reply.is_closed() {
+                            let id = self.next_action_id();
+                            let wire = with_action_id(&message, &id);
+                            if let Err(e) = framed.feed(wire).await {
+                                let _ = reply.send(Err(ActionError::ConnectionLost(self.config.server.to_string())));
+                                failed = Some(e);
+                                break;
+                            }
+                            pending.insert(id, Pending { reply, response: None, events: Vec::new() });
+                        }
+                        if let Ok(Command::Action { message, reply }) = self.commands.try_recv() {
+                            next = Some((message, reply));
+                        }
+                    }
+                    if failed.is_none()
+                        && let Err(e) = SinkExt::<Message>::flush(&mut framed).await {
+                            failed = Some(e);
+                        }
+                    if let Some(e) = failed {
                         break SessionEnd::Lost(format!("write error: {e}"));
                     }
-                    pending.insert(id, Pending { reply, response: None, events: Vec::new() });
                 }
                 _ = ping_timer.tick() => {
                     if let Some((_, sent)) = &ping_outstanding {
