@@ -107,27 +107,6 @@ async fn wait_exit(p: &mut Proc, t: Duration) -> Option<i32> {
     None
 }
 
-/// `ami2amqp map` over `traces` (one after the other, `seq` running on, as
-/// a replay with `--loop` sends them) with the setup's mappings and server.
-fn dry_run(setup: &BridgeSetup, traces: &[&Path]) -> Vec<Value> {
-    let out = std::process::Command::new(bin())
-        .args(["map", "--mappings"])
-        .arg(&setup.mappings)
-        .args(["--server", &setup.server])
-        .args(traces)
-        .output()
-        .expect("run map");
-    assert!(
-        out.status.success(),
-        "map failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("map prints JSON lines"))
-        .collect()
-}
-
 /// Points the setup's config at another AMI address.
 fn set_ami_address(setup: &BridgeSetup, from: &str, to: &str) {
     let text = std::fs::read_to_string(&setup.config).expect("read config");
@@ -412,7 +391,7 @@ where
     ));
     let setup = Arc::new(BridgeSetup::new(&addr, &url, ""));
     let traces: Vec<&Path> = (0..loops).map(|_| path.as_path()).collect();
-    let expected = dry_run(&setup, &traces);
+    let expected = setup.dry_run_all(&traces);
     let total = expected.len() as u64; // one message per event with the default mappings
     let queue = durable_queue(&url, &setup).await;
     let mut bridge = setup.start();
@@ -785,7 +764,7 @@ async fn spool_survives_sigterm_and_kill_9_while_the_broker_is_down() {
     let path = trace(SMALL);
     let (_replay, replay_addr) = replay(&replay_args(&[], path.to_str().unwrap()));
     let setup = BridgeSetup::new(&replay_addr, &url, "");
-    let expected_a = dry_run(&setup, &[&path]);
+    let expected_a = setup.dry_run_all(&[&path]);
     let queue = durable_queue(&url, &setup).await;
     blocking({
         let b = broker.clone();
@@ -937,7 +916,7 @@ async fn spool_survives_sigterm_and_kill_9_while_the_broker_is_down() {
     let arrived_b = got_b.iter().filter(|d| !is_status(d)).count();
     let dir = tempfile::tempdir().expect("tempdir");
     let prefix = write_trace(dir.path(), "b.ami", &events[..arrived_b]);
-    let expected_b = dry_run(&setup, &[&prefix]);
+    let expected_b = setup.dry_run_all(&[&prefix]);
     let out_b = assert_exactly_once_in_order("B (kill -9, spooled)", &got_b, &expected_b);
     let st: Vec<&str> = out_b
         .statuses
@@ -1006,7 +985,7 @@ async fn asterisk_closing_mid_message() {
     .await;
     let setup = BridgeSetup::new(&fake.addr, &url, "");
     let dir = tempfile::tempdir().expect("tempdir");
-    let expected = dry_run(&setup, &[&write_trace(dir.path(), "cut.ami", events)]);
+    let expected = setup.dry_run_all(&[&write_trace(dir.path(), "cut.ami", events)]);
     assert_eq!(expected.len(), events.len());
     let mut sink = sink(&url, &setup.exchange, &format!("{}.#", setup.server)).await;
     let mut bridge = setup.start();

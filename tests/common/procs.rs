@@ -229,11 +229,17 @@ exchange = "{exchange}"
     /// Runs `ami2amqp map` over a trace with this setup's mappings and
     /// server name; returns the JSON messages.
     pub fn dry_run(&self, trace: &Path) -> Vec<serde_json::Value> {
+        self.dry_run_all(&[trace])
+    }
+
+    /// The same over several traces, one after the other (`seq` running
+    /// on, as a replay with `--loop` sends them).
+    pub fn dry_run_all(&self, traces: &[&Path]) -> Vec<serde_json::Value> {
         let out = Command::new(bin())
             .args(["map", "--mappings"])
             .arg(&self.mappings)
             .args(["--server", &self.server])
-            .arg(trace)
+            .args(traces)
             .output()
             .expect("run map");
         assert!(
