@@ -24,13 +24,19 @@ static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 pub fn install() -> Option<PrometheusHandle> {
     HANDLE
         .get_or_init(|| {
+            const BUCKETS: &[f64] = &[
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
+                30.0, 60.0,
+            ];
             let b = PrometheusBuilder::new()
                 .set_buckets_for_metric(
                     metrics_exporter_prometheus::Matcher::Suffix("latency_seconds".into()),
-                    &[
-                        0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0,
-                        5.0, 10.0, 30.0, 60.0,
-                    ],
+                    BUCKETS,
+                )
+                .ok()?
+                .set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Full("spool_sync_seconds".into()),
+                    BUCKETS,
                 )
                 .ok()?;
             b.install_recorder().ok()

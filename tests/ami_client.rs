@@ -493,3 +493,157 @@ async fn pool_separates_event_and_action_connections() {
     assert_eq!(per["a"], per["b"]);
     pool.shutdown();
 }
+
+/// A server that logs in anyone and then writes `total` numbered events as
+/// fast as the socket takes them, answering `Ping` in between. Counts the
+/// bytes it got into the socket and the connections it accepted.
+struct Flood {
+    addr: String,
+    written: Arc<std::sync::atomic::AtomicU64>,
+    connections: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Flood {
+    async fn start(total: u64) -> Flood {
+        use std::sync::atomic::Ordering::Relaxed;
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let written = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let connections = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (w2, c2) = (written.clone(), connections.clone());
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                c2.fetch_add(1, Relaxed);
+                let written = w2.clone();
+                tokio::spawn(async move {
+                    let (r, mut w) = s.into_split();
+                    let (tx, mut replies) = mpsc::unbounded_channel::<String>();
+                    // Reader: answer Login and Ping through the writer.
+                    tokio::spawn(async move {
+                        let mut lines = BufReader::new(r).lines();
+                        let (mut action, mut id) = (String::new(), String::new());
+                        while let Ok(Some(line)) = lines.next_line().await {
+                            if let Some(v) = line.strip_prefix("Action: ") {
+                                action = v.to_ascii_lowercase();
+                            } else if let Some(v) = line.strip_prefix("ActionID: ") {
+                                id = v.to_string();
+                            } else if line.is_empty() {
+                                let extra = if action == "ping" {
+                                    "Ping: Pong\r\n"
+                                } else {
+                                    ""
+                                };
+                                let _ = tx.send(format!(
+                                    "Response: Success\r\nActionID: {id}\r\n{extra}\r\n"
+                                ));
+                            }
+                        }
+                    });
+                    if w.write_all(b"Asterisk Call Manager/5.0.1\r\n")
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    // Wait for the login before flooding.
+                    let Some(login) = replies.recv().await else {
+                        return;
+                    };
+                    if w.write_all(login.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    let mut seq = 0u64;
+                    let mut chunk = String::new();
+                    while seq < total {
+                        chunk.clear();
+                        while let Ok(r) = replies.try_recv() {
+                            chunk.push_str(&r);
+                        }
+                        for _ in 0..64 {
+                            if seq == total {
+                                break;
+                            }
+                            chunk.push_str(&format!(
+                                "Event: Flood\r\nPrivilege: call,all\r\nChannel: PJSIP/1000-{seq:08x}\r\nUniqueid: 1700000000.{seq}\r\nSeq: {seq}\r\n\r\n"
+                            ));
+                            seq += 1;
+                        }
+                        if w.write_all(chunk.as_bytes()).await.is_err() {
+                            return;
+                        }
+                        written.fetch_add(chunk.len() as u64, Relaxed);
+                    }
+                    // Keep answering Pings until the client goes.
+                    while let Some(r) = replies.recv().await {
+                        if w.write_all(r.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Flood {
+            addr,
+            written,
+            connections,
+        }
+    }
+}
+
+/// A consumer that stops taking events: the client reads until its memory
+/// budget is full, then stops reading (the server's writes block) without
+/// dropping the connection — not even when a keepalive Ping goes unanswered
+/// because its answer sits unread behind the events — and delivers every
+/// event, in order, once the consumer is back.
+#[tokio::test]
+async fn a_stalled_consumer_pauses_reading_within_the_budget_and_loses_nothing() {
+    use std::sync::atomic::Ordering::Relaxed;
+    const TOTAL: u64 = 300_000; // ~40 MB on the wire
+    const BUDGET: usize = 1 << 20;
+    let flood = Flood::start(TOTAL).await;
+    let mut cfg = config(&flood.addr, AuthType::Plain, "x");
+    cfg.max_buffered_bytes = BUDGET;
+    cfg.keepalive = Duration::from_millis(100);
+    cfg.action_timeout = Duration::from_millis(300);
+    let (tx, mut rx) = mpsc::channel(8);
+    let c = Client::spawn(cfg, Some(tx));
+    assert!(c.wait_connected(Duration::from_secs(5)).await);
+
+    // Nobody takes events for a while: the writes must stop well short of
+    // the 40 MB (budget + 8 in the channel + the kernel's socket buffers,
+    // a few MB on loopback).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let at_1500 = flood.written.load(Relaxed);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let at_2500 = flood.written.load(Relaxed);
+    assert_eq!(at_1500, at_2500, "the client kept reading past its budget");
+    assert!(
+        at_2500 < 20 << 20,
+        "{at_2500} bytes taken with a {BUDGET}-byte budget"
+    );
+    assert!(
+        at_2500 > BUDGET as u64,
+        "the client read nothing: {at_2500}"
+    );
+
+    // Back to consuming: every event, in order, on the same connection.
+    let mut next = 0u64;
+    while next < TOTAL {
+        match tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
+            Ok(Some(Incoming::Event(e))) => {
+                let seq: u64 = e.message.get("Seq").unwrap().parse().unwrap();
+                assert_eq!(seq, next, "event out of order or lost");
+                next += 1;
+            }
+            Ok(Some(_)) => {}
+            other => panic!("stream ended after {next} events: {other:?}"),
+        }
+    }
+    assert_eq!(
+        flood.connections.load(Relaxed),
+        1,
+        "the connection was dropped while reading was paused"
+    );
+    c.shutdown();
+}

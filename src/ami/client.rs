@@ -600,6 +600,13 @@ impl Supervisor {
 
         let end = loop {
             let can_read = self.queue.bytes <= self.config.max_buffered_bytes;
+            if !can_read && let Some((_, sent)) = &mut ping_outstanding {
+                // The answer to a Ping sits unread behind the events while
+                // reading is paused: its clock starts when reading resumes.
+                // (Giving up on the connection here would drop everything
+                // Asterisk has queued for it.)
+                *sent = Instant::now();
+            }
             if !can_read && !warned_full {
                 warned_full = true;
                 tracing::error!(server = %self.config.server, bytes = self.queue.bytes,
@@ -772,7 +779,7 @@ fn finish(pending: &mut HashMap<String, Pending>, id: &str) {
 
 fn incoming_size(i: &Incoming) -> usize {
     match i {
-        Incoming::Event(e) => e.message.raw().len() + 64,
+        Incoming::Event(e) => e.message.memory_size() + 32,
         Incoming::Malformed { error, .. } => error.excerpt.len() + 64,
         Incoming::State { .. } => 64,
     }

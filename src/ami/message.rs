@@ -56,6 +56,15 @@ pub enum Kind {
 }
 
 impl Message {
+    /// Roughly the memory this message holds: its bytes plus its header
+    /// index (what a buffer budget must count; the index of a typical event
+    /// is ~300 bytes beside its ~450 raw bytes).
+    pub fn memory_size(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.raw.len()
+            + self.spans.capacity() * std::mem::size_of::<Span>()
+    }
+
     /// An empty message, to be filled with [`Message::push`].
     pub fn new() -> Self {
         Message {

@@ -4,3 +4,4 @@
 pub mod publisher;
 pub mod record;
 pub mod spool;
+mod syncer;

@@ -11,7 +11,9 @@
 //!   last confirmed position. Data is handed to the kernel with `write(2)`
 //!   as soon as a batch is appended, so a `kill -9` loses nothing written;
 //!   `fsync` runs every `fsync_interval`, which bounds what a power loss can
-//!   take.
+//!   take. The `fsync`s, cursor updates and deletions run on a thread of
+//!   their own (`syncer`), never on a tokio worker: a slow disk must not
+//!   stop the publisher or the AMI reader.
 //! * **Order is kept.** The log has one writer (the router task) and one
 //!   reader (the publisher), and the reader re-reads from the oldest
 //!   unconfirmed record after any failure, so messages reach the broker in
@@ -25,7 +27,7 @@
 //! The log is a series of segment files named after the global byte offset
 //! of their first record (`00000000000000000000.seg`), each at most
 //! `segment_bytes` long, plus `cursor`, the global offset of the oldest
-//! unconfirmed record, replaced atomically (write + rename). A record is
+//! unconfirmed record (8 bytes, overwritten in place). A record is
 //! `u32 length | u32 crc32 | payload` (little endian). At start the log is
 //! scanned from the cursor; a torn record at the end (the process died in
 //! the middle of a write) fails its CRC and is cut off.
@@ -39,6 +41,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::syncer::Syncer;
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
@@ -85,6 +89,7 @@ pub struct Spool {
     cfg: Arc<SpoolConfig>,
     shared: Arc<Mutex<Shared>>,
     notify: Arc<Notify>,
+    syncer: Arc<Syncer>,
 }
 
 /// What `open` found on disk.
@@ -184,6 +189,9 @@ impl Spool {
         if segments.is_empty() {
             end = acked;
         }
+        // A leftover of versions that replaced the cursor by rename.
+        let _ = fs::remove_file(cfg.dir.join("cursor.tmp"));
+        let syncer = Syncer::start(cursor_path)?;
         let shared = Shared {
             segments,
             end,
@@ -197,6 +205,7 @@ impl Spool {
             cfg: Arc::new(cfg),
             shared: Arc::new(Mutex::new(shared)),
             notify: Arc::new(Notify::new()),
+            syncer: Arc::new(syncer),
         };
         spool.update_gauges();
         Ok((spool, rec))
@@ -263,7 +272,7 @@ impl Spool {
         let _ = len;
         Ok(SpoolWriter {
             spool: self.clone(),
-            file,
+            file: Arc::new(file),
             seg_base: base,
             buf: Vec::with_capacity(256 * 1024),
             last_sync: Instant::now(),
@@ -287,7 +296,8 @@ impl Spool {
 
     /// Marks everything before global offset `upto` as confirmed, deletes
     /// segments that are wholly confirmed and (at most every 50 ms, or when
-    /// `force`) persists the cursor.
+    /// `force`) persists the cursor. The disk work runs on the syncer thread;
+    /// with `force` this call waits for it (shutdown).
     pub fn ack(&self, upto: u64, records: u64, force: bool) -> io::Result<()> {
         let mut to_delete = Vec::new();
         let write_cursor;
@@ -311,23 +321,28 @@ impl Spool {
             }
         }
         for b in to_delete {
-            let _ = fs::remove_file(seg_path(&self.cfg.dir, b));
+            self.syncer.remove(seg_path(&self.cfg.dir, b));
         }
         if write_cursor || force {
-            self.write_cursor()?;
+            self.write_cursor();
+        }
+        if force {
+            self.syncer.flush();
         }
         self.update_gauges();
         Ok(())
     }
 
-    fn write_cursor(&self) -> io::Result<()> {
+    /// Queues the current cursor for the syncer thread.
+    fn write_cursor(&self) {
         let acked = self.lock().acked;
-        let tmp = self.cfg.dir.join("cursor.tmp");
-        let dst = self.cfg.dir.join("cursor");
-        let mut f = File::create(&tmp)?;
-        f.write_all(&acked.to_le_bytes())?;
-        f.sync_data()?;
-        fs::rename(&tmp, &dst)
+        self.syncer.write_cursor(acked);
+    }
+
+    /// Waits until the disk work queued so far (fsyncs, cursor, deletions)
+    /// is done.
+    pub fn flush(&self) {
+        self.syncer.flush();
     }
 
     /// Waits until data past `pos` may be available.
@@ -374,7 +389,8 @@ fn scan_segment(path: &Path, base: u64, from: u64) -> io::Result<(u64, u64)> {
 /// Appends records. Owned by the one task that produces messages.
 pub struct SpoolWriter {
     spool: Spool,
-    file: File,
+    /// Shared with the syncer thread, which fsyncs it.
+    file: Arc<File>,
     seg_base: u64,
     buf: Vec<u8>,
     last_sync: Instant,
@@ -468,7 +484,7 @@ impl SpoolWriter {
             }
             return Ok(refused);
         }
-        if let Err(e) = self.file.write_all(&self.buf) {
+        if let Err(e) = (&*self.file).write_all(&self.buf) {
             // Part of the batch may be on disk: cut the file back to the
             // last complete record so that the retry (the batch stays
             // staged) lands where the offsets say it does.
@@ -502,37 +518,47 @@ impl SpoolWriter {
         Ok(0)
     }
 
-    /// fsyncs written data if `fsync_interval` has passed since the last
-    /// sync (called by a timer, so a quiet spool is synced too).
+    /// Has written data fsynced (on the syncer thread) if `fsync_interval`
+    /// has passed since the last time (called by a timer too, so a quiet
+    /// spool is synced as well). Never blocks on the disk.
     pub fn sync_if_due(&mut self) -> io::Result<()> {
         if self.dirty && self.last_sync.elapsed() >= self.spool.cfg.fsync_interval {
-            self.sync()?;
+            self.sync_later();
         }
         Ok(())
     }
 
-    /// fsyncs written data (also called on shutdown).
-    pub fn sync(&mut self) -> io::Result<()> {
+    fn sync_later(&mut self) {
         if self.dirty {
-            self.file.sync_data()?;
+            self.spool.syncer.sync_file(self.file.clone());
             self.dirty = false;
         }
         self.last_sync = Instant::now();
-        Ok(())
+    }
+
+    /// fsyncs written data and waits for it and every other queued disk
+    /// job (shutdown).
+    pub fn sync(&mut self) -> io::Result<()> {
+        self.sync_later();
+        self.spool.syncer.flush();
+        self.file.sync_data()
     }
 
     fn roll(&mut self) -> io::Result<()> {
-        self.sync()?;
+        // The old segment is fsynced by the syncer; the new one starts now.
+        self.sync_later();
         let base = self.spool.lock().end;
         if base == self.seg_base {
             return Ok(());
         }
         let path = seg_path(&self.spool.cfg.dir, base);
-        self.file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| io_ctx(e, "cannot create spool segment", &path))?;
+        self.file = Arc::new(
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(|e| io_ctx(e, "cannot create spool segment", &path))?,
+        );
         self.seg_base = base;
         self.spool.lock().segments.push_back(Segment {
             base,
@@ -560,7 +586,9 @@ impl SpoolWriter {
             };
             (g, lost)
         };
-        let _ = fs::remove_file(seg_path(&self.spool.cfg.dir, dropped.0.base));
+        self.spool
+            .syncer
+            .remove(seg_path(&self.spool.cfg.dir, dropped.0.base));
         metrics::counter!("spool_dropped_total", "reason" => "full_drop_oldest")
             .increment(dropped.1);
         tracing::error!(
@@ -568,7 +596,8 @@ impl SpoolWriter {
             bytes = dropped.0.len,
             "spool full: oldest messages dropped (on_full = drop_oldest)"
         );
-        self.spool.write_cursor()
+        self.spool.write_cursor();
+        Ok(())
     }
 }
 
