@@ -312,6 +312,7 @@ pub async fn run(mut cfg: Config, shutdown: CancellationToken) -> Result<(), Bri
             }
         });
     }
+    tokio::spawn(crate::memory::keep_trim());
     let metrics_listener = if cfg.metrics.listen.is_empty() {
         None
     } else {

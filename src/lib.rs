@@ -10,6 +10,7 @@ pub mod amqp;
 pub mod bridge;
 pub mod config;
 pub mod mapping;
+pub mod memory;
 pub mod metrics;
 pub mod tools;
 pub mod trace;
