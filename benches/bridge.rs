@@ -1240,8 +1240,9 @@ exchange = "{exchange}"
     let cs1 = ctx_switches(pid);
     let hwm = vm_bytes(pid, "VmHWM");
     stop_perf(perf).await;
-    // Idle: the spool drained, nothing arriving.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Idle: the spool drained, nothing arriving; long enough for the
+    // bridge's memory task (3 s period) to see the burst is over and trim.
+    tokio::time::sleep(Duration::from_millis(7000)).await;
     let rss_idle = vm_bytes(pid, "VmRSS");
     stop.cancel();
     let _ = poller.await;

@@ -7,15 +7,17 @@
 //! mapped — the benchmarks saw the process stay at 47–101 MB after a
 //! max-speed read, against ~30 MB before. An operator reads that as a leak.
 //!
-//! So every 10 s this task looks at the resident size and, when it has grown
-//! by more than 8 MiB since the last trim, asks glibc to return free pages
-//! (`malloc_trim`) from a blocking thread. It also publishes the resident
+//! So every 3 s this task looks at the resident size and, when it has grown
+//! by more than 8 MiB since the last trim and stopped growing (the burst is
+//! over: trimming in the middle of one would only compete with it for the
+//! allocator's locks), asks glibc to return free pages (`malloc_trim`) from
+//! a blocking thread. It also publishes the resident
 //! size as the `process_resident_memory_bytes` gauge. On other C libraries
 //! only the gauge is kept.
 
 use std::time::Duration;
 
-const PERIOD: Duration = Duration::from_secs(10);
+const PERIOD: Duration = Duration::from_secs(3);
 const GROWTH: u64 = 8 << 20;
 
 /// Resident set size of this process, from `/proc/self/statm`.
@@ -45,12 +47,15 @@ pub async fn keep_trim() {
     let mut t = tokio::time::interval(PERIOD);
     t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut baseline = resident_bytes().unwrap_or(0);
+    let mut previous = baseline;
     loop {
         t.tick().await;
         let Some(rss) = resident_bytes() else {
             continue;
         };
-        if rss > baseline + GROWTH {
+        let settled = rss <= previous + (1 << 20);
+        previous = rss;
+        if rss > baseline + GROWTH && settled {
             let after = tokio::task::spawn_blocking(|| {
                 trim();
                 resident_bytes()
@@ -61,6 +66,7 @@ pub async fn keep_trim() {
             .unwrap_or(rss);
             tracing::debug!(before = rss, after, "returned free memory to the system");
             baseline = after;
+            previous = after;
             metrics::gauge!("process_resident_memory_bytes").set(after as f64);
         } else {
             // Follow shrinking too, so the next growth is measured from here.
