@@ -198,7 +198,8 @@ fn map(a: MapArgs) -> Result<(), BoxError> {
 
 /// Watch the bus: bind a temporary queue to an exchange and print what
 /// arrives, one line per message (`routing-key  body`), or JSON objects
-/// with --json.
+/// with --json. If the exchange does not exist yet (a fresh broker the
+/// bridge has not connected to), waits for it.
 #[derive(Args, Debug)]
 struct TailArgs {
     /// The broker URL.

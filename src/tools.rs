@@ -213,6 +213,50 @@ pub fn print_summary(s: &MapSummary, out: &mut dyn Write) -> std::io::Result<()>
     Ok(())
 }
 
+/// Returns a channel once `exchange` exists. On a fresh broker the bridge
+/// declares its exchanges when it first connects, and an operator often
+/// starts `tail` first: wait for it (saying so once) rather than fail.
+async fn wait_for_exchange(
+    conn: &lapin::Connection,
+    exchange: &str,
+    deadline: Option<tokio::time::Instant>,
+) -> Result<lapin::Channel, String> {
+    use lapin::options::ExchangeDeclareOptions;
+    use lapin::types::FieldTable;
+    let short = crate::amqp::publisher::short;
+    let mut said = false;
+    loop {
+        let ch = conn.create_channel().await.map_err(|e| e.to_string())?;
+        if exchange.is_empty() {
+            return Ok(ch);
+        }
+        let passive = ExchangeDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        let kind = lapin::ExchangeKind::Topic; // ignored by a passive declare
+        match ch
+            .exchange_declare(short(exchange), kind, passive, FieldTable::default())
+            .await
+        {
+            Ok(()) => return Ok(ch),
+            Err(e) if e.to_string().contains("NOT_FOUND") => {
+                if !said {
+                    eprintln!(
+                        "ami2amqp: exchange {exchange:?} does not exist yet; waiting for the bridge to declare it (it does when it connects)"
+                    );
+                    said = true;
+                }
+            }
+            Err(e) => return Err(format!("cannot use exchange {exchange:?}: {e}")),
+        }
+        if deadline.is_some_and(|d| tokio::time::Instant::now() + Duration::from_secs(1) > d) {
+            return Err(format!("exchange {exchange:?} still does not exist"));
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
 /// `ami2amqp tail`: binds a temporary queue to `exchange` with `bindings`
 /// (default `#`) and prints what arrives until `limit` messages or
 /// `duration` or Ctrl-C.
@@ -231,7 +275,8 @@ pub async fn tail(
     let conn = lapin::Connection::connect(url, lapin::ConnectionProperties::default())
         .await
         .map_err(|e| format!("cannot connect to {}: {e}", crate::config::redact_url(url)))?;
-    let ch = conn.create_channel().await.map_err(|e| e.to_string())?;
+    let deadline = duration.map(|d| tokio::time::Instant::now() + d);
+    let ch = wait_for_exchange(&conn, exchange, deadline).await?;
     let q = ch
         .queue_declare(
             short(""),

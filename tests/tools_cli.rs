@@ -220,4 +220,54 @@ async fn a_running_bridge_reloads_valid_mappings_and_keeps_the_old_set_on_errors
         let _ = body(&d);
     }
     assert!(saw_v2, "no message routed by the new set\n{}", setup.log());
+
+    // A route to an exchange the broker does not have yet. `tail`, started
+    // first, waits for it; the bridge declares it before its first publish
+    // there (no 404 closing the channel, no reconnect).
+    let extra = format!("{}.extra", setup.exchange);
+    let tail = std::process::Command::new(env!("CARGO_BIN_EXE_ami2amqp"))
+        .args([
+            "tail",
+            "--amqp",
+            &url,
+            "--exchange",
+            &extra,
+            "--count",
+            "3",
+            "--duration",
+            "30",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    std::fs::write(
+        setup.mappings.join("98-extra.toml"),
+        format!(
+            "[[route]]\nname = \"extra\"\nevents = [\"*\"]\nexchange = \"{extra}\"\nrouting_key = \"{{server}}.extra.{{Event}}\"\n"
+        ),
+    )
+    .unwrap();
+    let out = tokio::task::spawn_blocking(move || tail.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}\n{}", setup.log());
+    assert!(stderr.contains("does not exist yet"), "{stderr}");
+    assert_eq!(
+        stdout.lines().filter(|l| l.contains(".extra.")).count(),
+        3,
+        "{stdout}"
+    );
+    let log = setup.log();
+    assert!(
+        log.contains("declaring an exchange the mappings added"),
+        "{log}"
+    );
+    assert!(!log.contains("AMQP unavailable"), "{log}");
 }

@@ -197,6 +197,7 @@ pub async fn run(
         cancel,
         counters: HashMap::new(),
         url_index: 0,
+        declared: HashSet::new(),
     };
     p.run().await;
 }
@@ -210,6 +211,10 @@ struct Publisher {
     cancel: CancellationToken,
     counters: HashMap<Arc<str>, Counters>,
     url_index: usize,
+    /// Exchanges declared (or found) on the current connection. A record
+    /// for any other exchange (a mapping reload added it) has it declared
+    /// before it is published, instead of a 404 that closes the channel.
+    declared: HashSet<Arc<str>>,
 }
 
 enum SessionEnd {
@@ -359,6 +364,7 @@ impl Publisher {
     /// the mapping set (durable). An exchange that already exists with other
     /// arguments is left as it is (and logged).
     async fn declare_all(&mut self, conn: &Connection, ch: &Channel) -> Result<(), String> {
+        self.declared.clear();
         let durable = ExchangeDeclareOptions {
             durable: true,
             ..Default::default()
@@ -394,11 +400,31 @@ impl Publisher {
             .await
             .map_err(|e| format!("bind queue {ae}: {e}"))?;
         }
-        let mut seen = HashSet::new();
         for (name, t) in (self.exchanges)() {
-            if name.is_empty() || name.starts_with("amq.") || !seen.insert(name.clone()) {
+            if name.is_empty() || name.starts_with("amq.") || !self.declared.insert(name.clone()) {
                 continue; // the default and amq.* exchanges always exist
             }
+            ch = self.declare_one(conn, ch, &name, t).await?;
+        }
+        Ok(())
+    }
+
+    /// Declares one mapping exchange (durable, with the alternate exchange)
+    /// on `ch`; if it exists with other settings, checks it exists on a new
+    /// channel (the failed declare closed `ch`) and returns that channel.
+    async fn declare_one(
+        &self,
+        conn: &Connection,
+        ch: Channel,
+        name: &str,
+        t: ExchangeType,
+    ) -> Result<Channel, String> {
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        let ae = &self.cfg.alternate_exchange;
+        {
             let mut args = FieldTable::default();
             if !ae.is_empty() {
                 args.insert(
@@ -407,17 +433,17 @@ impl Publisher {
                 );
             }
             if let Err(e) = ch
-                .exchange_declare(short(&name), kind_of(t), durable, args)
+                .exchange_declare(short(name), kind_of(t), durable, args)
                 .await
             {
                 tracing::warn!(exchange = %name, error = %e,
                     "exchange exists with other settings; using it as it is");
-                ch = conn
+                let ch = conn
                     .create_channel()
                     .await
                     .map_err(|e| format!("channel: {e}"))?;
                 ch.exchange_declare(
-                    short(&name),
+                    short(name),
                     kind_of(t),
                     ExchangeDeclareOptions {
                         passive: true,
@@ -427,8 +453,54 @@ impl Publisher {
                 )
                 .await
                 .map_err(|e| format!("exchange {name}: {e}"))?;
+                return Ok(ch);
             }
         }
+        Ok(ch)
+    }
+
+    /// Declares, on a channel of their own, the exchanges of `recs` that
+    /// this connection has not declared yet and that the live mapping set
+    /// names (a reload added them). Exchanges the mapping set no longer
+    /// names are published to as they are.
+    async fn declare_new(
+        &mut self,
+        conn: &Connection,
+        recs: &[(u64, Option<Record>)],
+    ) -> Result<(), String> {
+        if !self.cfg.declare_exchanges {
+            return Ok(());
+        }
+        let mut missing: Vec<Arc<str>> = Vec::new();
+        for (_, r) in recs {
+            let Some(r) = r else { continue };
+            let ex = &r.msg.exchange;
+            if ex.is_empty()
+                || ex.starts_with("amq.")
+                || self.declared.contains(ex)
+                || missing.contains(ex)
+            {
+                continue;
+            }
+            missing.push(ex.clone());
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let known = (self.exchanges)();
+        let mut ch = conn
+            .create_channel()
+            .await
+            .map_err(|e| format!("channel: {e}"))?;
+        for name in missing {
+            self.declared.insert(name.clone());
+            let Some((_, t)) = known.iter().find(|(n, _)| *n == name) else {
+                continue;
+            };
+            tracing::info!(exchange = %name, "declaring an exchange the mappings added");
+            ch = self.declare_one(conn, ch, &name, *t).await?;
+        }
+        let _ = ch.close(200, short("declared")).await;
         Ok(())
     }
 
@@ -521,6 +593,9 @@ impl Publisher {
                             }
                         })
                         .collect();
+                    if let Err(e) = self.declare_new(conn, &recs).await {
+                        return SessionEnd::Failed(format!("declare: {e}"));
+                    }
                     let results = {
                         let publishes: Vec<_> = recs
                             .iter()
