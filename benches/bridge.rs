@@ -67,7 +67,8 @@
 //! side; `BENCH_PERF_ARGS` defaults to `record -F 999`, `stat -e …` works
 //! too), `BENCH_SPOOL_DIR` (put the bridge's spool under this
 //! directory instead of the temporary one, e.g. /dev/shm to take the disk
-//! out of the picture), `BENCH_SAMPLES=PREFIX` (write the bridge's /metrics
+//! out of the picture), `BENCH_FSYNC_MS` (the bridge's
+//! `spool.fsync_interval_ms`), `BENCH_SAMPLES=PREFIX` (write the bridge's /metrics
 //! samples to PREFIX.<scenario>.csv), `BENCH_KEEP=1` (keep the temporary
 //! directory, with the bridge's and the replay's logs).
 
@@ -1136,6 +1137,7 @@ watch = false
 
 [spool]
 dir = "{spool}"
+{fsync}
 
 [metrics]
 listen = "{metrics}"
@@ -1147,6 +1149,10 @@ exchange = "{exchange}"
         mappings = s.mappings.display(),
         spool = spool_dir.display(),
         exchange = s.exchange,
+        // An experiment: another fsync interval than the default.
+        fsync = std::env::var("BENCH_FSYNC_MS")
+            .map(|v| format!("fsync_interval_ms = {v}"))
+            .unwrap_or_default(),
     );
     std::fs::write(&config, text).map_err(|e| e.to_string())?;
     let log = std::fs::File::create(work.join("bridge.log")).map_err(|e| e.to_string())?;

@@ -21,10 +21,16 @@
 //! waits for everything queued so far; shutdown and tests use it.
 //!
 //! The cursor is one 8-byte little-endian number at the start of the file
-//! `cursor`, overwritten in place (`pwrite`) and `fdatasync`ed — no
-//! create + rename per update. A write of 8 aligned bytes within one sector
-//! is not torn by a crash, and `Spool::open` clamps whatever it reads to
-//! the segments that exist, so even an old value is safe.
+//! `cursor`, overwritten in place (`pwrite`) — no create + rename per
+//! update. A `pwrite` is enough for a `kill -9` (the kernel has it); it is
+//! `fdatasync`ed in the same round as the segments (every
+//! `fsync_interval`) and on `flush`, not at every update: each `fsync` on
+//! the broker's disk made RabbitMQ's own writes wait (the bridge's p99 at
+//! 5,000 msg/s went from ~2 ms with the spool on tmpfs to ~6 ms on the
+//! disk), and a cursor that a power loss sets back only re-publishes
+//! confirmed messages. A write of 8 aligned bytes within one sector is not
+//! torn by a crash, and `Spool::open` clamps whatever it reads to the
+//! segments that exist, so even an old value is safe.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -42,6 +48,8 @@ struct Jobs {
     cursor: Option<u64>,
     /// Files to delete.
     remove: Vec<PathBuf>,
+    /// Make the cursor durable in this round even without segments (flush).
+    durable: bool,
     /// Jobs queued so far / jobs done so far (for `flush`).
     queued: u64,
     done: u64,
@@ -129,8 +137,10 @@ impl Syncer {
         self.queue(|j| j.remove.push(path));
     }
 
-    /// Waits until every job queued before this call is done.
+    /// Makes everything queued so far durable (cursor included) and waits
+    /// for it.
     pub fn flush(&self) {
+        self.queue(|j| j.durable = true);
         let mut j = self.state.lock();
         let target = j.queued;
         while j.done < target && !j.stop {
@@ -154,8 +164,9 @@ fn worker(state: &State, cursor: File, cursor_path: PathBuf) {
     // values themselves (they read the position, then queue it, without
     // one lock around both): never write a smaller value after a larger.
     let mut written: Option<u64> = None;
+    let mut cursor_dirty = false;
     loop {
-        let (files, value, remove, upto, stop) = {
+        let (files, value, remove, durable, upto, stop) = {
             let mut j = state.lock();
             while j.queued == j.done && !j.stop {
                 j = state.wake.wait(j).unwrap_or_else(|p| p.into_inner());
@@ -164,6 +175,7 @@ fn worker(state: &State, cursor: File, cursor_path: PathBuf) {
                 std::mem::take(&mut j.files),
                 j.cursor.take(),
                 std::mem::take(&mut j.remove),
+                std::mem::take(&mut j.durable),
                 j.queued,
                 j.stop,
             )
@@ -171,6 +183,7 @@ fn worker(state: &State, cursor: File, cursor_path: PathBuf) {
         let started = Instant::now();
         // Segments first: the cursor never points past data that a power
         // loss could take back (and `Spool::open` clamps it if it did).
+        let durable = durable || !files.is_empty();
         for f in files {
             if let Err(e) = f.sync_data() {
                 failed("fdatasync of a spool segment", &e);
@@ -180,11 +193,15 @@ fn worker(state: &State, cursor: File, cursor_path: PathBuf) {
             && written.is_none_or(|w| v > w)
         {
             written = Some(v);
-            let r = cursor
-                .write_all_at(&v.to_le_bytes(), 0)
-                .and_then(|()| cursor.sync_data());
-            if let Err(e) = r {
-                failed(&format!("writing {}", cursor_path.display()), &e);
+            match cursor.write_all_at(&v.to_le_bytes(), 0) {
+                Ok(()) => cursor_dirty = true,
+                Err(e) => failed(&format!("writing {}", cursor_path.display()), &e),
+            }
+        }
+        if durable && cursor_dirty {
+            cursor_dirty = false;
+            if let Err(e) = cursor.sync_data() {
+                failed(&format!("fdatasync of {}", cursor_path.display()), &e);
             }
         }
         for p in remove {
