@@ -10,8 +10,9 @@
 //!   log; the publisher (or the next process) publishes them again from the
 //!   last confirmed position. Data is handed to the kernel with `write(2)`
 //!   as soon as a batch is appended, so a `kill -9` loses nothing written;
-//!   `fsync` runs every `fsync_interval`, which bounds what a power loss can
-//!   take. The `fsync`s, cursor updates and deletions run on a thread of
+//!   a message still unconfirmed after `fsync_interval` is `fsync`ed, which
+//!   bounds what a power loss can take (see `SpoolWriter::sync_if_due` for
+//!   why confirmed messages are not). The `fsync`s, cursor updates and deletions run on a thread of
 //!   their own (`syncer`), never on a tokio worker: a slow disk must not
 //!   stop the publisher or the AMI reader.
 //! * **Order is kept.** The log has one writer (the router task) and one
@@ -268,15 +269,23 @@ impl Spool {
                     records: 0,
                 });
             }
+            // What a previous process left unconfirmed may still be only in
+            // the page cache (it was killed before an fsync): make it
+            // durable now, in the background.
+            for g in s.segments.iter().filter(|g| g.base + g.len > s.acked) {
+                if let Ok(f) = File::open(seg_path(&self.cfg.dir, g.base)) {
+                    self.syncer.sync_file(Arc::new(f));
+                }
+            }
         }
-        let _ = len;
         Ok(SpoolWriter {
             spool: self.clone(),
             file: Arc::new(file),
             seg_base: base,
             buf: Vec::with_capacity(256 * 1024),
-            last_sync: Instant::now(),
-            dirty: false,
+            synced: base + len,
+            written: VecDeque::new(),
+            older: Vec::new(),
             refused_since_log: 0,
             last_refused_log: None,
             staged: 0,
@@ -345,6 +354,11 @@ impl Spool {
         self.syncer.flush();
     }
 
+    /// How many segment fsyncs the spool has done (`spool_fsyncs_total`).
+    pub fn fsyncs(&self) -> u64 {
+        self.syncer.fsyncs()
+    }
+
     /// Waits until data past `pos` may be available.
     pub async fn wait_for_data(&self, pos: u64) {
         let notified = self.notify.notified();
@@ -393,8 +407,13 @@ pub struct SpoolWriter {
     file: Arc<File>,
     seg_base: u64,
     buf: Vec<u8>,
-    last_sync: Instant,
-    dirty: bool,
+    /// Global offset up to which an fsync has been asked for.
+    synced: u64,
+    /// When data was written: (time of a batch, end offset after it and
+    /// the batches up to 10 ms later). Oldest first; see `sync_if_due`.
+    written: VecDeque<(Instant, u64)>,
+    /// Earlier segments with data not yet fsynced, and their end offsets.
+    older: Vec<(Arc<File>, u64)>,
     refused_since_log: u64,
     last_refused_log: Option<Instant>,
     /// Records staged and not yet written.
@@ -494,46 +513,85 @@ impl SpoolWriter {
         }
         self.buf.clear();
         self.staged = 0;
-        self.dirty = true;
-        let roll = {
+        let (roll, end) = {
             let mut s = self.spool.lock();
             s.end += batch;
+            let end = s.end;
             s.pending_records += records as u64;
-            if let Some(g) = s.segments.back_mut() {
-                g.len += batch;
-                g.records += records as u64;
-                g.len >= cfg.segment_bytes
-            } else {
-                false
-            }
+            let roll = match s.segments.back_mut() {
+                Some(g) => {
+                    g.len += batch;
+                    g.records += records as u64;
+                    g.len >= cfg.segment_bytes
+                }
+                None => false,
+            };
+            (roll, end)
         };
+        let now = Instant::now();
+        match self.written.back_mut() {
+            Some((t, e)) if now.duration_since(*t) < Duration::from_millis(10) => *e = end,
+            _ => self.written.push_back((now, end)),
+        }
         if roll {
             self.roll()?;
         }
-        if self.last_sync.elapsed() >= cfg.fsync_interval {
-            self.sync()?;
-        }
+        self.sync_if_due()?;
         self.spool.notify.notify_waiters();
         self.spool.update_gauges();
         Ok(0)
     }
 
-    /// Has written data fsynced (on the syncer thread) if `fsync_interval`
-    /// has passed since the last time (called by a timer too, so a quiet
-    /// spool is synced as well). Never blocks on the disk.
+    /// Has written data fsynced (on the syncer thread, never blocking
+    /// here) once a message has waited `fsync_interval` without being
+    /// confirmed. Called after each write and by a timer, so a quiet spool
+    /// is synced too.
+    ///
+    /// Why not fsync everything every `fsync_interval`: an fsync protects
+    /// only against a power loss, and only messages the broker has not
+    /// confirmed need protecting — a confirmed one is safe at the broker.
+    /// With a healthy broker every message is confirmed within
+    /// milliseconds, so nothing needs syncing, and the spool's data is
+    /// mostly deleted (segment confirmed) before the kernel ever writes it
+    /// back: the bridge adds no disk flushes to a disk it may share with
+    /// RabbitMQ. Each flush there made the broker's own writes wait (the
+    /// benchmarks saw confirms stop for up to a second). When the broker is
+    /// slow or away, messages stay unconfirmed and are fsynced every
+    /// `fsync_interval` as before.
     pub fn sync_if_due(&mut self) -> io::Result<()> {
-        if self.dirty && self.last_sync.elapsed() >= self.spool.cfg.fsync_interval {
+        let interval = self.spool.cfg.fsync_interval;
+        let now = Instant::now();
+        let mut due = None;
+        while let Some(&(t, e)) = self.written.front() {
+            if now.duration_since(t) < interval {
+                break;
+            }
+            due = Some(e);
+            self.written.pop_front();
+        }
+        let Some(due) = due else { return Ok(()) };
+        if due <= self.synced {
+            return Ok(());
+        }
+        let acked = self.spool.lock().acked;
+        self.older.retain(|(_, end)| *end > acked);
+        if acked < due {
             self.sync_later();
         }
         Ok(())
     }
 
+    /// Queues an fsync of everything written so far.
     fn sync_later(&mut self) {
-        if self.dirty {
-            self.spool.syncer.sync_file(self.file.clone());
-            self.dirty = false;
+        let end = self.spool.lock().end;
+        if end <= self.synced {
+            return;
         }
-        self.last_sync = Instant::now();
+        for (f, _) in self.older.drain(..) {
+            self.spool.syncer.sync_file(f);
+        }
+        self.spool.syncer.sync_file(self.file.clone());
+        self.synced = end;
     }
 
     /// fsyncs written data and waits for it and every other queued disk
@@ -545,13 +603,12 @@ impl SpoolWriter {
     }
 
     fn roll(&mut self) -> io::Result<()> {
-        // The old segment is fsynced by the syncer; the new one starts now.
-        self.sync_later();
         let base = self.spool.lock().end;
         if base == self.seg_base {
             return Ok(());
         }
         let path = seg_path(&self.spool.cfg.dir, base);
+        let old = self.file.clone();
         self.file = Arc::new(
             OpenOptions::new()
                 .create(true)
@@ -560,6 +617,10 @@ impl SpoolWriter {
                 .map_err(|e| io_ctx(e, "cannot create spool segment", &path))?,
         );
         self.seg_base = base;
+        // The old segment is fsynced later if its messages wait too long.
+        if self.synced < base {
+            self.older.push((old, base));
+        }
         self.spool.lock().segments.push_back(Segment {
             base,
             len: 0,
@@ -877,6 +938,48 @@ mod tests {
         assert_eq!(got.last().unwrap().1, format!("{:0>92}", 99));
         let nums: Vec<u32> = got.iter().map(|(_, s)| s.parse().unwrap()).collect();
         assert!(nums.windows(2).all(|w| w[1] == w[0] + 1));
+    }
+
+    #[test]
+    fn only_messages_left_unconfirmed_for_fsync_interval_are_fsynced() {
+        let d = tempfile::tempdir().unwrap();
+        let mut c = cfg(d.path());
+        c.fsync_interval = Duration::from_millis(40);
+        c.segment_bytes = 1000;
+        let (sp, _) = Spool::open(c).unwrap();
+        let mut w = sp.writer().unwrap();
+        let mut r = sp.reader();
+        // A healthy broker: everything confirmed at once. Nothing to sync,
+        // however long we wait and however many segments are filled.
+        for round in 0..5 {
+            append(&mut w, (0..20).map(|i| format!("{round}-{i:0>60}")));
+            let got = read_all(&mut r);
+            sp.ack(got.last().unwrap().0, got.len() as u64, false)
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(50));
+            w.sync_if_due().unwrap();
+        }
+        sp.flush();
+        assert_eq!(sp.fsyncs(), 0, "confirmed data was fsynced");
+
+        // A broker that does not confirm: after fsync_interval the data is
+        // fsynced, the segments rolled before included.
+        append(&mut w, (0..40).map(|i| format!("late-{i:0>60}")));
+        let segments = sp.lock().segments.len();
+        assert!(segments >= 2, "{segments}");
+        w.sync_if_due().unwrap();
+        sp.flush();
+        assert_eq!(sp.fsyncs(), 0, "fsynced before fsync_interval");
+        std::thread::sleep(Duration::from_millis(50));
+        w.sync_if_due().unwrap();
+        sp.flush();
+        let n = sp.fsyncs();
+        assert!(n >= 2, "the current and the earlier segment: {n}");
+        // Nothing new written: nothing more to sync.
+        std::thread::sleep(Duration::from_millis(50));
+        w.sync_if_due().unwrap();
+        sp.flush();
+        assert_eq!(sp.fsyncs(), n);
     }
 
     #[test]
