@@ -509,6 +509,12 @@ async fn broker_disruptions_mid_stream() {
             waiting > 0 && confirmed_after == confirmed_before && confirmed_after < total as f64,
             "the alarm did not block publishing (spool {waiting} bytes, confirmed {confirmed_before} → {confirmed_after})"
         );
+        // Messages left unconfirmed for longer than fsync_interval (200 ms)
+        // are fsynced (with a broker that confirms promptly, none are).
+        assert!(
+            metric(&setup, "spool_fsyncs_total").unwrap_or(0.0) > 0.0,
+            "unconfirmed spooled messages were never fsynced"
+        );
         let (code, h) = health(&setup).expect("healthz");
         assert!(
             h["spool"]["messages"].as_u64().unwrap_or(0) > 0,
