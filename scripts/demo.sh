@@ -239,11 +239,13 @@ say "dry run (ami2amqp map --summary): these mappings turn the trace into $expec
 # ---------------------------------------------------------------- 3. tail
 
 step "3/6  A consumer first: ami2amqp tail --exchange $exchange '$binding'"
-# tail binds a queue to the exchange, which must exist. The bridge declares
-# its exchanges when it connects; on a broker that never saw it, let it do
-# that once (with an AMI address where nobody listens, so no event flows).
+# tail binds a queue to the exchange. The bridge declares its exchanges when
+# it connects; tail would wait for that, but then miss what the bridge
+# publishes before tail has bound its queue. So on a broker that never saw
+# the bridge, let it declare them once first (with an AMI address where
+# nobody listens, so no event flows).
 if ! "$bin" tail --exchange "$exchange" --duration 0.1 "$binding" >/dev/null 2>"$tmp/tail-probe.log"; then
-    grep -q 'does it exist' "$tmp/tail-probe.log" ||
+    grep -q 'does not exist' "$tmp/tail-probe.log" ||
         die "ami2amqp tail cannot use the broker" "$tmp/tail-probe.log"
     say "first run on this broker: letting the bridge declare its exchanges"
     prime_port=$(free_port) || die "no free TCP port"
