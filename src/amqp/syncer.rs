@@ -45,6 +45,9 @@ use std::time::Instant;
 /// every segment fsync): what a power loss can set it back by.
 const CURSOR_SYNC: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// The longest [`Syncer::flush`] waits.
+pub const FLUSH_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 #[derive(Default)]
 struct Jobs {
     /// Files to `fdatasync` (each once, however often it was asked for).
@@ -151,13 +154,27 @@ impl Syncer {
     }
 
     /// Makes everything queued so far durable (cursor included) and waits
-    /// for it.
+    /// for it — at most [`FLUSH_LIMIT`]: a disk that hangs must not keep a
+    /// shutdown waiting forever (what was written is in the kernel either
+    /// way; only its durability against a power loss is then unknown).
     pub fn flush(&self) {
         self.queue(|j| j.durable = true);
+        let deadline = Instant::now() + FLUSH_LIMIT;
         let mut j = self.state.lock();
         let target = j.queued;
         while j.done < target && !j.stop {
-            j = self.state.idle.wait(j).unwrap_or_else(|p| p.into_inner());
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                tracing::warn!(limit = ?FLUSH_LIMIT,
+                    "spool: the disk did not finish its fsyncs in time; going on without waiting");
+                return;
+            }
+            j = self
+                .state
+                .idle
+                .wait_timeout(j, left)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
         }
     }
 }
