@@ -29,14 +29,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::broker::{PrivateBroker, blocking, shared_amqp_url};
-use common::procs::{BridgeSetup, Proc, bin, body, free_port, replay, sink, trace};
+use common::procs::{BridgeSetup, Proc, bin, body, bound_queue, free_port, replay, sink, trace};
 use futures::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicConsumeOptions, BasicQosOptions, ExchangeDeclareOptions, QueueBindOptions,
-    QueueDeclareOptions,
-};
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::options::{BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -244,42 +241,9 @@ async fn connect(url: &str) -> Connection {
 async fn durable_queue(url: &str, setup: &BridgeSetup) -> String {
     let conn = connect(url).await;
     let ch = conn.create_channel().await.expect("channel");
-    let mut args = FieldTable::default();
-    args.insert(
-        "alternate-exchange".into(),
-        AMQPValue::LongString("ami.unroutable".as_bytes().into()),
-    );
-    ch.exchange_declare(
-        setup.exchange.as_str().into(),
-        lapin::ExchangeKind::Topic,
-        ExchangeDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        args,
-    )
-    .await
-    .expect("declare exchange");
     let queue = format!("{}.q", setup.server);
-    ch.queue_declare(
-        queue.as_str().into(),
-        QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .expect("declare queue");
-    ch.queue_bind(
-        queue.as_str().into(),
-        setup.exchange.as_str().into(),
-        format!("{}.#", setup.server).as_str().into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .expect("bind");
+    let binding = format!("{}.#", setup.server);
+    bound_queue(&ch, &setup.exchange, &queue, &binding).await;
     let _ = conn.close(200, "bye".into()).await;
     queue
 }

@@ -261,13 +261,15 @@ pub struct Sink {
 }
 
 /// Declares `exchange` exactly as the bridge does (durable topic with the
-/// `ami.unroutable` alternate exchange) and binds a fresh exclusive queue
-/// with `binding`, so no message is published before someone listens.
-pub async fn sink(url: &str, exchange: &str, binding: &str) -> Sink {
-    let conn = lapin::Connection::connect(url, lapin::ConnectionProperties::default())
-        .await
-        .expect("connect to RabbitMQ");
-    let ch = conn.create_channel().await.expect("channel");
+/// `ami.unroutable` alternate exchange), then `queue` (durable, or
+/// exclusive with a server-chosen name when `queue` is empty) bound to it
+/// with `binding`. Returns the queue's name.
+pub async fn bound_queue(
+    ch: &lapin::Channel,
+    exchange: &str,
+    queue: &str,
+    binding: &str,
+) -> lapin::types::ShortString {
     let mut args = FieldTable::default();
     args.insert(
         "alternate-exchange".into(),
@@ -286,9 +288,10 @@ pub async fn sink(url: &str, exchange: &str, binding: &str) -> Sink {
     .expect("declare exchange");
     let q = ch
         .queue_declare(
-            "".into(),
+            queue.into(),
             QueueDeclareOptions {
-                exclusive: true,
+                exclusive: queue.is_empty(),
+                durable: !queue.is_empty(),
                 ..Default::default()
             },
             FieldTable::default(),
@@ -304,9 +307,21 @@ pub async fn sink(url: &str, exchange: &str, binding: &str) -> Sink {
     )
     .await
     .expect("bind");
+    q.name().clone()
+}
+
+/// An exclusive queue bound to `exchange` (declared as the bridge does)
+/// with `binding`, consumed: no message is published before someone
+/// listens.
+pub async fn sink(url: &str, exchange: &str, binding: &str) -> Sink {
+    let conn = lapin::Connection::connect(url, lapin::ConnectionProperties::default())
+        .await
+        .expect("connect to RabbitMQ");
+    let ch = conn.create_channel().await.expect("channel");
+    let queue = bound_queue(&ch, exchange, "", binding).await;
     let mut consumer = ch
         .basic_consume(
-            q.name().clone(),
+            queue,
             "".into(),
             BasicConsumeOptions {
                 no_ack: true,
