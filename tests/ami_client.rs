@@ -605,7 +605,11 @@ async fn a_stalled_consumer_pauses_reading_within_the_budget_and_loses_nothing()
     let mut cfg = config(&flood.addr, AuthType::Plain, "x");
     cfg.max_buffered_bytes = BUDGET;
     cfg.keepalive = Duration::from_millis(100);
-    cfg.action_timeout = Duration::from_millis(300);
+    // Long enough for the Pong, queued behind megabytes of events, to be
+    // read after the pause even on a loaded machine; shorter than the pause,
+    // so that a client that counted the pause would give up on the
+    // connection (a second connection fails the test below).
+    cfg.action_timeout = Duration::from_millis(1500);
     let (tx, mut rx) = mpsc::channel(8);
     let c = Client::spawn(cfg, Some(tx));
     assert!(c.wait_connected(Duration::from_secs(5)).await);
@@ -613,11 +617,11 @@ async fn a_stalled_consumer_pauses_reading_within_the_budget_and_loses_nothing()
     // Nobody takes events for a while: the writes must stop well short of
     // the 40 MB (budget + 8 in the channel + the kernel's socket buffers,
     // a few MB on loopback).
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let at_1500 = flood.written.load(Relaxed);
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let at_2000 = flood.written.load(Relaxed);
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let at_2500 = flood.written.load(Relaxed);
-    assert_eq!(at_1500, at_2500, "the client kept reading past its budget");
+    assert_eq!(at_2000, at_2500, "the client kept reading past its budget");
     assert!(
         at_2500 < 20 << 20,
         "{at_2500} bytes taken with a {BUDGET}-byte budget"
