@@ -144,10 +144,13 @@ pub async fn run(
     let mut url_index = 0usize;
     loop {
         let url = urls[url_index % urls.len()].clone();
-        let r = tokio::select! {
-            r = session(&ctx, &url, &cancel) => r,
-            _ = cancel.cancelled() => return Ok(()),
-        };
+        // The session watches `cancel` itself: racing it here as well
+        // dropped the session in the middle of closing its connection
+        // (lapin then logged `invalid channel state: Closing` at shutdown).
+        let r = session(&ctx, &url, &cancel).await;
+        if cancel.is_cancelled() {
+            return Ok(());
+        }
         match r {
             Ok(()) => return Ok(()),
             Err(e) => {
@@ -246,7 +249,45 @@ async fn declare(ctx: &Ctx, ch: &Channel) -> Result<Vec<(String, Source)>, Strin
     Ok(queues)
 }
 
+/// The requests of every per-server queue, merged.
+type Requests = futures::stream::SelectAll<
+    futures::stream::BoxStream<'static, (Source, Result<Delivery, lapin::Error>)>,
+>;
+
 async fn session(ctx: &Arc<Ctx>, url: &str, cancel: &CancellationToken) -> Result<(), String> {
+    let (conn, reply_ch, mut all) = tokio::select! {
+        r = set_up(ctx, url) => r?,
+        _ = cancel.cancelled() => return Ok(()),
+    };
+    loop {
+        let next = tokio::select! {
+            n = all.next() => n,
+            _ = cancel.cancelled() => {
+                // Bounded: lapin may never finish closing a connection that
+                // died under it (see src/amqp/publisher.rs).
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    conn.close(200, short("ami2amqp stopping")),
+                )
+                .await;
+                return Ok(());
+            }
+        };
+        let Some((src, d)) = next else {
+            return Err("consumers cancelled".into());
+        };
+        let d = d.map_err(|e| format!("consume: {e}"))?;
+        let ctx = ctx.clone();
+        let reply_ch = reply_ch.clone();
+        tokio::spawn(async move {
+            handle(ctx, reply_ch, src, d).await;
+        });
+    }
+}
+
+/// Connects, declares the topology and starts the consumers; returns the
+/// connection, the channel for replies and the merged requests.
+async fn set_up(ctx: &Arc<Ctx>, url: &str) -> Result<(Connection, Channel, Requests), String> {
     let conn = tokio::time::timeout(
         Duration::from_secs(10),
         Connection::connect(url, ConnectionProperties::default()),
@@ -278,31 +319,7 @@ async fn session(ctx: &Arc<Ctx>, url: &str, cancel: &CancellationToken) -> Resul
         streams.push(consumer.map(move |d| (src.clone(), d)).boxed());
     }
     tracing::info!(url = %redact_url(url), servers = ctx.pool.server_names().len(), "action path ready");
-    let mut all = futures::stream::select_all(streams);
-    loop {
-        let next = tokio::select! {
-            n = all.next() => n,
-            _ = cancel.cancelled() => {
-                // Bounded: lapin may never finish closing a connection that
-                // died under it (see src/amqp/publisher.rs).
-                let _ = tokio::time::timeout(
-                    Duration::from_secs(2),
-                    conn.close(200, short("ami2amqp stopping")),
-                )
-                .await;
-                return Ok(());
-            }
-        };
-        let Some((src, d)) = next else {
-            return Err("consumers cancelled".into());
-        };
-        let d = d.map_err(|e| format!("consume: {e}"))?;
-        let ctx = ctx.clone();
-        let reply_ch = reply_ch.clone();
-        tokio::spawn(async move {
-            handle(ctx, reply_ch, src, d).await;
-        });
-    }
+    Ok((conn, reply_ch, futures::stream::select_all(streams)))
 }
 
 fn result_label(r: &Reply) -> &'static str {
