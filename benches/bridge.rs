@@ -781,6 +781,8 @@ struct Outcome {
     ctx_switches: u64,
     hwm: Option<u64>,
     rss_idle: Option<u64>,
+    /// Bridge only: `spool_fsyncs_total` at the end of the run.
+    spool_fsyncs: Option<f64>,
     /// Arrival → consumer delivery.
     e2e: Pcts,
     /// Raw: publish → confirm (exact). Bridge: read → confirm (histogram).
@@ -1252,10 +1254,12 @@ exchange = "{exchange}"
     let rss_idle = vm_bytes(pid, "VmRSS");
     stop.cancel();
     let _ = poller.await;
-    let hist = http_get(&metrics, "/metrics")
-        .await
-        .map(|t| prom_buckets(&t, "publish_latency_seconds"))
+    let text = http_get(&metrics, "/metrics").await;
+    let hist = text
+        .as_deref()
+        .map(|t| prom_buckets(t, "publish_latency_seconds"))
         .unwrap_or_default();
+    let spool_fsyncs = text.as_deref().map(|t| prom_sum(t, "spool_fsyncs_total"));
 
     // Stop the bridge (SIGTERM: it logs off and exits), then the replay.
     let _ = std::process::Command::new("kill")
@@ -1282,6 +1286,7 @@ exchange = "{exchange}"
         ctx_switches: cs1.saturating_sub(cs0),
         hwm,
         rss_idle,
+        spool_fsyncs,
         ok,
         ..Default::default()
     };
@@ -2100,8 +2105,9 @@ fn report(name: &str, pace: &Pace, raw: &Res<Outcome>, bridge: &Res<Outcome>, wi
             .filter(|x| x.published - x.confirmed >= window as f64)
             .count();
         println!(
-            "  bridge /metrics: peak spool_messages {peak_spool:.0}, peak read-but-unconfirmed {peak_unconf:.0}, peak in flight {peak_flight:.0} (window full in {full} of {} polls, every 50–100 ms)",
-            b.samples.len()
+            "  bridge /metrics: peak spool_messages {peak_spool:.0}, peak read-but-unconfirmed {peak_unconf:.0}, peak in flight {peak_flight:.0} (window full in {full} of {} polls, every 50–100 ms); spool fsyncs {}",
+            b.samples.len(),
+            b.spool_fsyncs.map_or("?".into(), |f| format!("{:.0}", f + 0.0))
         );
         if let Ok(path) = std::env::var("BENCH_SAMPLES") {
             let mut csv = String::from("t_s,ami_events,published,confirmed,spool_messages\n");
