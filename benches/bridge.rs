@@ -2107,7 +2107,8 @@ fn report(name: &str, pace: &Pace, raw: &Res<Outcome>, bridge: &Res<Outcome>, wi
         println!(
             "  bridge /metrics: peak spool_messages {peak_spool:.0}, peak read-but-unconfirmed {peak_unconf:.0}, peak in flight {peak_flight:.0} (window full in {full} of {} polls, every 50–100 ms); spool fsyncs {}",
             b.samples.len(),
-            b.spool_fsyncs.map_or("?".into(), |f| format!("{:.0}", f + 0.0))
+            b.spool_fsyncs
+                .map_or("?".into(), |f| format!("{:.0}", f + 0.0))
         );
         if let Ok(path) = std::env::var("BENCH_SAMPLES") {
             let mut csv = String::from("t_s,ami_events,published,confirmed,spool_messages\n");
