@@ -10,13 +10,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use lapin::options::{BasicConsumeOptions, BasicPublishOptions};
+use lapin::options::BasicPublishOptions;
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use serde_json::{Value, json};
 
 use common::broker::shared_amqp_url;
-use common::procs::{Proc, bin, free_port, replay, trace, unique};
+use common::procs::{Proc, bin, consume_auto_ack, free_port, replay, trace, unique};
 
 /// A scripted AMI server: logs in anyone, answers `Ping`, answers `Command`
 /// in Asterisk 13's `Response: Follows` form, never answers `Sleep`, and
@@ -211,18 +211,7 @@ impl Caller {
             .await
             .unwrap();
         let ch = conn.create_channel().await.unwrap();
-        let mut c = ch
-            .basic_consume(
-                "amq.rabbitmq.reply-to".into(),
-                "".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
+        let mut c = consume_auto_ack(&ch, "amq.rabbitmq.reply-to").await;
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(async move {
             while let Some(Ok(d)) = c.next().await {

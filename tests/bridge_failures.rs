@@ -29,10 +29,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::broker::{PrivateBroker, blocking, shared_amqp_url};
-use common::procs::{BridgeSetup, Proc, bin, body, bound_queue, free_port, replay, sink, trace};
+use common::procs::{
+    BridgeSetup, Proc, bin, body, bound_queue, consume_auto_ack, free_port, replay, sink, trace,
+};
 use futures::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
+use lapin::options::{BasicQosOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
 use serde_json::Value;
@@ -268,18 +270,7 @@ async fn read_queue(url: &str, queue: &str) -> Vec<Delivery> {
     ch.basic_qos(2000, BasicQosOptions::default())
         .await
         .expect("qos");
-    let mut consumer = ch
-        .basic_consume(
-            queue.into(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("consume");
+    let mut consumer = consume_auto_ack(&ch, queue).await;
     let mut got = Vec::with_capacity(n);
     while got.len() < n {
         match tokio::time::timeout(Duration::from_secs(10), consumer.next()).await {

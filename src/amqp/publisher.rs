@@ -224,6 +224,11 @@ enum SessionEnd {
     Failed(String),
 }
 
+/// The default exchange and the `amq.*` ones: never declared.
+fn always_exists(exchange: &str) -> bool {
+    exchange.is_empty() || exchange.starts_with("amq.")
+}
+
 /// Why the connection or channel can no longer be used, if it cannot.
 fn broken(conn: &Connection, ch: &Channel) -> Option<String> {
     let c = conn.status();
@@ -401,8 +406,8 @@ impl Publisher {
             .map_err(|e| format!("bind queue {ae}: {e}"))?;
         }
         for (name, t) in (self.exchanges)() {
-            if name.is_empty() || name.starts_with("amq.") || !self.declared.insert(name.clone()) {
-                continue; // the default and amq.* exchanges always exist
+            if always_exists(&name) || !self.declared.insert(name.clone()) {
+                continue;
             }
             ch = self.declare_one(conn, ch, &name, t).await?;
         }
@@ -424,38 +429,36 @@ impl Publisher {
             ..Default::default()
         };
         let ae = &self.cfg.alternate_exchange;
-        {
-            let mut args = FieldTable::default();
-            if !ae.is_empty() {
-                args.insert(
-                    short("alternate-exchange"),
-                    AMQPValue::LongString(ae.as_bytes().into()),
-                );
-            }
-            if let Err(e) = ch
-                .exchange_declare(short(name), kind_of(t), durable, args)
-                .await
-            {
-                tracing::warn!(exchange = %name, error = %e,
-                    "exchange exists with other settings; using it as it is");
-                let ch = conn
-                    .create_channel()
-                    .await
-                    .map_err(|e| format!("channel: {e}"))?;
-                ch.exchange_declare(
-                    short(name),
-                    kind_of(t),
-                    ExchangeDeclareOptions {
-                        passive: true,
-                        ..Default::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await
-                .map_err(|e| format!("exchange {name}: {e}"))?;
-                return Ok(ch);
-            }
+        let mut args = FieldTable::default();
+        if !ae.is_empty() {
+            args.insert(
+                short("alternate-exchange"),
+                AMQPValue::LongString(ae.as_bytes().into()),
+            );
         }
+        let Err(e) = ch
+            .exchange_declare(short(name), kind_of(t), durable, args)
+            .await
+        else {
+            return Ok(ch);
+        };
+        tracing::warn!(exchange = %name, error = %e,
+            "exchange exists with other settings; using it as it is");
+        let ch = conn
+            .create_channel()
+            .await
+            .map_err(|e| format!("channel: {e}"))?;
+        ch.exchange_declare(
+            short(name),
+            kind_of(t),
+            ExchangeDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| format!("exchange {name}: {e}"))?;
         Ok(ch)
     }
 
@@ -475,11 +478,7 @@ impl Publisher {
         for (_, r) in recs {
             let Some(r) = r else { continue };
             let ex = &r.msg.exchange;
-            if ex.is_empty()
-                || ex.starts_with("amq.")
-                || self.declared.contains(ex)
-                || missing.contains(ex)
-            {
+            if always_exists(ex) || self.declared.contains(ex) || missing.contains(ex) {
                 continue;
             }
             missing.push(ex.clone());

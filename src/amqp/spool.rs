@@ -12,9 +12,9 @@
 //!   as soon as a batch is appended, so a `kill -9` loses nothing written;
 //!   a message still unconfirmed after `fsync_interval` is `fsync`ed, which
 //!   bounds what a power loss can take (see `SpoolWriter::sync_if_due` for
-//!   why confirmed messages are not). The `fsync`s, cursor updates and deletions run on a thread of
-//!   their own (`syncer`), never on a tokio worker: a slow disk must not
-//!   stop the publisher or the AMI reader.
+//!   why confirmed messages are not). The `fsync`s, cursor updates and
+//!   deletions run on a thread of their own (`syncer`), never on a tokio
+//!   worker: a slow disk must not stop the publisher or the AMI reader.
 //! * **Order is kept.** The log has one writer (the router task) and one
 //!   reader (the publisher), and the reader re-reads from the oldest
 //!   unconfirmed record after any failure, so messages reach the broker in
@@ -42,11 +42,11 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-
-use super::syncer::Syncer;
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
+
+use super::syncer::Syncer;
 
 use crate::config::OnFull;
 
@@ -536,7 +536,7 @@ impl SpoolWriter {
         if roll {
             self.roll()?;
         }
-        self.sync_if_due()?;
+        self.sync_if_due();
         self.spool.notify.notify_waiters();
         self.spool.update_gauges();
         Ok(0)
@@ -558,7 +558,7 @@ impl SpoolWriter {
     /// benchmarks saw confirms stop for up to a second). When the broker is
     /// slow or away, messages stay unconfirmed and are fsynced every
     /// `fsync_interval` as before.
-    pub fn sync_if_due(&mut self) -> io::Result<()> {
+    pub fn sync_if_due(&mut self) {
         let interval = self.spool.cfg.fsync_interval;
         let now = Instant::now();
         let mut due = None;
@@ -569,16 +569,15 @@ impl SpoolWriter {
             due = Some(e);
             self.written.pop_front();
         }
-        let Some(due) = due else { return Ok(()) };
+        let Some(due) = due else { return };
         if due <= self.synced {
-            return Ok(());
+            return;
         }
         let acked = self.spool.lock().acked;
         self.older.retain(|(_, end)| *end > acked);
         if acked < due {
             self.sync_later();
         }
-        Ok(())
     }
 
     /// Queues an fsync of everything written so far.
@@ -957,7 +956,7 @@ mod tests {
             sp.ack(got.last().unwrap().0, got.len() as u64, false)
                 .unwrap();
             std::thread::sleep(Duration::from_millis(50));
-            w.sync_if_due().unwrap();
+            w.sync_if_due();
         }
         sp.flush();
         assert_eq!(sp.fsyncs(), 0, "confirmed data was fsynced");
@@ -967,17 +966,17 @@ mod tests {
         append(&mut w, (0..40).map(|i| format!("late-{i:0>60}")));
         let segments = sp.lock().segments.len();
         assert!(segments >= 2, "{segments}");
-        w.sync_if_due().unwrap();
+        w.sync_if_due();
         sp.flush();
         assert_eq!(sp.fsyncs(), 0, "fsynced before fsync_interval");
         std::thread::sleep(Duration::from_millis(50));
-        w.sync_if_due().unwrap();
+        w.sync_if_due();
         sp.flush();
         let n = sp.fsyncs();
         assert!(n >= 2, "the current and the earlier segment: {n}");
         // Nothing new written: nothing more to sync.
         std::thread::sleep(Duration::from_millis(50));
-        w.sync_if_due().unwrap();
+        w.sync_if_due();
         sp.flush();
         assert_eq!(sp.fsyncs(), n);
     }

@@ -310,6 +310,22 @@ pub async fn bound_queue(
     q.name().clone()
 }
 
+/// Consumes `queue` without acks (the broker forgets each message as it
+/// delivers it): what every test reader here wants.
+pub async fn consume_auto_ack(ch: &lapin::Channel, queue: &str) -> lapin::Consumer {
+    ch.basic_consume(
+        queue.into(),
+        "".into(),
+        BasicConsumeOptions {
+            no_ack: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("consume {queue}: {e}"))
+}
+
 /// An exclusive queue bound to `exchange` (declared as the bridge does)
 /// with `binding`, consumed: no message is published before someone
 /// listens.
@@ -319,18 +335,7 @@ pub async fn sink(url: &str, exchange: &str, binding: &str) -> Sink {
         .expect("connect to RabbitMQ");
     let ch = conn.create_channel().await.expect("channel");
     let queue = bound_queue(&ch, exchange, "", binding).await;
-    let mut consumer = ch
-        .basic_consume(
-            queue,
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("consume");
+    let mut consumer = consume_auto_ack(&ch, queue.as_str()).await;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Some(Ok(d)) = consumer.next().await {
