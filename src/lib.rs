@@ -9,6 +9,7 @@ pub mod ami;
 pub mod amqp;
 pub mod bridge;
 pub mod config;
+pub mod logs;
 pub mod mapping;
 pub mod memory;
 pub mod metrics;
