@@ -353,8 +353,8 @@ fn check_refuses_what_run_cannot_use_with_the_key_and_its_position() {
         ),
         (
             vec![],
-            "max_bytes = 1048576\nsegment_bytes = 4194304\n".into(),
-            ": spool.segment_bytes: 4194304 is out of range",
+            "segment_bytes = 4294967296\n".into(),
+            ": spool.segment_bytes: 4294967296 is out of range",
         ),
         (
             vec![],
@@ -574,6 +574,29 @@ async fn a_user_and_password_with_raw_at_signs_work_and_never_show() {
             .collect::<Vec<_>>()
             .join("\n")
     );
+    // The same user percent-encoded, from AMQP_URL: lapin decodes it, and
+    // so must the user_id (before: user_id=us%40er…, refused).
+    let encoded = url.replacen(&user, &user.replace('@', "%40"), 1);
+    let o = Command::new(bin())
+        .args([
+            "action",
+            "--exchange",
+            &ex,
+            "--server",
+            &setup.server,
+            "--timeout",
+            "5",
+            "Ping",
+        ])
+        .env("AMQP_URL", &encoded)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success() && out.contains("response: Success"),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let bytes = as_byte_list(&password);
     for (what, text) in [("bridge log", &bridge_log), ("action stderr", &last.1)] {
         assert!(
@@ -591,4 +614,37 @@ async fn a_user_and_password_with_raw_at_signs_work_and_never_show() {
         bridge_log.contains("TRACE"),
         "the bridge did not log at trace level"
     );
+}
+
+#[test]
+fn every_toml_block_of_docs_config_md_passes_check() {
+    let doc = std::fs::read_to_string(repo().join("docs/config.md")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("pbx1.secret");
+    std::fs::write(&secret, "s3cret\n").unwrap();
+    let blocks: Vec<&str> = doc
+        .split("```toml\n")
+        .skip(1)
+        .filter_map(|b| b.split_once("```").map(|x| x.0))
+        .collect();
+    assert!(blocks.len() >= 8, "{}", blocks.len());
+    for (i, b) in blocks.iter().enumerate() {
+        let text = b
+            .replace("/etc/ami2amqp/pbx1.secret", secret.to_str().unwrap())
+            .replace(
+                "/etc/ami2amqp/mappings",
+                repo().join("mappings").to_str().unwrap(),
+            );
+        let cfg = dir.path().join(format!("block{i}.toml"));
+        std::fs::write(&cfg, text).unwrap();
+        let o = Command::new(bin())
+            .args(["check", "--config", cfg.to_str().unwrap(), "--mappings"])
+            .arg(repo().join("mappings"))
+            .env("PBX1_SECRET", "a")
+            .env("PBX2_SECRET", "b")
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(o.status.success(), "block {i}:\n{b}\n{out}");
+    }
 }
