@@ -47,6 +47,7 @@ struct LogArgs {
         long,
         global = true,
         env = "RUST_LOG",
+        hide_env_values = true,
         default_value = "info,lapin::returned_messages=error"
     )]
     log_level: String,

@@ -456,7 +456,7 @@ fn help_never_shows_secrets_from_the_environment() {
             "{sub} --help shows a secret:\n{help}"
         );
         assert!(
-            help.contains("ps"),
+            help.contains("visible to every user in `ps`"),
             "{sub} --help says the flag form shows in ps:\n{help}"
         );
     }

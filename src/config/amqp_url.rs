@@ -25,6 +25,12 @@ pub fn parse_amqp_url(u: &str) -> Result<AMQPUri, String> {
             e
         }
     })?;
+    if authority_host(u).starts_with('[') {
+        // amq-protocol-uri takes the host from `Url::domain()`, which is
+        // None for an IP literal in brackets: lapin would silently connect
+        // to `localhost` instead.
+        return Err("has an IPv6 address as host, which the AMQP library replaces by localhost: use a host name".into());
+    }
     if p.authority.host.is_empty() {
         return Err("has no host".into());
     }
@@ -32,6 +38,14 @@ pub fn parse_amqp_url(u: &str) -> Result<AMQPUri, String> {
         return Err("port 0 is not a port to connect to".into());
     }
     Ok(p)
+}
+
+/// The host (and port) part of the authority, as written: after the last
+/// `@` before the path, query or fragment.
+fn authority_host(u: &str) -> &str {
+    let rest = u.split_once("://").map_or(u, |x| x.1);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    authority.rsplit_once('@').map_or(authority, |x| x.1)
 }
 
 /// The URL with its password replaced by `***`, from the parsed form:
@@ -104,5 +118,14 @@ mod tests {
         assert!(parse_amqp_url("http://u:p@h/").is_err());
         assert!(parse_amqp_url("amqp://h:0/").is_err());
         assert!(parse_amqp_url("amqp://h/?heartbeat=x").is_err());
+        let e = parse_amqp_url("amqp://u:p@ss@[::1]:5672/").unwrap_err();
+        assert!(e.contains("IPv6"), "{e}");
+        assert_eq!(
+            parse_amqp_url("amqp://u:p@10.1.2.3/")
+                .unwrap()
+                .authority
+                .host,
+            "10.1.2.3"
+        );
     }
 }
