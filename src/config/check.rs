@@ -89,7 +89,6 @@ pub fn check(cfg: &Config) -> Findings {
     bridge(cfg, &mut f);
     spool(cfg, &mut f);
     others(cfg, &mut f);
-    config_file_access(cfg, &mut f);
     f
 }
 
@@ -368,25 +367,6 @@ fn others(cfg: &Config, f: &mut Findings) {
     );
     if let Err(e) = crate::actions::allow::AllowList::new(&a.allow) {
         f.err("actions.allow", e);
-    }
-}
-
-/// A config file that holds a secret should not be readable by everyone.
-fn config_file_access(cfg: &Config, f: &mut Findings) {
-    let inline = cfg.servers.iter().any(|s| s.secret.is_some());
-    let url_password = cfg
-        .amqp
-        .url
-        .iter()
-        .chain(&cfg.amqp.urls)
-        .any(|u| parse_amqp_url(u).is_ok_and(|p| p.authority.userinfo.password != "guest"));
-    if (inline || url_password)
-        && let Some(w) = others_can_access(&cfg.path)
-    {
-        f.warn(
-            "",
-            format!("holds a secret (an inline `secret` or an AMQP URL password) and {w}"),
-        );
     }
 }
 
