@@ -75,7 +75,7 @@ fn default_url() -> String {
     "amqp://guest:guest@127.0.0.1:5672/%2f".into()
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Amqp {
     /// One broker URL.
@@ -134,6 +134,20 @@ impl Default for Amqp {
             reconnect_max_ms: d_reconnect_max(),
             shutdown_timeout_s: d_shutdown_timeout(),
         }
+    }
+}
+
+/// URLs redacted: `Debug` output may end up in a log.
+impl fmt::Debug for Amqp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Amqp")
+            .field("url", &self.url.as_deref().map(redact_url))
+            .field(
+                "urls",
+                &self.urls.iter().map(|u| redact_url(u)).collect::<Vec<_>>(),
+            )
+            .field("confirm_window", &self.confirm_window)
+            .finish_non_exhaustive()
     }
 }
 
@@ -550,6 +564,14 @@ mod tests {
         assert_eq!(specs[0].client.credentials.secret, "s3cret");
         assert_eq!(specs[0].client.credentials.auth, AuthType::Md5);
         assert!(!format!("{:?}", c.servers[0]).contains("s3cret"));
+        let t =
+            format!("{MIN}[amqp]\nurl = \"amqp://u:p@ss@h/\"\nurls = [\"amqp://u:p@ss@h2/\"]\n");
+        let c = parse(&t).unwrap();
+        let d = format!("{c:?}");
+        assert!(
+            !d.contains("p@ss") && d.contains("amqp://u:***@h2:5672/"),
+            "{d}"
+        );
     }
 
     #[test]
