@@ -109,7 +109,10 @@ fn servers(cfg: &Config, f: &mut Findings) {
         if let Err(e) = host_port(&s.address) {
             f.err(
                 k("address"),
-                format!("{:?} {e} (AMI listens on host:5038 by default)", s.address),
+                format!(
+                    "\"{}\" {e} (AMI listens on host:5038 by default)",
+                    crate::logs::clip(&s.address)
+                ),
             );
         }
         if s.username.is_empty() || s.username.chars().any(char::is_control) {
@@ -337,7 +340,10 @@ fn others(cfg: &Config, f: &mut Findings) {
     {
         f.err(
             "metrics.listen",
-            format!("{l:?} {e} (\"\" disables the listener)"),
+            format!(
+                "\"{}\" {e} (\"\" disables the listener)",
+                crate::logs::clip(l)
+            ),
         );
     }
     f.name("status.exchange", &cfg.status.exchange);
