@@ -23,6 +23,12 @@ use crate::ami::client::Backoff;
 use crate::ami::{AuthType, ClientConfig, Credentials, EventMask, Limits, ServerSpec};
 use crate::mapping::load::line_col;
 
+mod amqp_url;
+pub mod check;
+
+pub use amqp_url::{parse_amqp_url, redact_url, url_user};
+pub use check::others_can_access;
+
 /// A configuration error, ready to print.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError(pub String);
@@ -59,13 +65,17 @@ pub struct Config {
     /// file are relative to the working directory).
     #[serde(skip)]
     pub path: PathBuf,
+    /// Problems that do not stop the start (a secret file others can
+    /// read), one line each, ready to print or log.
+    #[serde(skip)]
+    pub warnings: Vec<String>,
 }
 
 fn default_url() -> String {
     "amqp://guest:guest@127.0.0.1:5672/%2f".into()
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Amqp {
     /// One broker URL.
@@ -124,6 +134,20 @@ impl Default for Amqp {
             reconnect_max_ms: d_reconnect_max(),
             shutdown_timeout_s: d_shutdown_timeout(),
         }
+    }
+}
+
+/// URLs redacted: `Debug` output may end up in a log.
+impl fmt::Debug for Amqp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Amqp")
+            .field("url", &self.url.as_deref().map(redact_url))
+            .field(
+                "urls",
+                &self.urls.iter().map(|u| redact_url(u)).collect::<Vec<_>>(),
+            )
+            .field("confirm_window", &self.confirm_window)
+            .finish_non_exhaustive()
     }
 }
 
@@ -407,7 +431,7 @@ impl Config {
             ))
         })?;
         cfg.path = path.to_path_buf();
-        cfg.validate()?;
+        cfg.validate(text)?;
         Ok(cfg)
     }
 
@@ -415,66 +439,32 @@ impl Config {
         ConfigError(format!("{}: {msg}", self.path.display()))
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
-        if self.servers.is_empty() {
-            return Err(self.err(
-                "no [[server]] configured: the bridge needs at least one Asterisk server".into(),
-            ));
-        }
-        let mut seen = std::collections::HashSet::new();
-        for s in &self.servers {
-            if s.name.is_empty()
-                || s.name
-                    .contains(|c: char| c == '.' || c == '*' || c == '#' || c.is_whitespace())
-            {
-                return Err(self.err(format!(
-                    "server name {:?} must be non-empty and contain no '.', '*', '#' or spaces (it is used in routing keys)",
-                    s.name
-                )));
+    /// Runs [`check::check`] (the same checks for `check` and `run`):
+    /// errors become one `file:line:col: key: message` line each (the
+    /// position when the key is written in `text`), warnings are kept in
+    /// `self.warnings`.
+    fn validate(&mut self, text: &str) -> Result<(), ConfigError> {
+        let found = check::check(self);
+        let line = |p: &check::Problem| {
+            let at = match check::locate(text, &p.key) {
+                Some((l, c)) => format!("{}:{l}:{c}", self.path.display()),
+                None => self.path.display().to_string(),
+            };
+            match p.key.as_str() {
+                "" => format!("{at}: {}", p.msg),
+                k => format!("{at}: {k}: {}", p.msg),
             }
-            if !seen.insert(s.name.as_str()) {
-                return Err(self.err(format!("server name {:?} is used twice", s.name)));
-            }
-            if !s.address.contains(':') {
-                return Err(self.err(format!(
-                    "server {:?}: address {:?} must be host:port (AMI listens on 5038 by default)",
-                    s.name, s.address
-                )));
-            }
-            let n = [
-                s.secret.is_some(),
-                s.secret_file.is_some(),
-                s.secret_env.is_some(),
-            ]
+        };
+        self.warnings = found
+            .warnings
             .iter()
-            .filter(|b| **b)
-            .count();
-            if n != 1 {
-                return Err(self.err(format!(
-                    "server {:?}: set exactly one of `secret`, `secret_file`, `secret_env`",
-                    s.name
-                )));
-            }
+            .map(|p| format!("warning: {}", line(p)))
+            .collect();
+        if found.errors.is_empty() {
+            return Ok(());
         }
-        for u in self.amqp.urls() {
-            if !(u.starts_with("amqp://") || u.starts_with("amqps://")) {
-                return Err(self.err(format!(
-                    "[amqp] url {:?} must start with amqp:// or amqps://",
-                    redact_url(&u)
-                )));
-            }
-        }
-        crate::actions::allow::AllowList::new(&self.actions.allow).map_err(|e| self.err(e))?;
-        if self.amqp.confirm_window == 0 {
-            return Err(self.err("[amqp] confirm_window must be at least 1".into()));
-        }
-        if self.spool.max_bytes < (1 << 20) {
-            return Err(self.err("[spool] max_bytes must be at least 1 MiB (1048576)".into()));
-        }
-        if self.spool.segment_bytes < (64 << 10) {
-            return Err(self.err("[spool] segment_bytes must be at least 64 KiB (65536)".into()));
-        }
-        Ok(())
+        let lines: Vec<String> = found.errors.iter().map(line).collect();
+        Err(ConfigError(lines.join("\n")))
     }
 
     /// The pool's view of the servers, secrets resolved.
@@ -518,40 +508,37 @@ impl Config {
 }
 
 fn resolve_secret(s: &Server) -> Result<String, String> {
-    if let Some(v) = &s.secret {
-        return Ok(v.clone());
-    }
-    if let Some(f) = &s.secret_file {
-        return std::fs::read_to_string(f)
-            .map(|t| t.trim_end_matches(['\r', '\n']).to_string())
-            .map_err(|e| {
-                format!(
-                    "server {:?}: cannot read secret_file {}: {e}",
-                    s.name,
-                    f.display()
-                )
-            });
-    }
-    if let Some(v) = &s.secret_env {
-        return std::env::var(v).map_err(|_| {
+    let (v, from) = if let Some(v) = &s.secret {
+        (v.clone(), "secret".to_string())
+    } else if let Some(f) = &s.secret_file {
+        let v = read_secret_file(f)
+            .map_err(|e| format!("server {:?}: cannot read secret_file {e}", s.name))?;
+        (v, format!("secret_file {}", f.display()))
+    } else if let Some(v) = &s.secret_env {
+        let val = std::env::var(v).map_err(|_| {
             format!(
                 "server {:?}: environment variable {v} (secret_env) is not set",
                 s.name
             )
-        });
+        })?;
+        (val, format!("secret_env {v}"))
+    } else {
+        return Err(format!("server {:?}: no secret", s.name));
+    };
+    if v.is_empty() || v.chars().any(char::is_control) {
+        return Err(format!(
+            "server {:?}: the secret from {from} is empty or contains a control character",
+            s.name
+        ));
     }
-    Err(format!("server {:?}: no secret", s.name))
+    Ok(v)
 }
 
-/// `amqp://user:pass@host/vhost` → `amqp://user:***@host/vhost`.
-pub fn redact_url(u: &str) -> String {
-    if let Some((scheme, rest)) = u.split_once("://")
-        && let Some((cred, host)) = rest.split_once('@')
-    {
-        let user = cred.split(':').next().unwrap_or("");
-        return format!("{scheme}://{user}:***@{host}");
-    }
-    u.to_string()
+/// The first line of a secret file, without its line ending (`--secret-file`,
+/// `--amqp-file`, `secret_file`). The error starts with the path.
+pub fn read_secret_file(f: &Path) -> Result<String, String> {
+    let t = std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display()))?;
+    Ok(t.trim_end_matches(['\r', '\n']).to_string())
 }
 
 #[cfg(test)]
@@ -577,6 +564,14 @@ mod tests {
         assert_eq!(specs[0].client.credentials.secret, "s3cret");
         assert_eq!(specs[0].client.credentials.auth, AuthType::Md5);
         assert!(!format!("{:?}", c.servers[0]).contains("s3cret"));
+        let t =
+            format!("{MIN}[amqp]\nurl = \"amqp://u:p@ss@h/\"\nurls = [\"amqp://u:p@ss@h2/\"]\n");
+        let c = parse(&t).unwrap();
+        let d = format!("{c:?}");
+        assert!(
+            !d.contains("p@ss") && d.contains("amqp://u:***@h2:5672/"),
+            "{d}"
+        );
     }
 
     #[test]
@@ -596,7 +591,7 @@ mod tests {
         let e = parse(&MIN.replace("secret = \"s3cret\"\n", "")).unwrap_err();
         assert!(e.0.contains("exactly one of `secret`"), "{e}");
         let e = parse(&MIN.replace("pbx1", "pbx.1")).unwrap_err();
-        assert!(e.0.contains("must be non-empty and contain no '.'"), "{e}");
+        assert!(e.0.contains("must be 1 to 64 characters of"), "{e}");
         let e = parse(&format!("{MIN}[amqp]\nurl = \"http://x:y@h\"\n")).unwrap_err();
         assert!(
             e.0.contains("must start with amqp://") && !e.0.contains(":y@"),
@@ -644,14 +639,5 @@ mod tests {
         );
         let t = format!("{MIN}events = \"off\"\n");
         assert_eq!(parse(&t).unwrap().servers[0].events.mask(), EventMask::Off);
-    }
-
-    #[test]
-    fn redacts_urls() {
-        assert_eq!(
-            redact_url("amqp://u:p@h:5672/%2f"),
-            "amqp://u:***@h:5672/%2f"
-        );
-        assert_eq!(redact_url("amqp://h"), "amqp://h");
     }
 }

@@ -40,11 +40,14 @@ struct LogArgs {
     /// Log filter in RUST_LOG syntax, e.g. `info`, `debug`,
     /// `ami2amqp=debug,info`. Logs go to stderr. The default keeps lapin
     /// from logging every returned (unroutable) message: they are counted
-    /// in `amqp_returned_total`.
+    /// in `amqp_returned_total`. lapin and amq-protocol never log below
+    /// `debug`, whatever the filter says: at `trace` they print every
+    /// frame, the broker password (SASL response) included.
     #[arg(
         long,
         global = true,
         env = "RUST_LOG",
+        hide_env_values = true,
         default_value = "info,lapin::returned_messages=error"
     )]
     log_level: String,
@@ -103,6 +106,9 @@ struct RunArgs {
 
 async fn run(a: RunArgs) -> Result<(), BoxError> {
     let cfg = ami2amqp::config::Config::load(&a.config)?;
+    for w in &cfg.warnings {
+        tracing::warn!("{w}");
+    }
     let cancel = tokio_util::sync::CancellationToken::new();
     let c2 = cancel.clone();
     tokio::spawn(async move {
@@ -202,13 +208,8 @@ fn map(a: MapArgs) -> Result<(), BoxError> {
 /// bridge has not connected to), waits for it.
 #[derive(Args, Debug)]
 struct TailArgs {
-    /// The broker URL.
-    #[arg(
-        long,
-        env = "AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
-    )]
-    amqp: String,
+    #[command(flatten)]
+    amqp: AmqpArgs,
     /// The exchange to watch.
     #[arg(long, default_value = "ami.events")]
     exchange: String,
@@ -227,19 +228,65 @@ struct TailArgs {
     bindings: Vec<String>,
 }
 
+/// Where a broker URL comes from. A password on the command line is
+/// visible to every user of the machine (`ps`), so the environment
+/// variable and the file are the safe forms.
+#[derive(Args, Debug)]
+struct AmqpArgs {
+    /// The broker URL. On the command line it is visible to every user in
+    /// `ps`: put a URL with a password in AMQP_URL or in --amqp-file.
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        hide_env_values = true,
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    amqp: String,
+    /// Read the broker URL from the first line of FILE (takes precedence
+    /// over --amqp and AMQP_URL).
+    #[arg(long, value_name = "FILE")]
+    amqp_file: Option<PathBuf>,
+}
+
+impl AmqpArgs {
+    fn url(&self) -> Result<String, BoxError> {
+        let Some(f) = &self.amqp_file else {
+            return Ok(self.amqp.clone());
+        };
+        warn_if_others_can_read(f);
+        let u = ami2amqp::config::read_secret_file(f).map_err(|e| format!("--amqp-file {e}"))?;
+        Ok(u)
+    }
+}
+
+/// A file holding a secret should be private (ssh warns alike).
+fn warn_if_others_can_read(f: &std::path::Path) {
+    if let Some(w) = ami2amqp::config::others_can_access(f) {
+        tracing::warn!("{w}");
+    }
+}
+
+/// A secret from `--secret-file` (when given) or the `--secret`/env value.
+fn secret_from(
+    value: Option<String>,
+    file: Option<&std::path::Path>,
+) -> Result<Option<String>, BoxError> {
+    match file {
+        Some(f) => {
+            warn_if_others_can_read(f);
+            let s =
+                ami2amqp::config::read_secret_file(f).map_err(|e| format!("--secret-file {e}"))?;
+            Ok(Some(s))
+        }
+        None => Ok(value),
+    }
+}
+
 async fn tail(a: TailArgs) -> Result<(), BoxError> {
     let mut out = std::io::stdout();
     let d = a.duration.map(Duration::from_secs_f64);
-    ami2amqp::tools::tail(
-        &a.amqp,
-        &a.exchange,
-        &a.bindings,
-        a.json,
-        a.count,
-        d,
-        &mut out,
-    )
-    .await?;
+    let url = a.amqp.url()?;
+    ami2amqp::tools::tail(&url, &a.exchange, &a.bindings, a.json, a.count, d, &mut out).await?;
     Ok(())
 }
 
@@ -255,13 +302,9 @@ async fn tail(a: TailArgs) -> Result<(), BoxError> {
 /// Context=test Exten=100 Priority=1 Async=true
 #[derive(Args, Debug)]
 struct ActionArgs {
-    /// The broker URL (its user is the one the allow-list checks).
-    #[arg(
-        long,
-        env = "AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
-    )]
-    amqp: String,
+    /// The broker (its user is the one the allow-list checks).
+    #[command(flatten)]
+    amqp: AmqpArgs,
     /// The Asterisk server (its name in the bridge's config).
     #[arg(long)]
     server: String,
@@ -289,19 +332,19 @@ struct ActionArgs {
 async fn action(a: ActionArgs) -> Result<(), BoxError> {
     use ami2amqp::actions::client;
     let body = client::body_from_args(&a.action, &a.fields)?;
-    let user = a.user_id.clone().or_else(|| {
-        let rest = a.amqp.split_once("://")?.1;
-        let cred = rest.split_once('@')?.0;
-        Some(cred.split(':').next()?.to_string())
-    });
+    let url = a.amqp.url()?;
+    let user = match a.user_id.clone() {
+        Some(u) => u,
+        None => client::default_user_id(&url)?,
+    };
     let timeout = Duration::from_secs_f64(a.timeout.max(0.001));
     let reply = client::call(
-        &a.amqp,
+        &url,
         &a.exchange,
         &a.server,
         body.to_string().as_bytes(),
         timeout,
-        user.as_deref(),
+        Some(&user),
     )
     .await?;
     if a.json {
@@ -329,12 +372,18 @@ struct ReplayArgs {
     #[arg(long, default_value = "127.0.0.1:5038")]
     listen: String,
     /// Username the clients must log in with. Without --username and
-    /// --secret any login is accepted.
-    #[arg(long, requires = "secret")]
+    /// a secret any login is accepted.
+    #[arg(long)]
     username: Option<String>,
-    /// Secret for --username (plain `Secret:` or the MD5 `Key`).
-    #[arg(long, requires = "username")]
+    /// Secret for --username (plain `Secret:` or the MD5 `Key`). On the
+    /// command line it is visible to every user in `ps`: prefer
+    /// AMI2AMQP_REPLAY_SECRET or --secret-file.
+    #[arg(long, env = "AMI2AMQP_REPLAY_SECRET", hide_env_values = true)]
     secret: Option<String>,
+    /// Read the secret from the first line of FILE (takes precedence over
+    /// --secret).
+    #[arg(long, value_name = "FILE")]
+    secret_file: Option<PathBuf>,
     /// Send this many events per second to each client (default: as fast
     /// as the client reads).
     #[arg(long, conflicts_with = "timing")]
@@ -379,9 +428,11 @@ async fn replay(a: ReplayArgs) -> Result<(), BoxError> {
         (None, false) => Pace::Timing(a.timing),
         (None, true) => Pace::Max,
     };
-    let account = match (a.username, a.secret) {
+    let secret = secret_from(a.secret, a.secret_file.as_deref())?;
+    let account = match (a.username, secret) {
         (Some(username), Some(secret)) => Some(Account { username, secret }),
-        _ => None,
+        (None, None) => None,
+        _ => return Err("--username and a secret (--secret-file, AMI2AMQP_REPLAY_SECRET or --secret) go together".into()),
     };
     let config = ReplayConfig {
         listen: a.listen,
@@ -430,9 +481,14 @@ struct RecordArgs {
     /// AMI username (manager.conf section).
     #[arg(long)]
     username: String,
-    /// AMI secret.
+    /// AMI secret. On the command line it is visible to every user in
+    /// `ps`: prefer AMI2AMQP_SECRET or --secret-file.
     #[arg(long, env = "AMI2AMQP_SECRET", hide_env_values = true)]
-    secret: String,
+    secret: Option<String>,
+    /// Read the AMI secret from the first line of FILE (takes precedence
+    /// over --secret and AMI2AMQP_SECRET).
+    #[arg(long, value_name = "FILE")]
+    secret_file: Option<PathBuf>,
     /// How to authenticate: `plain` sends the secret, `md5` uses the
     /// challenge so the secret never crosses the wire.
     #[arg(long, value_enum, default_value_t = AuthArg::Md5)]
@@ -460,9 +516,11 @@ async fn record(a: RecordArgs) -> Result<(), BoxError> {
         Some(d) => return Err(format!("--duration must be >= 0 seconds, got {d}").into()),
         None => None,
     };
+    let secret = secret_from(a.secret, a.secret_file.as_deref())?
+        .ok_or("give the AMI secret: --secret-file FILE, AMI2AMQP_SECRET or --secret")?;
     let credentials = Credentials {
         username: a.username,
-        secret: a.secret,
+        secret,
         auth: match a.auth {
             AuthArg::Plain => AuthType::Plain,
             AuthArg::Md5 => AuthType::Md5,
@@ -531,16 +589,28 @@ async fn shutdown_signal() {
 fn init_logging(log: &LogArgs) -> Result<(), BoxError> {
     let filter = tracing_subscriber::EnvFilter::try_new(&log.log_level)
         .map_err(|e| format!("bad --log-level {:?}: {e}", log.log_level))?;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
+    let cap = tracing_subscriber::filter::filter_fn(|m| !carries_credentials(m));
     match log.log_format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.finish().with(cap).try_init(),
+        LogFormat::Json => builder.json().finish().with(cap).try_init(),
     }
     .map_err(|e| format!("cannot set up logging: {e}"))?;
     Ok(())
+}
+
+/// lapin's and amq-protocol's `trace` output: every frame, the
+/// connection's `StartOk` with the password in its SASL response
+/// included. Dropped whatever the filter says (their `debug` and above
+/// stay available).
+fn carries_credentials(m: &tracing::Metadata<'_>) -> bool {
+    let t = m.target();
+    *m.level() == tracing::Level::TRACE && (t.starts_with("lapin") || t.starts_with("amq_protocol"))
 }
 
 /// The error and its causes on one line (`a: b: c`), without repeating a

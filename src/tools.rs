@@ -21,13 +21,18 @@ use crate::config::Config;
 use crate::mapping::{EventCtx, Outgoing, load_dir};
 
 /// `ami2amqp check`: validates the config file (if given) and the mappings.
-/// Prints one line per problem and returns the process exit code.
+/// Prints one line per problem (and per warning, such as a secret file
+/// others can read) and returns the process exit code. The config goes
+/// through the same checks as at `run`'s start (`Config::load`).
 pub fn check(config: Option<&Path>, mappings: Option<&Path>, out: &mut dyn Write) -> i32 {
     let mut ok = true;
     let mut dir = mappings.map(Path::to_path_buf);
     if let Some(c) = config {
         match Config::load(c) {
             Ok(cfg) => {
+                for w in &cfg.warnings {
+                    let _ = writeln!(out, "{w}");
+                }
                 match cfg.server_specs() {
                     Ok(specs) => {
                         let _ = writeln!(out, "{}: ok ({} server(s))", c.display(), specs.len());

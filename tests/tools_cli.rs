@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::broker::shared_amqp_url;
-use common::procs::{BridgeSetup, bin, body, replay, repo, sink, trace, wait_until};
+use common::procs::{BridgeSetup, Proc, bin, body, replay, repo, sink, trace, unique, wait_until};
 
 fn run(args: &[&str]) -> (i32, String, String) {
     let o = Command::new(bin())
@@ -270,4 +270,374 @@ async fn a_running_bridge_reloads_valid_mappings_and_keeps_the_old_set_on_errors
         "{log}"
     );
     assert!(!log.contains("AMQP unavailable"), "{log}");
+}
+
+/// A valid config in `dir` with `edit` applied (`(from, to)` replacements
+/// of the base text, then `extra` appended); returns its path.
+fn config_with(dir: &std::path::Path, edits: &[(&str, &str)], extra: &str) -> std::path::PathBuf {
+    let base = format!(
+        "[amqp]\nurl = \"amqp://guest:guest@127.0.0.1:5672/%2f\"\n\n[[server]]\nname = \"pbx1\"\naddress = \"127.0.0.1:5038\"\nusername = \"bridge\"\nsecret = \"s3cret\"\n\n[mappings]\ndir = \"{}\"\n\n[spool]\ndir = \"{}\"\n",
+        repo().join("mappings").display(),
+        dir.join("spool").display()
+    );
+    let mut text = base.clone();
+    for (from, to) in edits {
+        assert!(text.contains(from), "{from:?} not in the base config");
+        text = text.replacen(from, to, 1);
+    }
+    text.push_str(extra);
+    let path = dir.join(format!("c{}.toml", unique("")));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Edits of the base config, text appended, the message `check` prints.
+type Case<'a> = (Vec<(&'a str, &'a str)>, String, &'a str);
+
+#[test]
+fn check_refuses_what_run_cannot_use_with_the_key_and_its_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let long = format!("\"{}\"", "p".repeat(260));
+    // (edits, extra, the line `check` must print after "<file>:")
+    let cases: Vec<Case> = vec![
+        (
+            vec![],
+            "[bridge]\nmax_line_bytes = 0\n".into(),
+            ":16:18: bridge.max_line_bytes: 0 is out of range",
+        ),
+        (
+            vec![("guest:guest@127.0.0.1:5672", "u:pw@ss@127.0.0.1:notaport")],
+            String::new(),
+            ":2:7: amqp.url: cannot be used: invalid port number",
+        ),
+        (
+            vec![("\"pbx1\"", long.as_str())],
+            String::new(),
+            ":5:8: server[0].name: server name",
+        ),
+        (
+            vec![("127.0.0.1:5038", "pbx:notaport")],
+            String::new(),
+            ":6:11: server[0].address: \"pbx:notaport\" has port \"notaport\"",
+        ),
+        (
+            vec![],
+            "[actions]\nprefetch = 0\n".into(),
+            ": actions.prefetch: 0 is out of range",
+        ),
+        (
+            vec![("/%2f\"\n", "/%2f\"\nconfirm_window = 0\n")],
+            String::new(),
+            ": amqp.confirm_window: 0 is out of range",
+        ),
+        (
+            vec![(
+                "secret = \"s3cret\"",
+                "secret = \"s3cret\"\naction_timeout_s = 0",
+            )],
+            String::new(),
+            ": server[0].action_timeout_s: 0 is out of range",
+        ),
+        (
+            vec![(
+                "secret = \"s3cret\"",
+                "secret = \"s3cret\"\nreconnect_initial_ms = 0",
+            )],
+            String::new(),
+            ": server[0].reconnect_initial_ms: 0 is out of range",
+        ),
+        (
+            vec![],
+            "[bridge]\nmax_buffered_bytes = 1000000000000\n".into(),
+            ": bridge.max_buffered_bytes: 1000000000000 is out of range",
+        ),
+        (
+            vec![],
+            "segment_bytes = 4294967296\n".into(),
+            ": spool.segment_bytes: 4294967296 is out of range",
+        ),
+        (
+            vec![],
+            "[metrics]\nlisten = \"localhost\"\n".into(),
+            ": metrics.listen: \"localhost\" must be host:port",
+        ),
+        (
+            vec![],
+            format!("[actions]\nqueue_prefix = \"{}\"\n", "q".repeat(252)),
+            ": server[0].name: the action queue name (actions.queue_prefix + name) would be 256 bytes",
+        ),
+    ];
+    for (edits, extra, want) in cases {
+        let cfg = config_with(dir.path(), &edits, &extra);
+        let (code, out, err) = run(&["check", "--config", cfg.to_str().unwrap()]);
+        assert_eq!(code, 1, "{edits:?} {extra}: {out}{err}");
+        // `<file>:<line>:<col>: <key>: …`: every key here is in the file.
+        let file = cfg.display().to_string();
+        let found = out.lines().any(|l| {
+            let Some(rest) = l.strip_prefix(&file) else {
+                return false;
+            };
+            let mut pos = rest.split(':').skip(1);
+            let numbers = pos.next().is_some_and(|n| n.parse::<u32>().is_ok())
+                && pos.next().is_some_and(|n| n.parse::<u32>().is_ok());
+            numbers && rest.contains(want)
+        });
+        assert!(found, "want {file}:L:C{want:?} in:\n{out}");
+        assert!(!out.contains("pw@ss") && !out.contains("s3cret"), "{out}");
+    }
+}
+
+#[test]
+fn run_refuses_at_start_what_check_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config_with(dir.path(), &[], "[bridge]\nmax_line_bytes = 0\n");
+    let log = dir.path().join("run.log");
+    let child = Command::new(bin())
+        .args(["run", "--config", cfg.to_str().unwrap()])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut p = Proc {
+        child,
+        name: "run".into(),
+    };
+    // Before: the bridge started and looped on its zero-length lines.
+    let code = p.wait_timeout(Duration::from_secs(10));
+    let err = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("bridge.max_line_bytes: 0 is out of range"),
+        "{err}"
+    );
+}
+
+#[test]
+fn check_warns_about_a_secret_file_everybody_can_read() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("pbx1.secret");
+    std::fs::write(&secret, "s3cret\n").unwrap();
+    let to = format!("secret_file = \"{}\"", secret.display());
+    let cfg = config_with(dir.path(), &[("secret = \"s3cret\"", &to)], "");
+    for (mode, warned) in [(0o644, true), (0o600, false)] {
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(mode)).unwrap();
+        let (code, out, err) = run(&["check", "--config", cfg.to_str().unwrap()]);
+        assert_eq!(code, 0, "a warning does not fail the check: {out}{err}");
+        let want = format!(
+            "warning: {}:8:15: server[0].secret_file: {} is accessible by every user (mode {mode:03o})",
+            cfg.display(),
+            secret.display()
+        );
+        assert_eq!(out.contains(&want), warned, "{want}\n{out}");
+    }
+}
+
+#[test]
+fn help_never_shows_secrets_from_the_environment() {
+    for sub in ["action", "tail", "record", "replay"] {
+        let o = Command::new(bin())
+            .args([sub, "--help"])
+            .env("AMQP_URL", "amqp://u:hunter2-amqp@127.0.0.1:5672/%2f")
+            .env("AMI2AMQP_SECRET", "hunter2-ami")
+            .env("AMI2AMQP_REPLAY_SECRET", "hunter2-replay")
+            .output()
+            .unwrap();
+        let help = String::from_utf8_lossy(&o.stdout);
+        assert!(o.status.success(), "{sub}: {help}");
+        assert!(
+            !help.contains("hunter2"),
+            "{sub} --help shows a secret:\n{help}"
+        );
+        assert!(
+            help.contains("visible to every user in `ps`"),
+            "{sub} --help says the flag form shows in ps:\n{help}"
+        );
+    }
+}
+
+/// A broker user on the shared node, deleted on drop.
+struct BrokerUser(String);
+
+impl BrokerUser {
+    fn add(name: &str, password: &str) -> BrokerUser {
+        let ctl = |args: &[&str]| {
+            let o = Command::new("rabbitmqctl").args(args).output().unwrap();
+            assert!(
+                o.status.success(),
+                "rabbitmqctl {args:?}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        };
+        ctl(&["add_user", name, password]);
+        let user = BrokerUser(name.to_string());
+        ctl(&["set_permissions", "-p", "/", name, ".*", ".*", ".*"]);
+        user
+    }
+}
+
+impl Drop for BrokerUser {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl")
+            .args(["delete_user", &self.0])
+            .output();
+    }
+}
+
+/// The password as lapin's `trace` output prints the SASL response: a
+/// list of byte values.
+fn as_byte_list(s: &str) -> String {
+    s.bytes()
+        .map(|b| b.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_and_password_with_raw_at_signs_work_and_never_show() {
+    let shared = shared_amqp_url();
+    let host = shared
+        .rsplit_once('@')
+        .map_or("127.0.0.1:5672/%2f", |x| x.1);
+    let user = unique("us@er");
+    let password = unique("pw@ss");
+    let _account = BrokerUser::add(&user, &password);
+    // Raw `@`s, as an operator pastes them: lapin splits at the last one.
+    let url = format!("amqp://{user}:{password}@{host}");
+    let (_r, addr) = replay(&[
+        "--rate",
+        "5",
+        "--loop",
+        "0",
+        trace("calls_small.ami").to_str().unwrap(),
+    ]);
+    let ex = unique("ami.actions.test.");
+    let actions = format!(
+        "\n[actions]\nexchange = \"{ex}\"\nqueue_prefix = \"{ex}.\"\nunrouted = \"{ex}.unrouted\"\nexpired = \"{ex}.expired\"\n\n[[actions.allow]]\nuser = \"{user}\"\nactions = [\"Ping\"]\n"
+    );
+    let setup = BridgeSetup::new(&addr, &url, &actions);
+    let log = setup.dir.path().join("trace.log");
+    let _bridge = Proc {
+        child: Command::new(bin())
+            .args(["--log-level", "trace", "run", "--config"])
+            .arg(&setup.config)
+            .stderr(std::fs::File::create(&log).unwrap())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+        name: "bridge".into(),
+    };
+    // `action` with the URL from a file, traced too; before, it sent
+    // user_id=us (the raw URL cut at its first `@`) and the broker
+    // refused the publish.
+    let url_file = setup.dir.path().join("amqp.url");
+    std::fs::write(&url_file, format!("{url}\n")).unwrap();
+    let mut last = (String::new(), String::new());
+    let ok = wait_until(Duration::from_secs(30), || {
+        let o = Command::new(bin())
+            .args(["--log-level", "trace", "action", "--amqp-file"])
+            .arg(&url_file)
+            .args([
+                "--exchange",
+                &ex,
+                "--server",
+                &setup.server,
+                "--timeout",
+                "2",
+                "Ping",
+            ])
+            .env_remove("AMQP_URL")
+            .output()
+            .unwrap();
+        last = (
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        );
+        o.status.success() && last.0.contains("response: Success")
+    });
+    let bridge_log = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        ok,
+        "action never succeeded: {}{}\n{}",
+        last.0,
+        last.1,
+        bridge_log
+            .lines()
+            .rev()
+            .take(30)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    // The same user percent-encoded, from AMQP_URL: lapin decodes it, and
+    // so must the user_id (before: user_id=us%40er…, refused).
+    let encoded = url.replacen(&user, &user.replace('@', "%40"), 1);
+    let o = Command::new(bin())
+        .args([
+            "action",
+            "--exchange",
+            &ex,
+            "--server",
+            &setup.server,
+            "--timeout",
+            "5",
+            "Ping",
+        ])
+        .env("AMQP_URL", &encoded)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success() && out.contains("response: Success"),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let bytes = as_byte_list(&password);
+    for (what, text) in [("bridge log", &bridge_log), ("action stderr", &last.1)] {
+        assert!(
+            !text.contains(&password) && !text.contains(&bytes),
+            "the password is in the {what}"
+        );
+        assert!(!text.contains("pw%40ss"), "the password is in the {what}");
+    }
+    let shown = format!("{}:***@", user.replace('@', "%40"));
+    assert!(
+        bridge_log.contains(&shown),
+        "no redacted URL {shown} in the log"
+    );
+    assert!(
+        bridge_log.contains("TRACE"),
+        "the bridge did not log at trace level"
+    );
+}
+
+#[test]
+fn every_toml_block_of_docs_config_md_passes_check() {
+    let doc = std::fs::read_to_string(repo().join("docs/config.md")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("pbx1.secret");
+    std::fs::write(&secret, "s3cret\n").unwrap();
+    let blocks: Vec<&str> = doc
+        .split("```toml\n")
+        .skip(1)
+        .filter_map(|b| b.split_once("```").map(|x| x.0))
+        .collect();
+    assert!(blocks.len() >= 8, "{}", blocks.len());
+    for (i, b) in blocks.iter().enumerate() {
+        let text = b
+            .replace("/etc/ami2amqp/pbx1.secret", secret.to_str().unwrap())
+            .replace(
+                "/etc/ami2amqp/mappings",
+                repo().join("mappings").to_str().unwrap(),
+            );
+        let cfg = dir.path().join(format!("block{i}.toml"));
+        std::fs::write(&cfg, text).unwrap();
+        let o = Command::new(bin())
+            .args(["check", "--config", cfg.to_str().unwrap(), "--mappings"])
+            .arg(repo().join("mappings"))
+            .env("PBX1_SECRET", "a")
+            .env("PBX2_SECRET", "b")
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(o.status.success(), "block {i}:\n{b}\n{out}");
+    }
 }

@@ -42,6 +42,14 @@ pub fn body_from_args(action: &str, pairs: &[String]) -> Result<Value, String> {
     Ok(Value::Object(obj))
 }
 
+/// The `user_id` to send by default: the user the URL authenticates as,
+/// percent-decoded exactly as lapin decodes it for the login (`us%40er`
+/// in the URL logs in as `us@er`, and RabbitMQ refuses a `user_id` that
+/// differs from the login user).
+pub fn default_user_id(url: &str) -> Result<String, String> {
+    crate::config::url_user(url).map_err(|e| format!("the broker URL {} {e}", redact_url(url)))
+}
+
 /// Sends `body` to `server` and returns the reply body.
 pub async fn call(
     url: &str,

@@ -1,0 +1,452 @@
+//! Semantic checks of a parsed configuration: everything `run` could not
+//! use or would use dangerously, found before anything connects.
+//!
+//! `ami2amqp check` and `ami2amqp run` call the same [`check`], so a file
+//! `check` accepts is a file `run` starts with. Each problem names its key
+//! path (`bridge.max_line_bytes`, `server[1].name`); [`locate`] turns the
+//! path into `line:col` of the value in the file when the key is written
+//! there. Every numeric key has a range (no 0 where 0 makes no sense, an
+//! upper bound where a huge value would exhaust memory or make a timeout
+//! meaningless), every broker URL is parsed the way lapin parses it, and
+//! server names are bounded so that the names derived from them (the action
+//! queue `<queue_prefix><server>`, the status routing key) fit AMQP's 255
+//! bytes and are safe routing-key words. Warnings (a secret file others can
+//! read) do not stop the start; errors do.
+
+use std::fmt::Display;
+use std::path::Path;
+
+use super::Config;
+use super::amqp_url::parse_amqp_url;
+
+/// A problem at a key path such as `bridge.max_line_bytes` or
+/// `server[1].name`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub msg: String,
+}
+
+#[derive(Debug, Default)]
+pub struct Findings {
+    pub errors: Vec<Problem>,
+    pub warnings: Vec<Problem>,
+}
+
+const KIB: u64 = 1 << 10;
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+/// Longest AMQP short string: exchange and queue names, routing keys.
+const SHORTSTR: usize = 255;
+/// Longest server name.
+pub const MAX_SERVER_NAME: usize = 64;
+
+impl Findings {
+    fn err(&mut self, key: impl Into<String>, msg: impl Into<String>) {
+        self.errors.push(Problem {
+            key: key.into(),
+            msg: msg.into(),
+        });
+    }
+
+    fn warn(&mut self, key: impl Into<String>, msg: impl Into<String>) {
+        self.warnings.push(Problem {
+            key: key.into(),
+            msg: msg.into(),
+        });
+    }
+
+    /// `lo <= v <= hi`, else an error saying so and why.
+    fn range<T: PartialOrd + Display + Copy>(&mut self, key: &str, v: T, lo: T, hi: T, what: &str) {
+        if v < lo || v > hi {
+            self.err(
+                key,
+                format!("{v} is out of range: must be between {lo} and {hi} ({what})"),
+            );
+        }
+    }
+
+    fn name(&mut self, key: &str, v: &str) {
+        if v.len() > SHORTSTR {
+            self.err(
+                key,
+                format!(
+                    "is {} bytes long: AMQP names are at most {SHORTSTR}",
+                    v.len()
+                ),
+            );
+        } else if v.chars().any(char::is_control) {
+            self.err(key, "contains a control character");
+        }
+    }
+}
+
+/// Every check of the configuration.
+pub fn check(cfg: &Config) -> Findings {
+    let mut f = Findings::default();
+    servers(cfg, &mut f);
+    amqp(cfg, &mut f);
+    bridge(cfg, &mut f);
+    spool(cfg, &mut f);
+    others(cfg, &mut f);
+    f
+}
+
+fn servers(cfg: &Config, f: &mut Findings) {
+    if cfg.servers.is_empty() {
+        f.err(
+            "server",
+            "no [[server]] configured: the bridge needs at least one Asterisk server",
+        );
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (i, s) in cfg.servers.iter().enumerate() {
+        let k = |key: &str| format!("server[{i}].{key}");
+        server_name(cfg, &k("name"), &s.name, f);
+        if !s.name.is_empty() && !seen.insert(s.name.as_str()) {
+            f.err(k("name"), format!("server name {:?} is used twice", s.name));
+        }
+        if let Err(e) = host_port(&s.address) {
+            f.err(
+                k("address"),
+                format!(
+                    "\"{}\" {e} (AMI listens on host:5038 by default)",
+                    crate::logs::clip(&s.address)
+                ),
+            );
+        }
+        if s.username.is_empty() || s.username.chars().any(char::is_control) {
+            f.err(
+                k("username"),
+                "must be non-empty, without control characters",
+            );
+        }
+        server_secret(s, &k, f);
+        f.range(
+            &k("action_connections"),
+            s.action_connections,
+            0,
+            16,
+            "0: the event connection carries actions",
+        );
+        f.range(
+            &k("keepalive_s"),
+            s.keepalive_s,
+            0,
+            3600,
+            "0 disables the keepalive Ping",
+        );
+        f.range(
+            &k("action_timeout_s"),
+            s.action_timeout_s,
+            1,
+            3600,
+            "seconds",
+        );
+        f.range(
+            &k("connect_timeout_s"),
+            s.connect_timeout_s,
+            1,
+            300,
+            "seconds",
+        );
+        reconnect(&k(""), s.reconnect_initial_ms, s.reconnect_max_ms, f);
+    }
+}
+
+/// A server name is a routing-key word and part of queue names.
+fn server_name(cfg: &Config, key: &str, name: &str, f: &mut Findings) {
+    let ok_chars = name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if name.is_empty() || name.len() > MAX_SERVER_NAME || !ok_chars {
+        f.err(
+            key,
+            format!(
+                "server name \"{}\" must be 1 to {MAX_SERVER_NAME} characters of A-Z, a-z, 0-9, '-' and '_' (it is a routing-key word and part of queue names)",
+                crate::logs::clip(name)
+            ),
+        );
+        return;
+    }
+    let queue = cfg.actions.queue_prefix.len() + name.len();
+    if queue > SHORTSTR {
+        f.err(
+            key,
+            format!("the action queue name (actions.queue_prefix + name) would be {queue} bytes: AMQP names are at most {SHORTSTR}"),
+        );
+    }
+    let status = cfg.status.routing_key.replace("{server}", name).len();
+    if status > SHORTSTR {
+        f.err(
+            key,
+            format!("the status routing key (status.routing_key) would be {status} bytes: at most {SHORTSTR}"),
+        );
+    }
+}
+
+fn server_secret(s: &super::Server, k: &dyn Fn(&str) -> String, f: &mut Findings) {
+    let n = [
+        s.secret.is_some(),
+        s.secret_file.is_some(),
+        s.secret_env.is_some(),
+    ]
+    .iter()
+    .filter(|b| **b)
+    .count();
+    if n != 1 {
+        f.err(
+            k("secret"),
+            format!(
+                "server {:?}: set exactly one of `secret`, `secret_file`, `secret_env`",
+                s.name
+            ),
+        );
+    }
+    if s.secret
+        .as_deref()
+        .is_some_and(|v| v.chars().any(char::is_control))
+    {
+        f.err(k("secret"), "contains a control character");
+    }
+    if s.secret_env.as_deref().is_some_and(str::is_empty) {
+        f.err(k("secret_env"), "is empty: name an environment variable");
+    }
+    if let Some(p) = &s.secret_file
+        && let Some(w) = others_can_access(p)
+    {
+        f.warn(k("secret_file"), w);
+    }
+}
+
+/// `host:port` (`[v6]:port` too) with a port from 1 to 65535.
+fn host_port(a: &str) -> Result<(), String> {
+    let Some((host, port)) = a.rsplit_once(':') else {
+        return Err("must be host:port".into());
+    };
+    if host.is_empty() || host == "[]" {
+        return Err("has no host (host:port)".into());
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(()),
+        _ => Err(format!(
+            "has port \"{}\": a port is a number from 1 to 65535",
+            crate::logs::clip(port)
+        )),
+    }
+}
+
+/// `<prefix>reconnect_initial_ms` and `<prefix>reconnect_max_ms`.
+fn reconnect(prefix: &str, initial: u64, max: u64, f: &mut Findings) {
+    let ki = format!("{prefix}reconnect_initial_ms");
+    let km = format!("{prefix}reconnect_max_ms");
+    f.range(
+        &ki,
+        initial,
+        1,
+        600_000,
+        "milliseconds; 0 would reconnect in a tight loop",
+    );
+    f.range(
+        &km,
+        max,
+        initial.max(1),
+        3_600_000,
+        "milliseconds, at least reconnect_initial_ms",
+    );
+}
+
+fn amqp(cfg: &Config, f: &mut Findings) {
+    let a = &cfg.amqp;
+    let urls = a.url.iter().map(|u| ("amqp.url".to_string(), u));
+    let list = a
+        .urls
+        .iter()
+        .enumerate()
+        .map(|(i, u)| (format!("amqp.urls[{i}]"), u));
+    for (key, u) in urls.chain(list) {
+        if let Err(e) = parse_amqp_url(u) {
+            f.err(
+                key,
+                format!("cannot be used: {e} ({})", super::redact_url(u)),
+            );
+        }
+    }
+    f.range(
+        "amqp.confirm_window",
+        a.confirm_window,
+        1,
+        65_535,
+        "publishes awaiting a confirm",
+    );
+    f.name("amqp.alternate_exchange", &a.alternate_exchange);
+    reconnect("amqp.", a.reconnect_initial_ms, a.reconnect_max_ms, f);
+    f.range(
+        "amqp.shutdown_timeout_s",
+        a.shutdown_timeout_s,
+        0,
+        3600,
+        "seconds",
+    );
+}
+
+fn bridge(cfg: &Config, f: &mut Findings) {
+    let b = &cfg.bridge;
+    let (line, msg, buf) = (
+        b.max_line_bytes as u64,
+        b.max_message_bytes as u64,
+        b.max_buffered_bytes as u64,
+    );
+    f.range(
+        "bridge.max_line_bytes",
+        line,
+        KIB,
+        msg.max(KIB),
+        "bytes, at most max_message_bytes",
+    );
+    f.range("bridge.max_message_bytes", msg, 4 * KIB, 256 * MIB, "bytes");
+    f.range(
+        "bridge.max_buffered_bytes",
+        buf,
+        msg.max(4 * KIB),
+        4 * GIB,
+        "bytes, at least max_message_bytes",
+    );
+}
+
+fn spool(cfg: &Config, f: &mut Findings) {
+    let s = &cfg.spool;
+    f.range("spool.max_bytes", s.max_bytes, MIB, 1 << 50, "bytes");
+    f.range(
+        "spool.segment_bytes",
+        s.segment_bytes,
+        64 * KIB,
+        GIB,
+        "bytes",
+    );
+    f.range(
+        "spool.fsync_interval_ms",
+        s.fsync_interval_ms,
+        0,
+        60_000,
+        "milliseconds",
+    );
+}
+
+fn others(cfg: &Config, f: &mut Findings) {
+    let l = &cfg.metrics.listen;
+    if !l.is_empty()
+        && let Err(e) = host_port(l)
+    {
+        f.err(
+            "metrics.listen",
+            format!(
+                "\"{}\" {e} (\"\" disables the listener)",
+                crate::logs::clip(l)
+            ),
+        );
+    }
+    f.name("status.exchange", &cfg.status.exchange);
+    f.name("status.routing_key", &cfg.status.routing_key);
+    let a = &cfg.actions;
+    for (k, v) in [
+        ("actions.exchange", &a.exchange),
+        ("actions.queue_prefix", &a.queue_prefix),
+        ("actions.unrouted", &a.unrouted),
+        ("actions.expired", &a.expired),
+    ] {
+        f.name(k, v);
+    }
+    f.range(
+        "actions.default_timeout_ms",
+        a.default_timeout_ms,
+        1,
+        3_600_000,
+        "milliseconds",
+    );
+    f.range(
+        "actions.prefetch",
+        a.prefetch,
+        1,
+        u16::MAX,
+        "0 would mean no limit at all",
+    );
+    if let Err(e) = crate::actions::allow::AllowList::new(&a.allow) {
+        f.err("actions.allow", e);
+    }
+}
+
+/// `Some(warning)` when users other than the owner and group can read or
+/// write the file at `p` (as ssh warns about a private key). Nothing when
+/// the file cannot be examined: reading it reports that.
+pub fn others_can_access(p: &Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(p).ok()?.permissions().mode();
+    (mode & 0o007 != 0).then(|| {
+        format!(
+            "{} is accessible by every user (mode {:03o}): `chmod o-rwx` it",
+            p.display(),
+            mode & 0o777
+        )
+    })
+}
+
+/// `line:col` (1-based) of the value at `key` (`a.b`, `server[1].name`) in
+/// the TOML `text`, when the key is written there.
+pub fn locate(text: &str, key: &str) -> Option<(usize, usize)> {
+    use toml::de::{DeTable, DeValue};
+    let doc = DeTable::parse(text).ok()?;
+    let mut span = doc.span();
+    let mut cur: Option<&DeValue<'_>> = None;
+    let mut table = Some(doc.get_ref());
+    for seg in key.split('.').filter(|s| !s.is_empty()) {
+        let (name, index) = match seg.split_once('[') {
+            Some((n, i)) => (n, i.trim_end_matches(']').parse::<usize>().ok()),
+            None => (seg, None),
+        };
+        let mut v = table?.get(name)?;
+        if let Some(i) = index {
+            let DeValue::Array(a) = v.get_ref() else {
+                return None;
+            };
+            v = a.get(i)?;
+        }
+        span = v.span();
+        cur = Some(v.get_ref());
+        table = match v.get_ref() {
+            DeValue::Table(t) => Some(t),
+            _ => None,
+        };
+    }
+    cur?;
+    Some(crate::mapping::load::line_col(text, span.start))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locates_values() {
+        let t =
+            "[bridge]\nmax_line_bytes = 0\n\n[[server]]\nname = \"a\"\n[[server]]\nname = \"b\"\n";
+        assert_eq!(locate(t, "bridge.max_line_bytes"), Some((2, 18)));
+        assert_eq!(locate(t, "server[1].name"), Some((7, 8)));
+        assert_eq!(locate(t, "server[2].name"), None);
+        assert_eq!(locate(t, "spool.max_bytes"), None);
+    }
+
+    #[test]
+    fn host_ports() {
+        assert!(host_port("127.0.0.1:5038").is_ok());
+        assert!(host_port("[::1]:5038").is_ok());
+        assert!(
+            host_port("pbx:notaport")
+                .unwrap_err()
+                .contains("\"notaport\"")
+        );
+        assert!(host_port("pbx:0").is_err());
+        assert!(host_port("pbx").is_err());
+        assert!(host_port(":5038").is_err());
+    }
+}
