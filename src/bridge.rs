@@ -63,7 +63,7 @@ pub struct RouterTask {
     status_key: String,
     seq: HashMap<Arc<str>, u64>,
     was_connected: HashMap<Arc<str>, bool>,
-    event_counters: HashMap<Arc<str>, HashMap<String, metrics::Counter>>,
+    event_counters: HashMap<Arc<str>, crate::metrics::EventCounters>,
     stats: RouterStats,
     scratch: Vec<Outgoing>,
 }
@@ -115,15 +115,14 @@ impl RouterTask {
                     };
                     self.stats.events += 1;
                     let name = ev.message.event_name().unwrap_or_default();
-                    let per_server = self.event_counters.entry(ev.server.clone()).or_default();
-                    match per_server.get(name.as_ref()) {
-                        Some(c) => c.increment(1),
-                        None => {
-                            let c = metrics::counter!("ami_events_total", "server" => ev.server.to_string(), "event" => name.to_string());
-                            c.increment(1);
-                            per_server.insert(name.to_string(), c);
-                        }
-                    }
+                    // The `event` label comes from a bounded set (see
+                    // EventLabels): documented or mapped names, else `other`.
+                    self.event_counters
+                        .entry(ev.server.clone())
+                        .or_insert_with(|| crate::metrics::EventCounters::new(ev.server.clone()))
+                        .increment(&name, Arc::as_ptr(&router) as usize, |n| {
+                            router.names_event(n)
+                        });
                     let ctx = EventCtx {
                         server: &ev.server,
                         seq,
@@ -144,7 +143,7 @@ impl RouterTask {
                         if self.stats.mapping_errors <= 10
                             || self.stats.mapping_errors.is_multiple_of(1000)
                         {
-                            tracing::warn!(server = %ev.server, event = %name, seq, error = %e,
+                            tracing::warn!(server = %ev.server, event = %crate::logs::clip(&name), seq, error = %e,
                                 total = self.stats.mapping_errors, "mapping error: message not produced");
                         }
                     }
