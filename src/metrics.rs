@@ -9,6 +9,13 @@
 //! broker and every Asterisk server are connected and 503 (with the reason
 //! in a JSON body) when one is not. Pulling in a web framework for two fixed
 //! GET routes is not worth its weight.
+//!
+//! The listener is bounded: at most [`MAX_HTTP_CONNECTIONS`] at once, 5 s
+//! per exchange, and a failed `accept` (at the file-descriptor limit, say)
+//! waits [`AcceptBackoff`] before the next one instead of spinning.
+//!
+//! Label values come from bounded sets; for the one label AMI input
+//! decides, the event name, [`EventCounters`] maps names to labels.
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};

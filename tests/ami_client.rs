@@ -711,7 +711,8 @@ impl fake_ami::Script for FloodBeforeLogin {
         if session > 0 {
             return;
         }
-        let chunk = b"Event: Flood\r\nData: 0123456789012345678901234567890123456789\r\n\r\n".repeat(10_000);
+        let chunk = b"Event: Flood\r\nData: 0123456789012345678901234567890123456789\r\n\r\n"
+            .repeat(10_000);
         for _ in 0..50 {
             if s.write_all(&chunk).is_err() {
                 return;

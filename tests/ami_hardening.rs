@@ -154,8 +154,6 @@ fn junk_from_ami_makes_few_log_lines() {
         total(&metrics(&setup), "ami_parse_errors_total"),
         setup.log().chars().take(5000).collect::<String>()
     );
-    // Nothing of the Follows output was read as messages.
-    assert_eq!(total(&metrics(&setup), "ami_parse_errors_total"), 200_001.0);
     let log = setup.log();
     let warnings = log.lines().filter(|l| l.contains("malformed")).count();
     assert!(
@@ -165,6 +163,8 @@ fn junk_from_ami_makes_few_log_lines() {
     );
     assert!(log.len() < 100_000, "{} bytes of log", log.len());
     assert!(!log.contains('\r'), "raw CR in the log");
+    // Nothing of the Follows output was read as messages.
+    assert_eq!(total(&metrics(&setup), "ami_parse_errors_total"), 200_001.0);
 }
 
 /// Floods events before answering `Login` on the first sessions.
@@ -205,7 +205,10 @@ fn events_before_the_login_answer_are_bounded() {
     );
     let hwm_mb = status_kb(bridge.pid(), "VmHWM:") / 1024;
     eprintln!("VmHWM of the bridge: {hwm_mb} MB");
-    assert!(hwm_mb > 0 && hwm_mb < 100, "peak resident memory {hwm_mb} MB");
+    assert!(
+        hwm_mb > 0 && hwm_mb < 100,
+        "peak resident memory {hwm_mb} MB"
+    );
     assert!(
         setup.log().contains("before answering the login"),
         "{}",

@@ -12,13 +12,17 @@
 //!   and into a local queue when it does not. Only when that queue passes
 //!   its byte budget ([`ClientConfig::max_buffered_bytes`]) does reading
 //!   pause, with a loud warning; downstream stages (the publisher's disk
-//!   spool) exist so that this does not happen.
+//!   spool) exist so that this does not happen. The budget holds from the
+//!   first byte: events a server sends before answering `Login` count
+//!   against it too (past it, the login fails and is retried).
 //! * **Correlates actions.** Every action gets an `ActionID` of ours, so
 //!   callers can run many actions at once on one connection and never see
 //!   another caller's answer. An action whose response says
 //!   `EventList: start` stays open and collects the events carrying its
 //!   `ActionID` until the one with `EventList: Complete`; the caller gets
-//!   the response and the list in one [`ActionResult`].
+//!   the response and the list in one [`ActionResult`]. An answer the
+//!   decoder gives up on (over the limits) is answered at once with a
+//!   `Response: Error` saying so, not left to time out.
 //! * **Keeps the connection honest.** A `Ping` every
 //!   [`ClientConfig::keepalive`]; no answer within the action timeout means
 //!   the connection is dead even if TCP has not noticed yet.
