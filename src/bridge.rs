@@ -143,7 +143,7 @@ impl RouterTask {
                         if self.stats.mapping_errors <= 10
                             || self.stats.mapping_errors.is_multiple_of(1000)
                         {
-                            tracing::warn!(server = %ev.server, event = %crate::logs::clip(&name), seq, error = %e,
+                            tracing::warn!(server = %ev.server, event = %crate::logs::clip(&name), seq, error = %crate::logs::clip(&e.to_string()),
                                 total = self.stats.mapping_errors, "mapping error: message not produced");
                         }
                     }

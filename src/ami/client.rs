@@ -52,7 +52,7 @@ use tokio_util::sync::CancellationToken;
 use super::codec::{AmiCodec, Frame, Limits, Malformed};
 use super::login::{Credentials, EventMask, LoginError, login_within};
 use super::message::{Kind, Message, MessageBuilder};
-use crate::logs::{Throttle, clip_bytes};
+use crate::logs::{Throttle, clip, clip_bytes};
 
 /// Reconnect timing: the delay starts at `initial`, doubles after each
 /// failed attempt up to `max`, and each wait is randomised by ±`jitter`
@@ -484,7 +484,7 @@ impl Supervisor {
                 Ok((framed, ok)) => {
                     attempt = 0;
                     tracing::info!(server = %self.config.server, role = %self.config.role,
-                        address = %self.config.address, banner = %ok.banner, "AMI connected");
+                        address = %self.config.address, banner = %clip(&ok.banner), "AMI connected");
                     self.set_state(ConnState::Connected {
                         banner: ok.banner.clone(),
                     });
@@ -507,7 +507,7 @@ impl Supervisor {
                 }
             };
             tracing::warn!(server = %self.config.server, role = %self.config.role,
-                address = %self.config.address, %reason, "AMI disconnected; will reconnect");
+                address = %self.config.address, reason = %clip(&reason), "AMI disconnected; will reconnect");
             metrics::counter!("ami_reconnects_total", "server" => self.config.server.to_string(), "role" => self.config.role.clone())
                 .increment(1);
             self.set_state(ConnState::Disconnected {
