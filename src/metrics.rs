@@ -248,8 +248,8 @@ impl EventCounters {
     }
 
     /// Counts one event named `name`. `generation` identifies the mapping
-    /// set (any value that changes when it is swapped, e.g. its address);
-    /// `mapped` tells whether that set names the event.
+    /// set (a number that changes when it is swapped); `mapped` tells
+    /// whether that set names the event.
     pub fn increment(&mut self, name: &str, generation: usize, mapped: impl FnOnce(&str) -> bool) {
         if generation != self.generation {
             self.cached.clear();
