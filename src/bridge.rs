@@ -63,7 +63,11 @@ pub struct RouterTask {
     status_key: String,
     seq: HashMap<Arc<str>, u64>,
     was_connected: HashMap<Arc<str>, bool>,
-    event_counters: HashMap<Arc<str>, HashMap<String, metrics::Counter>>,
+    event_counters: HashMap<Arc<str>, crate::metrics::EventCounters>,
+    /// The mapping set the event labels were last chosen under, and a
+    /// number that changes with it (the labels depend on the names it maps).
+    labels_router: Option<Arc<crate::mapping::router::Router>>,
+    labels_generation: usize,
     stats: RouterStats,
     scratch: Vec<Outgoing>,
 }
@@ -91,6 +95,8 @@ impl RouterTask {
             seq: HashMap::new(),
             was_connected: HashMap::new(),
             event_counters: HashMap::new(),
+            labels_router: None,
+            labels_generation: 0,
             stats: RouterStats::default(),
             scratch: Vec::new(),
         }
@@ -100,10 +106,40 @@ impl RouterTask {
         self.stats
     }
 
+    /// A number that changes whenever the mapping set does (the event
+    /// labels depend on the names it maps).
+    fn labels_generation(&mut self, router: &Arc<crate::mapping::router::Router>) -> usize {
+        if !self
+            .labels_router
+            .as_ref()
+            .is_some_and(|r| Arc::ptr_eq(r, router))
+        {
+            self.labels_router = Some(router.clone());
+            self.labels_generation += 1;
+        }
+        self.labels_generation
+    }
+
+    /// `ami_events_total`, with the `event` label from a bounded set (see
+    /// `metrics::EventLabels`): documented or mapped names, else `other`.
+    fn count_event(
+        &mut self,
+        server: &Arc<str>,
+        name: &str,
+        generation: usize,
+        router: &crate::mapping::router::Router,
+    ) {
+        self.event_counters
+            .entry(server.clone())
+            .or_insert_with(|| crate::metrics::EventCounters::new(server.clone()))
+            .increment(name, generation, |n| router.names_event(n));
+    }
+
     /// Routes a batch of incoming items and writes the result to the spool
     /// with one `write`.
     pub fn handle_batch(&mut self, items: &mut Vec<Incoming>) -> std::io::Result<()> {
         let router = self.mappings.current();
+        let generation = self.labels_generation(&router);
         let mut records = 0usize;
         for item in items.drain(..) {
             match item {
@@ -115,15 +151,7 @@ impl RouterTask {
                     };
                     self.stats.events += 1;
                     let name = ev.message.event_name().unwrap_or_default();
-                    let per_server = self.event_counters.entry(ev.server.clone()).or_default();
-                    match per_server.get(name.as_ref()) {
-                        Some(c) => c.increment(1),
-                        None => {
-                            let c = metrics::counter!("ami_events_total", "server" => ev.server.to_string(), "event" => name.to_string());
-                            c.increment(1);
-                            per_server.insert(name.to_string(), c);
-                        }
-                    }
+                    self.count_event(&ev.server, &name, generation, &router);
                     let ctx = EventCtx {
                         server: &ev.server,
                         seq,
@@ -144,7 +172,7 @@ impl RouterTask {
                         if self.stats.mapping_errors <= 10
                             || self.stats.mapping_errors.is_multiple_of(1000)
                         {
-                            tracing::warn!(server = %ev.server, event = %name, seq, error = %e,
+                            tracing::warn!(server = %ev.server, event = %crate::logs::clip(&name), seq, error = %crate::logs::clip(&e.to_string()),
                                 total = self.stats.mapping_errors, "mapping error: message not produced");
                         }
                     }

@@ -3,6 +3,8 @@
 //! under concurrency, event lists, both Command forms, reconnect, keepalive.
 
 mod common;
+#[path = "common/fake_ami.rs"]
+mod fake_ami;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -649,5 +651,104 @@ async fn a_stalled_consumer_pauses_reading_within_the_budget_and_loses_nothing()
         1,
         "the connection was dropped while reading was paused"
     );
+    c.shutdown();
+}
+
+/// Answers `Command` with legacy output over the default limits (20,000
+/// lines, blank lines and `Event:` lines among them).
+struct HugeCommandOutput;
+impl fake_ami::Script for HugeCommandOutput {
+    fn answer(&self, action: &str, id: &str) -> Option<Vec<u8>> {
+        if action != "command" {
+            return None;
+        }
+        let mut out =
+            format!("Response: Follows\r\nPrivilege: Command\r\nActionID: {id}\r\n").into_bytes();
+        for i in 0..20_000 {
+            out.extend_from_slice(format!("Event: Forged{i}\n\n").as_bytes());
+        }
+        out.extend_from_slice(b"--END COMMAND--\r\n\r\n");
+        Some(out)
+    }
+}
+
+/// Item 15: an overlong legacy `Follows` answer is an error at once (not a
+/// timeout), and nothing of it is read as events; the connection stays in
+/// step.
+#[tokio::test]
+async fn overlong_legacy_command_output_is_an_error_not_a_timeout() {
+    let ami = fake_ami::start(HugeCommandOutput);
+    let (tx, mut rx) = mpsc::channel(64);
+    let c = Client::spawn(config(&ami.addr, AuthType::Md5, "x"), Some(tx));
+    assert!(c.wait_connected(Duration::from_secs(5)).await);
+    let t0 = std::time::Instant::now();
+    let cmd = Message::from_pairs([("Action", "Command"), ("Command", "core show help")]);
+    let r = c.send_action(cmd, Some(Duration::from_secs(8))).await;
+    let took = t0.elapsed();
+    let r = r.expect("an answer, not a timeout");
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    assert!(!r.is_success(), "{:?}", r.response);
+    let why = r.response.get("Message").unwrap_or_default().into_owned();
+    assert!(why.contains("lines"), "{why}");
+    let ping = c
+        .send_action(Message::from_pairs([("Action", "Ping")]), None)
+        .await
+        .expect("ping");
+    assert!(ping.is_success());
+    while let Ok(Some(i)) = tokio::time::timeout(Duration::from_millis(300), rx.recv()).await {
+        if let Incoming::Event(e) = i {
+            panic!("output read as an event: {:?}", e.message);
+        }
+    }
+    c.shutdown();
+}
+
+/// Floods 30 MB of events before answering the first `Login`.
+struct FloodBeforeLogin;
+impl fake_ami::Script for FloodBeforeLogin {
+    fn before_login_answer(&self, session: usize, s: &mut std::net::TcpStream) {
+        use std::io::Write;
+        if session > 0 {
+            return;
+        }
+        let chunk = b"Event: Flood\r\nData: 0123456789012345678901234567890123456789\r\n\r\n"
+            .repeat(10_000);
+        for _ in 0..50 {
+            if s.write_all(&chunk).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Item 14: the byte budget applies from the first byte: events before
+/// the login answer past `max_buffered_bytes` fail the login (and the
+/// client reconnects) instead of piling up in memory.
+#[tokio::test]
+async fn events_before_the_login_answer_fail_it_past_the_budget() {
+    let ami = fake_ami::start(FloodBeforeLogin);
+    let (tx, mut rx) = mpsc::channel(64);
+    let mut cfg = config(&ami.addr, AuthType::Md5, "x");
+    cfg.max_buffered_bytes = 1 << 20;
+    cfg.connect_timeout = Duration::from_secs(30);
+    let c = Client::spawn(cfg, Some(tx));
+    let mut reason = None;
+    while let Ok(Some(i)) = tokio::time::timeout(Duration::from_secs(30), rx.recv()).await {
+        match i {
+            Incoming::State {
+                state: ConnState::Disconnected { reason: r },
+                ..
+            } => reason = Some(r),
+            Incoming::State {
+                state: ConnState::Connected { .. },
+                ..
+            } => break,
+            _ => {}
+        }
+    }
+    let reason = reason.expect("the flooded login failed");
+    assert!(reason.contains("before answering the login"), "{reason}");
+    // The second session is not flooded: logged in.
+    assert!(c.wait_connected(Duration::from_secs(10)).await);
     c.shutdown();
 }

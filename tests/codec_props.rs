@@ -13,10 +13,14 @@
 //! a debug build; `PROPTEST_CASES=100000` raises them for a longer run. Failing cases are not persisted to a regressions file
 //! (`failure_persistence: None`): proptest prints the minimal input instead.
 //!
+//! - legacy `Follows` output over a limit: one malformed frame carrying the
+//!   `ActionID`, the rest skipped up to `--END COMMAND--` (never read as
+//!   messages, whatever it holds), the next message intact.
+//!
 //! `line_of_max_len_split_before_lf` and `follows_output_respects_max_message`
 //! pin down two decoder bugs this suite found (a CR at the end of a read
 //! counted against `max_line`; `max_message` not enforced inside legacy
-//! `Follows` output).
+//! `Follows` output); both are fixed.
 
 use ami2amqp::ami::codec::decode_all;
 use ami2amqp::ami::{AmiCodec, Frame, Limits, Malformed, MalformedKind, Message};
@@ -417,6 +421,64 @@ proptest! {
             if let (Frame::Malformed(c), Frame::Malformed(w)) = (c, w) {
                 prop_assert!(w.excerpt.starts_with(&c.excerpt));
             }
+        }
+    }
+}
+
+/// Output lines of a legacy `Command`: anything but a line ending in the
+/// end marker (blank lines, `Key: Value` lines, banners, junk).
+fn output_line() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        1 => Just(Vec::new()),
+        1 => Just(b"Event: Forged".to_vec()),
+        1 => Just(b"Response: Follows".to_vec()),
+        1 => Just(b"Asterisk Call Manager/1.0".to_vec()),
+        1 => Just(b"--END COMMAND-- not at the end".to_vec()),
+        3 => prop::collection::vec(any::<u8>(), 0..120).prop_map(|mut v| {
+            v.retain(|&b| b != b'\n');
+            v
+        }),
+    ]
+    .prop_filter("ends with the marker", |l| {
+        !l.strip_suffix(b"\r")
+            .unwrap_or(l)
+            .ends_with(b"--END COMMAND--")
+    })
+}
+
+proptest! {
+    #![proptest_config(config(300))]
+
+    /// Legacy output over a limit yields one malformed frame with the
+    /// `ActionID`, then the message after the block, in any reads.
+    #[test]
+    fn overlong_follows_skips_to_its_end(
+        lines in prop::collection::vec(output_line(), 0..60),
+        valid in message_pairs(6),
+        sizes in chunk_sizes(),
+    ) {
+        let limits = Limits { max_line: 200, max_message: 600, max_lines: 8 };
+        let mut data = b"Response: Follows\r\nActionID: cmd-7\r\n".to_vec();
+        for l in &lines {
+            data.extend_from_slice(l);
+            data.push(b'\n');
+        }
+        // Always over max_lines, whatever the lines above.
+        for _ in 0..10 {
+            data.extend_from_slice(b"filler\n");
+        }
+        data.extend_from_slice(b"--END COMMAND--\r\n\r\n");
+        let msg = Message::from_pairs(valid.iter().map(|(k, v)| (k, v)));
+        prop_assume!(msg.raw().len() <= limits.max_message && msg.len() <= limits.max_lines);
+        prop_assume!(valid.iter().all(|(k, v)| k.len() + 2 + v.len() <= limits.max_line));
+        data.extend_from_slice(&msg.to_wire());
+        for frames in [decode_all(&data, limits), decode_chunked(&data, &sizes, limits, |_| {})] {
+            prop_assert_eq!(frames.len(), 2, "{:?}", frames);
+            match &frames[0] {
+                Frame::Malformed(m) => prop_assert_eq!(m.action_id.as_deref(), Some("cmd-7")),
+                other => prop_assert!(false, "{:?}", other),
+            }
+            prop_assert_eq!(&frames[1], &Frame::Message(msg.clone()));
         }
     }
 }

@@ -12,13 +12,17 @@
 //!   and into a local queue when it does not. Only when that queue passes
 //!   its byte budget ([`ClientConfig::max_buffered_bytes`]) does reading
 //!   pause, with a loud warning; downstream stages (the publisher's disk
-//!   spool) exist so that this does not happen.
+//!   spool) exist so that this does not happen. The budget holds from the
+//!   first byte: events a server sends before answering `Login` count
+//!   against it too (past it, the login fails and is retried).
 //! * **Correlates actions.** Every action gets an `ActionID` of ours, so
 //!   callers can run many actions at once on one connection and never see
 //!   another caller's answer. An action whose response says
 //!   `EventList: start` stays open and collects the events carrying its
 //!   `ActionID` until the one with `EventList: Complete`; the caller gets
-//!   the response and the list in one [`ActionResult`].
+//!   the response and the list in one [`ActionResult`]. An answer the
+//!   decoder gives up on (over the limits) is answered at once with a
+//!   `Response: Error` saying so, not left to time out.
 //! * **Keeps the connection honest.** A `Ping` every
 //!   [`ClientConfig::keepalive`]; no answer within the action timeout means
 //!   the connection is dead even if TCP has not noticed yet.
@@ -46,8 +50,9 @@ use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
 use super::codec::{AmiCodec, Frame, Limits, Malformed};
-use super::login::{Credentials, EventMask, LoginError, login};
+use super::login::{Credentials, EventMask, LoginError, login_within};
 use super::message::{Kind, Message, MessageBuilder};
+use crate::logs::{Throttle, clip, clip_bytes};
 
 /// Reconnect timing: the delay starts at `initial`, doubles after each
 /// failed attempt up to `max`, and each wait is randomised by ±`jitter`
@@ -479,7 +484,7 @@ impl Supervisor {
                 Ok((framed, ok)) => {
                     attempt = 0;
                     tracing::info!(server = %self.config.server, role = %self.config.role,
-                        address = %self.config.address, banner = %ok.banner, "AMI connected");
+                        address = %self.config.address, banner = %clip(&ok.banner), "AMI connected");
                     self.set_state(ConnState::Connected {
                         banner: ok.banner.clone(),
                     });
@@ -502,7 +507,7 @@ impl Supervisor {
                 }
             };
             tracing::warn!(server = %self.config.server, role = %self.config.role,
-                address = %self.config.address, %reason, "AMI disconnected; will reconnect");
+                address = %self.config.address, reason = %clip(&reason), "AMI disconnected; will reconnect");
             metrics::counter!("ami_reconnects_total", "server" => self.config.server.to_string(), "role" => self.config.role.clone())
                 .increment(1);
             self.set_state(ConnState::Disconnected {
@@ -568,7 +573,18 @@ impl Supervisor {
             .map_err(|e| format!("connect to {}: {e}", c.address))?;
         let _ = stream.set_nodelay(true);
         let mut framed = Framed::new(stream, AmiCodec::new(c.limits));
-        match login(&mut framed, &c.credentials, &c.events, c.connect_timeout).await {
+        // The byte budget holds from the first byte: what the login may
+        // keep is what the queue has room for.
+        let budget = c.max_buffered_bytes.saturating_sub(self.queue.bytes);
+        match login_within(
+            &mut framed,
+            &c.credentials,
+            &c.events,
+            c.connect_timeout,
+            budget,
+        )
+        .await
+        {
             Ok(ok) => Ok((framed, ok)),
             Err(e @ LoginError::Rejected { .. }) => {
                 tracing::error!(server = %c.server, role = %c.role, error = %e,
@@ -636,9 +652,7 @@ impl Supervisor {
                         Some(Err(e)) => break SessionEnd::Lost(format!("read error: {e}")),
                         Some(Ok(Frame::Banner(_))) => {}
                         Some(Ok(Frame::Malformed(error))) => {
-                            tracing::warn!(server = %self.config.server, %error,
-                                excerpt = %String::from_utf8_lossy(&error.excerpt), "malformed AMI input skipped");
-                            metrics::counter!("ami_parse_errors_total", "server" => self.config.server.to_string()).increment(1);
+                            self.malformed(&error, &mut pending);
                             if let Some(tx) = &events_tx {
                                 let item = Incoming::Malformed { server: self.config.server.clone(), error };
                                 self.queue.push(tx, item);
@@ -713,6 +727,57 @@ impl Supervisor {
         end
     }
 
+    /// Counts and logs (rate-limited) input the decoder gave up on, and
+    /// answers the action it was the response to (if any) with an error
+    /// rather than letting it wait for its timeout.
+    fn malformed(&self, error: &Malformed, pending: &mut HashMap<String, Pending>) {
+        static MALFORMED: Throttle = Throttle::new(Duration::from_secs(10));
+        metrics::counter!("ami_parse_errors_total", "server" => self.config.server.to_string())
+            .increment(1);
+        if let Some(suppressed) = MALFORMED.allow() {
+            tracing::warn!(server = %self.config.server, role = %self.config.role, %error,
+                excerpt = %clip_bytes(&error.excerpt), suppressed, "malformed AMI input skipped");
+        }
+        let Some(id) = &error.action_id else { return };
+        if let Some(p) = pending.get_mut(id) {
+            let text = format!(
+                "ami2amqp: the response from Asterisk was dropped: {} \
+                 (see max_line_bytes / max_message_bytes)",
+                error.kind
+            );
+            p.response = Some(Message::from_pairs([
+                ("Response", "Error"),
+                ("ActionID", id.as_str()),
+                ("Message", text.as_str()),
+            ]));
+            // A partial event list is not an answer.
+            p.events.clear();
+            finish(pending, id);
+        }
+    }
+
+    /// Counts (and logs, rate-limited) a message that is neither an event
+    /// nor the answer to one of our actions.
+    fn ignored(&self, m: &Message, kind: Kind) {
+        static NO_EVENT: Throttle = Throttle::new(Duration::from_secs(10));
+        let label = if kind == Kind::Response {
+            "response"
+        } else {
+            "no_event"
+        };
+        metrics::counter!("ami_ignored_messages_total", "server" => self.config.server.to_string(), "kind" => label)
+            .increment(1);
+        if kind == Kind::Response {
+            // The answer to an action whose caller gave up, or to our Logoff.
+            tracing::debug!(server = %self.config.server, message = %clip_bytes(m.raw()),
+                "response to no pending action ignored");
+        } else if let Some(suppressed) = NO_EVENT.allow() {
+            tracing::warn!(server = %self.config.server, role = %self.config.role,
+                message = %clip_bytes(m.raw()), suppressed,
+                "AMI message without `Event:` (and not a response) ignored");
+        }
+    }
+
     /// Routes one message: a response or list event to its pending action,
     /// anything else out as an event.
     fn dispatch(
@@ -759,7 +824,7 @@ impl Supervisor {
         match kind {
             Kind::Event => Some(self.event(m, Instant::now(), SystemTime::now())),
             _ => {
-                tracing::debug!(server = %self.config.server, message = ?m, "unsolicited AMI message ignored");
+                self.ignored(&m, kind);
                 None
             }
         }

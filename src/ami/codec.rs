@@ -23,6 +23,13 @@
 //! after the first `Err`) and then skips bytes up to the next blank line,
 //! keeping only a counter, so memory stays bounded. Only I/O errors are
 //! `Err`.
+//!
+//! Legacy `Follows` output obeys the same limits as any message (it becomes
+//! one message of `Output` headers). Its output may contain blank lines, so
+//! after an error inside it the decoder skips to `--END COMMAND--` rather
+//! than to the next blank line: the rest of an overlong output is never
+//! read as AMI messages. [`Malformed::action_id`] carries the `ActionID` of
+//! the message given up on, so the action waiting for it can be answered.
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
@@ -92,6 +99,9 @@ pub enum MalformedKind {
 pub struct Malformed {
     pub kind: MalformedKind,
     pub excerpt: Bytes,
+    /// The `ActionID` of the message given up on, when its header had been
+    /// read: the response (or list event) an action is waiting for.
+    pub action_id: Option<String>,
 }
 
 impl Malformed {
@@ -117,6 +127,47 @@ enum State {
     /// length of the current, unfinished line; `partial_cr` is true when all
     /// of it was a single `\r`.
     Discarding { partial: usize, partial_cr: bool },
+    /// Skipping the rest of a legacy `Follows` output after an error, up to
+    /// and including the line ending in `--END COMMAND--`. `tail` holds the
+    /// last bytes of the current, unfinished line.
+    SkippingFollows { tail: LineTail },
+}
+
+/// The last [`LineTail::CAP`] bytes of a line read in pieces: enough to
+/// tell whether it ends in `--END COMMAND--` (plus a CR).
+#[derive(Clone, Copy, Debug, Default)]
+struct LineTail {
+    buf: [u8; LineTail::CAP],
+    len: usize,
+}
+
+impl LineTail {
+    const CAP: usize = END_COMMAND.len() + 1;
+
+    fn push(&mut self, bytes: &[u8]) {
+        if bytes.len() >= Self::CAP {
+            self.buf.copy_from_slice(&bytes[bytes.len() - Self::CAP..]);
+            self.len = Self::CAP;
+            return;
+        }
+        let keep = self.len.min(Self::CAP - bytes.len());
+        self.buf.copy_within(self.len - keep..self.len, 0);
+        self.buf[keep..keep + bytes.len()].copy_from_slice(bytes);
+        self.len = keep + bytes.len();
+    }
+
+    /// True when the line (ended here, without its `\n`) ends with the
+    /// marker, a final `\r` ignored.
+    fn ends_command(&self) -> bool {
+        ends_command(&self.buf[..self.len])
+    }
+}
+
+/// True when `line` (without its `\n`) ends in `--END COMMAND--`, a final
+/// `\r` ignored.
+fn ends_command(line: &[u8]) -> bool {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    line.ends_with(END_COMMAND)
 }
 
 /// The AMI decoder and encoder, for both ends of the connection (it decodes
@@ -166,6 +217,19 @@ impl AmiCodec {
     /// dropped now; the discard state takes over from there.
     fn start_discard(&mut self, src: &mut BytesMut, kind: MalformedKind, in_line: bool) -> Frame {
         let excerpt = Bytes::copy_from_slice(&src[..src.len().min(Malformed::EXCERPT)]);
+        let action_id = self.action_id(src);
+        // Inside legacy output (its end not read yet), skip to the end
+        // marker: the output may hold blank lines.
+        let in_output = matches!(self.state, State::Follows { ended: false, .. });
+        let mut tail = LineTail::default();
+        if in_line {
+            tail.push(&src[self.scanned..]);
+        }
+        let last_line_ended_output = !in_line && {
+            let done = &src[..self.scanned];
+            let done = done.strip_suffix(b"\n").unwrap_or(done);
+            ends_command(done)
+        };
         // Drop the complete lines scanned so far; if the error is inside an
         // unfinished line, drop that too and remember its length.
         let drop_now = if in_line { src.len() } else { self.scanned };
@@ -174,11 +238,61 @@ impl AmiCodec {
         self.spans.clear();
         self.output.clear();
         self.scanned = 0;
-        self.state = State::Discarding {
-            partial,
-            partial_cr: false,
+        self.state = match (in_output, last_line_ended_output) {
+            (true, false) => State::SkippingFollows { tail },
+            // The offending line was the last of the output: done.
+            (true, true) => State::Headers,
+            (false, _) => State::Discarding {
+                partial,
+                partial_cr: false,
+            },
         };
-        Frame::Malformed(Malformed { kind, excerpt })
+        Frame::Malformed(Malformed {
+            kind,
+            excerpt,
+            action_id,
+        })
+    }
+
+    /// The `ActionID` among the header lines read so far, if any.
+    fn action_id(&self, src: &[u8]) -> Option<String> {
+        self.spans.iter().find_map(|&(ks, kl, vs, vl)| {
+            let key = src.get(ks..ks + kl)?;
+            if !key.eq_ignore_ascii_case(b"ActionID") {
+                return None;
+            }
+            src.get(vs..vs + vl)
+                .map(|v| v.iter().map(|&b| b as char).collect())
+        })
+    }
+
+    /// Skips legacy output up to and including the line that ends in
+    /// `--END COMMAND--`. Returns true when it was found (normal decoding
+    /// resumes; the blank line after the marker is skipped as a blank line
+    /// between messages).
+    fn skip_follows(&mut self, src: &mut BytesMut) -> bool {
+        let State::SkippingFollows { mut tail } = self.state else {
+            return true;
+        };
+        loop {
+            match memchr::memchr(b'\n', src) {
+                Some(i) => {
+                    tail.push(&src[..i]);
+                    src.advance(i + 1);
+                    if tail.ends_command() {
+                        self.reset();
+                        return true;
+                    }
+                    tail = LineTail::default();
+                }
+                None => {
+                    tail.push(src);
+                    src.clear();
+                    self.state = State::SkippingFollows { tail };
+                    return false;
+                }
+            }
+        }
     }
 
     /// Skips input up to and including a blank line. Returns true when the
@@ -257,6 +371,11 @@ impl Decoder for AmiCodec {
         loop {
             if let State::Discarding { .. } = self.state
                 && !self.discard(src)
+            {
+                return Ok(None);
+            }
+            if let State::SkippingFollows { .. } = self.state
+                && !self.skip_follows(src)
             {
                 return Ok(None);
             }
@@ -371,7 +490,9 @@ impl Decoder for AmiCodec {
                     }
                     continue;
                 }
-                State::Discarding { .. } => unreachable!("handled above"),
+                State::Discarding { .. } | State::SkippingFollows { .. } => {
+                    unreachable!("handled above")
+                }
                 State::Headers => {}
             }
 
@@ -451,13 +572,19 @@ impl Decoder for AmiCodec {
             None => {
                 // A message cut off by the end of the stream is reported,
                 // not silently dropped.
-                if !buf.is_empty() && !matches!(self.state, State::Discarding { .. }) {
+                let skipping = matches!(
+                    self.state,
+                    State::Discarding { .. } | State::SkippingFollows { .. }
+                );
+                if !buf.is_empty() && !skipping {
+                    let action_id = self.action_id(buf);
                     let excerpt = buf.split().freeze();
                     let excerpt = excerpt.slice(..excerpt.len().min(Malformed::EXCERPT));
                     self.reset();
                     return Ok(Some(Frame::Malformed(Malformed {
                         kind: MalformedKind::Truncated,
                         excerpt,
+                        action_id,
                     })));
                 }
                 buf.clear();
@@ -595,6 +722,103 @@ mod tests {
         let m = msg(&f[0]);
         let out: Vec<_> = m.get_all("Output").collect();
         assert_eq!(out, vec!["no newline at end"]);
+    }
+
+    /// A legacy output block with blank lines and `Key: Value`-looking
+    /// lines, `n` lines long.
+    fn follows_block(id: &str, n: usize) -> Vec<u8> {
+        let mut v =
+            format!("Response: Follows\r\nPrivilege: Command\r\nActionID: {id}\r\n").into_bytes();
+        for i in 0..n {
+            let line = match i % 3 {
+                0 => "Event: Forged\n".to_string(),
+                1 => "\n".to_string(),
+                _ => format!("line {i} of the output\n"),
+            };
+            v.extend_from_slice(line.as_bytes());
+        }
+        v.extend_from_slice(b"--END COMMAND--\r\n\r\nEvent: After\r\n\r\n");
+        v
+    }
+
+    fn only_after(f: &[Frame], kind: fn(&MalformedKind) -> bool) {
+        assert_eq!(f.len(), 2, "{f:?}");
+        match &f[0] {
+            Frame::Malformed(m) => {
+                assert!(kind(&m.kind), "{:?}", m.kind);
+                assert_eq!(m.action_id.as_deref(), Some("c9"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(msg(&f[1]).event_name().as_deref(), Some("After"));
+    }
+
+    #[test]
+    fn overlong_follows_is_skipped_to_its_end_marker() {
+        let input = follows_block("c9", 3000);
+        let lines = Limits {
+            max_lines: 100,
+            ..Limits::default()
+        };
+        only_after(&decode_all(&input, lines), |k| {
+            matches!(k, MalformedKind::TooManyLines { limit: 100 })
+        });
+        let bytes = Limits {
+            max_message: 2000,
+            ..Limits::default()
+        };
+        only_after(&decode_all(&input, bytes), |k| {
+            matches!(k, MalformedKind::MessageTooLarge { limit: 2000 })
+        });
+        // The same in reads of every size from 1 to 64 bytes.
+        for size in 1..64 {
+            let mut c = AmiCodec::new(bytes);
+            let mut buf = BytesMut::new();
+            let mut out = Vec::new();
+            for chunk in input.chunks(size) {
+                buf.extend_from_slice(chunk);
+                while let Some(f) = c.decode(&mut buf).unwrap() {
+                    out.push(f);
+                }
+            }
+            only_after(&out, |k| matches!(k, MalformedKind::MessageTooLarge { .. }));
+        }
+    }
+
+    #[test]
+    fn overlong_line_in_follows_is_skipped_to_its_end_marker() {
+        let mut input = b"Response: Follows\r\nActionID: c9\r\n\nEvent: Forged\n".to_vec();
+        input.extend(std::iter::repeat_n(b'x', 500));
+        input.extend_from_slice(b"\n\nEvent: Forged2\n--END COMMAND--\r\n\r\nEvent: After\r\n\r\n");
+        let limits = Limits {
+            max_line: 100,
+            ..Limits::default()
+        };
+        only_after(&decode_all(&input, limits), |k| {
+            matches!(k, MalformedKind::LineTooLong { limit: 100 })
+        });
+    }
+
+    #[test]
+    fn follows_over_the_limit_on_its_last_line_ends_there() {
+        let input =
+            b"Response: Follows\r\nActionID: c9\r\nabc--END COMMAND--\r\n\r\nEvent: After\r\n\r\n";
+        let limits = Limits {
+            max_lines: 2,
+            ..Limits::default()
+        };
+        only_after(&decode_all(input, limits), |k| {
+            matches!(k, MalformedKind::TooManyLines { .. })
+        });
+    }
+
+    #[test]
+    fn malformed_response_carries_its_action_id() {
+        let f = frames(b"Response: Success\r\nActionID: a2a-1\r\nno colon\r\n\r\n");
+        match &f[0] {
+            Frame::Malformed(m) => assert_eq!(m.action_id.as_deref(), Some("a2a-1")),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -26,6 +26,7 @@ use tokio_util::codec::Framed;
 
 use super::codec::{AmiCodec, Frame};
 use super::message::{Kind, Message};
+use crate::logs::{Throttle, clip, clip_bytes};
 
 /// How to authenticate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
@@ -104,7 +105,35 @@ pub enum LoginError {
     Rejected { username: String, message: String },
     #[error("not an AMI server: {0}")]
     Protocol(String),
+    #[error(
+        "the server sent more than {budget} bytes of events before answering the login ([bridge] max_buffered_bytes)"
+    )]
+    TooMuchBeforeLogin { budget: usize },
 }
+
+/// Events read before the login answer, within a byte budget.
+struct Early {
+    events: Vec<Message>,
+    bytes: usize,
+    budget: usize,
+}
+
+impl Early {
+    fn push(&mut self, m: Message) -> Result<(), LoginError> {
+        self.bytes = self.bytes.saturating_add(m.memory_size());
+        if self.bytes > self.budget {
+            return Err(LoginError::TooMuchBeforeLogin {
+                budget: self.budget,
+            });
+        }
+        self.events.push(m);
+        Ok(())
+    }
+}
+
+/// What [`login`] may hold in events read before the answer to `Login`
+/// when no budget is given ([`login_within`]).
+pub const DEFAULT_EARLY_BUDGET: usize = 64 * 1024 * 1024;
 
 /// A successful login.
 #[derive(Debug)]
@@ -128,7 +157,7 @@ async fn read_response<S>(
     framed: &mut Framed<S, AmiCodec>,
     action_id: &str,
     banner: &mut Option<String>,
-    events: &mut Vec<Message>,
+    events: &mut Early,
 ) -> Result<Message, LoginError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -139,13 +168,17 @@ where
             Some(Err(e)) => return Err(LoginError::Io(e)),
             Some(Ok(Frame::Banner(b))) => *banner = Some(b),
             Some(Ok(Frame::Malformed(m))) => {
-                tracing::warn!(error = %m, "malformed AMI input during login");
+                static MALFORMED: Throttle = Throttle::new(Duration::from_secs(10));
+                if let Some(suppressed) = MALFORMED.allow() {
+                    tracing::warn!(error = %m, excerpt = %clip_bytes(&m.excerpt), suppressed,
+                        "malformed AMI input during login");
+                }
             }
             Some(Ok(Frame::Message(m))) => match m.kind() {
                 Kind::Response if m.action_id().as_deref() == Some(action_id) => return Ok(m),
                 // A response without our ActionID (some servers drop it).
                 Kind::Response if m.action_id().is_none() => return Ok(m),
-                Kind::Event => events.push(m),
+                Kind::Event => events.push(m)?,
                 _ => {}
             },
         }
@@ -163,7 +196,24 @@ pub async fn login<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    tokio::time::timeout(timeout, login_inner(framed, creds, events))
+    login_within(framed, creds, events, timeout, DEFAULT_EARLY_BUDGET).await
+}
+
+/// [`login`] holding at most `budget` bytes (as [`Message::memory_size`]
+/// counts them) of events that arrive before the answer: a server that
+/// sends more fails the login with [`LoginError::TooMuchBeforeLogin`]
+/// instead of filling memory until the timeout.
+pub async fn login_within<S>(
+    framed: &mut Framed<S, AmiCodec>,
+    creds: &Credentials,
+    events: &EventMask,
+    timeout: Duration,
+    budget: usize,
+) -> Result<LoginOk, LoginError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    tokio::time::timeout(timeout, login_inner(framed, creds, events, budget))
         .await
         .map_err(|_| LoginError::Timeout(timeout))?
 }
@@ -172,11 +222,16 @@ async fn login_inner<S>(
     framed: &mut Framed<S, AmiCodec>,
     creds: &Credentials,
     events: &EventMask,
+    budget: usize,
 ) -> Result<LoginOk, LoginError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut early = Vec::new();
+    let mut early = Early {
+        events: Vec::new(),
+        bytes: 0,
+        budget,
+    };
     // The banner comes first, on its own line.
     let mut banner = match framed.next().await {
         None => return Err(LoginError::Closed),
@@ -212,7 +267,7 @@ where
                     username: creds.username.clone(),
                     message: format!(
                         "MD5 challenge refused: {}",
-                        r.get("Message").as_deref().unwrap_or("no message")
+                        clip(r.get("Message").as_deref().unwrap_or("no message"))
                     ),
                 });
             };
@@ -228,14 +283,14 @@ where
     {
         Ok(LoginOk {
             banner: banner.unwrap_or_default(),
-            early_events: early,
+            early_events: early.events,
         })
     } else {
         Err(LoginError::Rejected {
             username: creds.username.clone(),
             message: r
                 .get("Message")
-                .map(|m| m.into_owned())
+                .map(|m| clip(&m).to_string())
                 .unwrap_or_else(|| "no message".into()),
         })
     }

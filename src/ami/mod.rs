@@ -6,6 +6,7 @@
 //! one event connection and a few action connections each).
 
 pub mod codec;
+pub mod documented;
 pub mod message;
 
 pub use codec::{AmiCodec, Frame, Limits, Malformed, MalformedKind};

@@ -259,6 +259,14 @@ impl Router {
         &self.files
     }
 
+    /// True when a route names this event (by name, not by a regex or
+    /// `*`), ignoring ASCII case: the event names this set knows, a set
+    /// bounded by the mapping files (fit for metric labels).
+    pub fn names_event(&self, event: &str) -> bool {
+        let lower = event.to_ascii_lowercase();
+        self.normal.by_name.contains_key(&lower) || self.fallback.by_name.contains_key(&lower)
+    }
+
     /// Maps one event; messages are appended to `out`.
     pub fn route(&self, ctx: &EventCtx<'_>, out: &mut Vec<Outgoing>) -> RouteOutcome {
         let mut outcome = RouteOutcome::default();
