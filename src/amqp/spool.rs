@@ -29,13 +29,46 @@
 //! of their first record (`00000000000000000000.seg`), each at most
 //! `segment_bytes` long, plus `cursor`, the global offset of the oldest
 //! unconfirmed record (8 bytes, overwritten in place). A record is
-//! `u32 length | u32 crc32 | payload` (little endian). At start the log is
-//! scanned from the cursor; a torn record at the end (the process died in
-//! the middle of a write) fails its CRC and is cut off.
+//! `u32 length | u32 crc32 | payload` (little endian, never empty).
 //!
 //! Segments whose records are all confirmed are deleted. When the log would
 //! pass `max_bytes`, `on_full` decides: refuse new messages or delete the
 //! oldest segment. Either way the loss is counted and logged, never silent.
+//!
+//! ## Damage
+//!
+//! A crash can only leave one kind of damage: a **torn tail**, the last
+//! record of the last segment cut in the middle of its write. That is cut
+//! off at start (`Recovered::torn_bytes`), and nothing else ever is. Any
+//! other damage (a flipped byte, a zeroed block, a file cut short) is a
+//! **hole**: the scan (`scan.rs`, pure functions, property-tested) resyncs
+//! on the next position where a record header and its CRC validate, the
+//! records lost in between are counted (`spool_corrupt_records_total`, with
+//! `spool_corrupt_bytes_total`) and logged with the file and offset, and
+//! every later record and segment is kept. The reader does the same when it
+//! meets damage that appeared after start (or a segment file deleted under
+//! it): skip, count once, go on — never an error that would make the
+//! publisher reconnect and read the same record again.
+//!
+//! At start the **cursor** must be a record boundary of a segment on disk;
+//! an unreadable cursor, one before the oldest segment, past the end or
+//! inside a record is logged and replaced by the oldest segment's start:
+//! its messages are published again (duplicates, not losses). A **gap** in
+//! the segment numbering (a segment file deleted) is logged and counted
+//! (`spool_missing_segments_total`); what it held is gone.
+//!
+//! ## Disk full
+//!
+//! When the disk refuses a write (`ENOSPC`, quota, or any I/O error), the
+//! batch stays in memory and the router task retries it every second
+//! ([`SpoolWriter::retry`]); meanwhile new messages are refused and counted
+//! (`spool_dropped_total{reason="disk_full"}` or `"write_error"`), so memory
+//! stays bounded by that one batch, and `/healthz` shows the state
+//! ([`Spool::write_failure`]). That is `refuse_new` whatever `on_full` says,
+//! except that `drop_oldest` first deletes the oldest segments to make room
+//! (`{reason="disk_full_drop_oldest"}`). At shutdown a batch the disk still
+//! refuses is counted as lost (`{reason="shutdown"}`) and logged with its
+//! size ([`SpoolWriter::finish`]).
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
