@@ -373,10 +373,14 @@ impl Spool {
         };
         let (segments, holes, end) = recover(&cfg.dir, &found, scans, first, acked, &mut rec)?;
         rec.bytes = end - acked;
-        if reset {
-            // Replace the unusable cursor now (it may not even be 8 bytes).
-            fs::write(&cursor_path, acked.to_le_bytes())
-                .map_err(|e| io_ctx(e, "cannot write spool cursor", &cursor_path))?;
+        if reset || cursor == Cursor::Absent {
+            // Replace an unusable cursor now (it may not even be 8 bytes),
+            // and give a new one its 8 bytes, so that updating it in place
+            // never needs a block from a full disk. Best effort: the syncer
+            // writes it at the next confirm anyway.
+            if let Err(e) = fs::write(&cursor_path, acked.to_le_bytes()) {
+                tracing::warn!(error = %e, path = %cursor_path.display(), "cannot write the spool cursor");
+            }
         }
         // A leftover of versions that replaced the cursor by rename.
         let _ = fs::remove_file(cfg.dir.join("cursor.tmp"));
