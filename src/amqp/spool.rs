@@ -244,12 +244,11 @@ fn resolve_cursor(
     let oldest = segs.first().map(|g| g.base);
     let c = match (cursor, oldest) {
         (Cursor::Absent, o) => return Ok((0, o.unwrap_or(0), false)),
-        (Cursor::Garbage, None) => return Ok((0, 0, false)),
         (Cursor::At(c), None) => return Ok((0, c, false)),
-        (Cursor::Garbage, Some(o)) => {
+        (Cursor::Garbage, o) => {
             tracing::error!(dir = %dir.display(),
                 "spool cursor is unreadable; publishing again from the oldest segment (duplicates, not losses)");
-            return Ok((0, o, true));
+            return Ok((0, o.unwrap_or(0), true));
         }
         (Cursor::At(c), Some(_)) => c,
     };
@@ -1534,6 +1533,20 @@ mod tests {
         assert_eq!(got.last(), msgs.last());
         assert!(got.len() < 200);
         assert_eq!(segment_files(d.path()), segs[1..]);
+    }
+
+    #[test]
+    fn garbage_cursor_of_an_empty_spool_is_replaced() {
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join("cursor"), b"twelve bytes").unwrap();
+        let (sp, rec) = Spool::open(cfg(d.path())).unwrap();
+        assert!(rec.cursor_reset);
+        drop(sp);
+        // 8 bytes again: later in-place updates make a valid cursor.
+        assert_eq!(
+            fs::read(d.path().join("cursor")).unwrap(),
+            0u64.to_le_bytes()
+        );
     }
 
     #[test]
