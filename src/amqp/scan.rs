@@ -17,10 +17,12 @@
 //!
 //! A CRC-32 match on damaged bytes has a chance of 2⁻³² per offset tried, so
 //! a resync that lands on a false record is possible in principle but not
-//! expected in the life of a spool. A message whose own bytes embed a
-//! well-formed spool record could be found by a resync only if damage hits
-//! the record that carries it; JSON bodies cannot carry the NUL bytes a
-//! small length field needs.
+//! expected in the life of a spool. Content made on purpose is another
+//! matter: a message whose own bytes embed a well-formed record (length,
+//! matching CRC, payload) would be found by a resync that starts inside
+//! it, that is only if damage hits that very record. JSON bodies cannot
+//! carry the NUL bytes a length field under 16 MiB needs; routing keys and
+//! header values are built from AMI values and are not checked for them.
 
 /// Bytes before a record's payload.
 pub const HEADER: usize = 8;
