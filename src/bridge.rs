@@ -52,6 +52,8 @@ pub struct RouterStats {
     pub unmatched: u64,
     pub mapping_errors: u64,
     pub refused: u64,
+    /// Messages the disk refused that were still in memory at shutdown.
+    pub lost_at_shutdown: u64,
 }
 
 /// The router task: turns incoming events into spool records, in order.
@@ -266,6 +268,10 @@ impl RouterTask {
         // `fsync_interval` (the writer otherwise checks only when it writes).
         let mut sync_timer = tokio::time::interval(Duration::from_millis(100));
         sync_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // A batch the disk refused (full, I/O error) is retried on a timer,
+        // not when the next event happens to arrive.
+        let mut retry_timer = tokio::time::interval(Duration::from_secs(1));
+        retry_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let n = tokio::select! {
                 n = rx.recv_many(&mut batch, 1024) => n,
@@ -274,22 +280,48 @@ impl RouterTask {
                     self.writer.sync_if_due();
                     continue;
                 }
+                _ = retry_timer.tick() => {
+                    if let Err(e) = self.writer.retry() {
+                        tracing::error!(error = %e, "spool: retrying a refused write failed");
+                    }
+                    continue;
+                }
             };
             if n == 0 {
                 break;
             }
             if let Err(e) = self.handle_batch(&mut batch) {
-                // The spool is the only place events can go; without it
-                // nothing can be promised. Keep trying, loudly.
+                // Write failures are held and retried by the writer; what
+                // is left here is rolling a segment (creating a file).
                 metrics::counter!("spool_write_errors_total").increment(1);
                 tracing::error!(error = %e, "cannot write to the spool; retrying in 1 s");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
+        // What the disk still refuses is lost: counted and logged.
+        self.stats.lost_at_shutdown = self.writer.finish();
         if let Err(e) = self.writer.sync() {
             tracing::error!(error = %e, "final spool fsync failed");
         }
         self.stats
+    }
+}
+
+/// The spool part of `/healthz`: what waits, and whether new messages can
+/// be written (`state` is `"ok"`, `"disk_full"` or `"write_error"`; the
+/// bridge is unhealthy while it is not `"ok"`).
+fn spool_health(spool: &Spool) -> serde_json::Value {
+    let (bytes, msgs) = spool.pending();
+    match spool.write_failure() {
+        None => serde_json::json!({"messages": msgs, "bytes": bytes, "state": "ok"}),
+        Some(f) => serde_json::json!({
+            "messages": msgs,
+            "bytes": bytes,
+            "state": f.reason,
+            "error": crate::logs::clip(&f.error).to_string(),
+            "held": f.held,
+            "since_s": f.since.elapsed().as_secs(),
+        }),
     }
 }
 
@@ -327,6 +359,10 @@ pub async fn run(mut cfg: Config, shutdown: CancellationToken) -> Result<(), Bri
         .map_err(|e| BridgeError(format!("spool: {e}")))?;
 
     let handle = crate::metrics::install();
+    // What recovery found, now that the counters are recorded.
+    metrics::counter!("spool_corrupt_records_total").increment(recovered.corrupt_records);
+    metrics::counter!("spool_corrupt_bytes_total").increment(recovered.corrupt_bytes);
+    metrics::counter!("spool_missing_segments_total").increment(recovered.missing_segments);
     if let Some(h) = handle.clone() {
         // Histograms keep their samples until upkeep folds them in (a
         // scrape does it too): without this, memory grows when nobody
@@ -432,14 +468,15 @@ pub async fn run(mut cfg: Config, shutdown: CancellationToken) -> Result<(), Bri
                     serde_json::json!(if up { "connected" } else { "disconnected" }),
                 );
             }
-            let (bytes, msgs) = spool2.pending();
+            let spool_json = spool_health(&spool2);
+            all &= spool_json["state"] == "ok";
             (
                 all,
                 serde_json::json!({
                     "healthy": all,
                     "broker": match broker { BrokerState::Up{..} => "connected".to_string(), BrokerState::Connecting => "connecting".to_string(), BrokerState::Down{reason} => format!("down: {reason}") },
                     "servers": servers,
-                    "spool": {"messages": msgs, "bytes": bytes},
+                    "spool": spool_json,
                 }),
             )
         });
@@ -478,6 +515,8 @@ pub async fn run(mut cfg: Config, shutdown: CancellationToken) -> Result<(), Bri
         mapping_errors = stats.mapping_errors,
         spooled_messages = msgs,
         spooled_bytes = bytes,
+        refused = stats.refused,
+        lost_at_shutdown = stats.lost_at_shutdown,
         "ami2amqp stopped"
     );
     Ok(())

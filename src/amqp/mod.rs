@@ -3,5 +3,6 @@
 
 pub mod publisher;
 pub mod record;
+mod scan;
 pub mod spool;
 mod syncer;

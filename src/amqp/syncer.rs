@@ -29,8 +29,9 @@
 //! 5,000 msg/s went from ~2 ms with the spool on tmpfs to ~6 ms on the
 //! disk), and a cursor that a power loss sets back only re-publishes
 //! confirmed messages. A write of 8 aligned bytes within one sector is not
-//! torn by a crash, and `Spool::open` clamps whatever it reads to the
-//! segments that exist, so even an old value is safe.
+//! torn by a crash, and `Spool::open` checks whatever it reads against the
+//! segments that exist (a value that is not a record boundary there is
+//! replaced by the oldest segment's start), so even an old value is safe.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -213,7 +214,7 @@ fn worker(state: &State, cursor: File, cursor_path: PathBuf) {
         };
         let started = Instant::now();
         // Segments first: the cursor never points past data that a power
-        // loss could take back (and `Spool::open` clamps it if it did).
+        // loss could take back (and `Spool::open` resets it if it did).
         let durable = durable || !files.is_empty();
         for f in files {
             if let Err(e) = f.sync_data() {
