@@ -465,6 +465,7 @@ impl Config {
             }
         }
         crate::actions::allow::AllowList::new(&self.actions.allow).map_err(|e| self.err(e))?;
+        self.actions.validate().map_err(|e| self.err(e))?;
         if self.amqp.confirm_window == 0 {
             return Err(self.err("[amqp] confirm_window must be at least 1".into()));
         }
@@ -508,6 +509,7 @@ impl Config {
                 };
                 c.limits = limits;
                 c.max_buffered_bytes = self.bridge.max_buffered_bytes;
+                c.max_list_bytes = self.actions.max_reply_bytes;
                 Ok(ServerSpec {
                     client: c,
                     action_connections: s.action_connections,
