@@ -1178,6 +1178,12 @@ async fn a_refused_reply_does_not_break_the_action_path() {
         assert_eq!(r["response"], "Success", "{r}");
     }
     assert_eq!(health()["actions"], "ready", "{}", health());
+    let metrics = setup.http_get("bridge", "/metrics").unwrap_or_default();
+    assert!(
+        metrics.contains("actions_reply_channel_reopened_total 1"),
+        "the refused reply closed the channel and it was reopened once:\n{metrics}\n{}",
+        setup.log("bridge")
+    );
     broker.stop();
     assert!(
         common::procs::wait_until(Duration::from_secs(15), || health()["actions"] != "ready"),
