@@ -463,4 +463,61 @@ allow = [
             d => panic!("{d:?}"),
         }
     }
+
+    /// The allow-list examples of docs/actions.md, docs/config.md and
+    /// contrib/ami2amqp.toml load, and their Originate grant refuses the
+    /// fields it does not name (`Application`/`Data`).
+    #[test]
+    fn documented_originate_examples_are_safe() {
+        let docs = [
+            include_str!("../../docs/actions.md"),
+            include_str!("../../docs/config.md"),
+            include_str!("../../contrib/ami2amqp.toml"),
+        ];
+        for (n, doc) in docs.iter().enumerate() {
+            // The first block of `[[actions.allow]]` lines (commented out in
+            // contrib), up to the next blank line.
+            let lines: Vec<&str> = doc
+                .lines()
+                .map(|l| {
+                    if n == 2 {
+                        l.strip_prefix("# ").unwrap_or(l)
+                    } else {
+                        l
+                    }
+                })
+                .skip_while(|l| !l.starts_with("[[actions.allow]]"))
+                .take_while(|l| !l.trim().is_empty())
+                .collect();
+            let text = lines.join("\n");
+            let parsed: toml::Table =
+                toml::from_str(&text).unwrap_or_else(|e| panic!("doc {n}: {e}\n{text}"));
+            let entries: Vec<AllowEntry> = parsed["actions"]["allow"]
+                .clone()
+                .try_into()
+                .unwrap_or_else(|e| panic!("doc {n}: {e}"));
+            let l = AllowList::new(&entries).unwrap();
+            let ok = req(
+                r#"{"Action":"Originate","Channel":"PJSIP/100","Context":"crm-out","Exten":"0123456","Priority":1,"Async":true}"#,
+            );
+            assert_eq!(
+                l.check(Some("crm"), "pbx1", &ok),
+                Decision::Allow,
+                "doc {n}"
+            );
+            for extra in [
+                r#""Application":"Dial","Data":"PJSIP/0900@trunk""#,
+                r#""Channel":"Local/0900@from-internal""#,
+                r#""Variable":"__SIPADDHEADER=X""#,
+            ] {
+                let body = format!(
+                    r#"{{"Action":"Originate","Channel":"PJSIP/100","Context":"crm-out","Exten":"0123456","Priority":1,{extra}}}"#
+                );
+                assert!(
+                    matches!(l.check(Some("crm"), "pbx1", &req(&body)), Decision::Deny(_)),
+                    "doc {n}: {body}"
+                );
+            }
+        }
+    }
 }

@@ -14,7 +14,7 @@
 //! for a server nobody configured lands in `ami.actions.unrouted` and is
 //! answered `unknown_server`; a request whose AMQP `expiration` ran out
 //! while it waited in the queue is dead-lettered to `ami.actions.expired`
-//! and answered `timeout` — never executed late. `x-single-active-consumer`
+//! and answered `expired` — never executed late. `x-single-active-consumer`
 //! lets several bridges share the queues: one consumes, the others take over
 //! when it goes away.
 //!
@@ -24,6 +24,17 @@
 //! and only then ack the request. A
 //! bridge that dies before the ack has its requests redelivered to the next
 //! consumer: at-least-once, like the event path.
+//!
+//! Bounds against hostile or careless callers: a reply goes only to direct
+//! reply-to or a queue the allow-list permits for the user (others are
+//! dropped unexecuted); a user has at most `max_in_flight_per_user` requests
+//! running (more are answered `busy`); timeouts are capped at
+//! `max_timeout_ms`; a reply over `max_reply_bytes` is answered `too_large`
+//! (event lists are capped while they are collected, in `ami::client`); a
+//! reply channel the broker closed is reopened; metric labels come from
+//! bounded sets ([`super::limits::Labels`]); warnings are throttled and
+//! values clipped ([`crate::logs`]). `/healthz` shows the path's state
+//! ([`PathHealth`]).
 
 use std::sync::Arc;
 use std::time::Duration;
