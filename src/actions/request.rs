@@ -2,19 +2,22 @@
 //!
 //! A request body is a JSON object of AMI fields, exactly as in AMI:
 //! `{"Action": "Originate", "Channel": "Local/100@test", "Async": true}`.
-//! Strings pass as they are, numbers and booleans become their text
+//! Strings pass as they are, integers and booleans become their text
 //! (`1`, `true`), and an array is a repeated key (`"Variable": ["A=1",
 //! "B=2"]` → two `Variable:` lines). Anything else (null, nested objects,
-//! arrays of non-scalars) is a `bad_request`: guessing would run an action
-//! the client did not mean.
+//! arrays of non-scalars, numbers that are not 64-bit integers) is a
+//! `bad_request`: guessing would run an action the client did not mean.
+//! So are control characters other than TAB in names and values, and a
+//! second `Action` key in any case: what the allow-list checks must be
+//! what Asterisk reads.
 //!
 //! Two keys are not AMI fields: the client's `ActionID` is kept and echoed
 //! in the reply (the bridge puts its own on the wire so clients can never
 //! collide), and `_timeout_ms` overrides the action timeout.
 //!
 //! The reply body is `{"server", "response", "action_id", "fields",
-//! "events", "output"}` plus `"error": {"kind", "message"}` on failure,
-//! where `kind` is one of [`ErrorKind`]'s names.
+//! "events", "output"}` plus `"error": {"kind", "message", "may_have_run"}`
+//! on failure, where `kind` is one of [`ErrorKind`]'s names.
 
 use std::time::Duration;
 
