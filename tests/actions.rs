@@ -398,7 +398,14 @@ async fn correlation_under_load_across_servers_and_clients() {
     ];
     let (_r1, a1) = replay(&args);
     let (_r2, a2) = replay(&args);
-    let setup = Setup::new(&[("one", &a1), ("two", &a2)], &url);
+    // 4 clients × 60 requests at once from one user: above the default
+    // per-user bound, which is not what this test is about.
+    let setup = Setup::with(
+        &[("one", &a1), ("two", &a2)],
+        &url,
+        "max_in_flight_per_user = 1000",
+        "",
+    );
     let _bridge = setup.start("bridge");
     let ex = setup.exchange.clone();
     let mut first = Caller::new(&url).await;
