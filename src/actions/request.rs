@@ -143,8 +143,14 @@ fn has_control(s: &str) -> bool {
 }
 
 /// A field name as AMI reads it: not empty, no `:`, no whitespace and no
-/// control characters (TAB included).
+/// control characters (TAB included), shorter than an AMI line.
 fn check_name(k: &str) -> Result<(), String> {
+    if k.len() > 1000 {
+        return Err(format!(
+            "field name \"{}\" is longer than an AMI line allows",
+            clip(k)
+        ));
+    }
     if k.is_empty()
         || k.chars()
             .any(|c| c == ':' || c.is_whitespace() || c.is_control())
@@ -543,6 +549,12 @@ mod tests {
         let e = parse(body.as_bytes()).unwrap_err();
         assert!(e.len() < 600, "{} bytes", e.len());
         assert!(!e.contains('\n'));
+        let body = format!(r#"{{"Action":"Ping","{}":"v"}}"#, "k".repeat(100_000));
+        let e = parse(body.as_bytes()).unwrap_err();
+        assert!(
+            e.contains("longer than an AMI line") && e.len() < 600,
+            "{e}"
+        );
     }
 
     #[test]

@@ -378,6 +378,8 @@ impl Replies {
             return Ok(());
         }
         // The channel may have been closed under us: reopen and retry once.
+        // A second failure reconnects the whole path, so that the request,
+        // left unacked, is redelivered rather than held for ever.
         let ch = self.channel().await?;
         ch.basic_publish(
             short(""),
@@ -388,7 +390,10 @@ impl Replies {
         )
         .await
         .map(|_| ())
-        .map_err(|e| e.to_string())
+        .map_err(|e| {
+            self.broken.cancel();
+            e.to_string()
+        })
     }
 
     /// The reply channel, reopened first if the broker closed it.
