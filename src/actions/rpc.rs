@@ -246,6 +246,10 @@ pub async fn run(
         match r {
             Ok(()) => return Ok(()),
             Err(e) => {
+                // A session that got going starts the backoff over.
+                if ctx.health.borrow().is_ok() {
+                    attempt = 0;
+                }
                 attempt = attempt.saturating_add(1);
                 url_index = url_index.wrapping_add(1);
                 ctx.health.send_replace(PathHealth::Down(e.clone()));
