@@ -399,6 +399,29 @@ impl Reply {
     pub fn to_vec(&self) -> Vec<u8> {
         serde_json::to_vec(self).unwrap_or_else(|_| b"{}".to_vec())
     }
+
+    /// The reply and its JSON, or a `too_large` error (and its JSON) when
+    /// the JSON passes `max` bytes. The event list is already capped while
+    /// it is collected (`ami::client`); this catches what JSON adds.
+    pub fn bounded(self, max: usize) -> (Reply, Vec<u8>) {
+        let body = self.to_vec();
+        if body.len() <= max {
+            return (self, body);
+        }
+        let mut r = Reply::too_large(
+            &self.server,
+            None,
+            format!(
+                "the reply would be {} bytes ({} events), over the bridge's [actions] max_reply_bytes = {max}",
+                body.len(),
+                self.events.len(),
+            ),
+            &self.bridge,
+        );
+        r.action_id = self.action_id;
+        let body = r.to_vec();
+        (r, body)
+    }
 }
 
 #[cfg(test)]
@@ -595,5 +618,33 @@ mod tests {
             "{v}"
         );
         assert_eq!(v["action_id"], "c1");
+    }
+
+    #[test]
+    fn a_reply_over_the_bound_becomes_too_large() {
+        let req = parse(br#"{"Action":"Status","ActionID":"s1"}"#).unwrap();
+        let event =
+            Message::from_pairs([("Event", "Status"), ("Data", "\u{1}".repeat(500).as_str())]);
+        let r = ActionResult {
+            response: Message::from_pairs([("Response", "Success")]),
+            // control characters take 6 bytes each in JSON
+            events: vec![event; 10],
+            list_too_large: None,
+        };
+        let reply = Reply::from_result("pbx1", &req, &r, "i1");
+        let (kept, body) = Reply::from_result("pbx1", &req, &r, "i1").bounded(100_000);
+        assert!(kept.error.is_none() && body.len() > 10 * 500 * 6);
+        let (r2, body) = reply.bounded(20_000);
+        assert_eq!(r2.error.as_ref().map(|e| e.kind), Some(ErrorKind::TooLarge));
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["action_id"], "s1");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("(10 events)"),
+            "{v}"
+        );
+        assert!(body.len() < 1000);
     }
 }

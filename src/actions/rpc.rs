@@ -551,6 +551,14 @@ async fn handle(ctx: Arc<Ctx>, replies: Arc<Replies>, src: Source, d: Delivery) 
         return;
     }
     let (server, reply, action_label) = answer(&ctx, &src, &d, user.as_deref()).await;
+    let (reply, body) = reply.bounded(ctx.cfg.max_reply_bytes);
+    if reply
+        .error
+        .as_ref()
+        .is_some_and(|e| e.kind == ErrorKind::TooLarge)
+    {
+        metrics::counter!("actions_too_large_total").increment(1);
+    }
     let server_label = ctx.labels.server(&server);
     metrics::counter!("actions_total", "server" => server_label.clone(), "action" => action_label, "result" => result_label(&reply)).increment(1);
     if let Some(e) = &reply.error {
@@ -563,7 +571,6 @@ async fn handle(ctx: Arc<Ctx>, replies: Arc<Replies>, src: Source, d: Delivery) 
         if let Some(c) = props.correlation_id() {
             p = p.with_correlation_id(c.clone());
         }
-        let body = bounded_body(&ctx, &server, reply);
         if let Err(e) = replies.publish(&rt, &body, p).await {
             // Not acked: the request is redelivered (to us or another
             // bridge) when this channel or connection goes away.
@@ -576,30 +583,6 @@ async fn handle(ctx: Arc<Ctx>, replies: Arc<Replies>, src: Source, d: Delivery) 
         }
     }
     ack(&d).await;
-}
-
-/// The reply's JSON, or a `too_large` error when it passes
-/// `max_reply_bytes` (the event list itself is already capped on the AMI
-/// side; this catches what JSON adds).
-fn bounded_body(ctx: &Ctx, server: &str, reply: Reply) -> Vec<u8> {
-    let body = reply.to_vec();
-    if body.len() <= ctx.cfg.max_reply_bytes {
-        return body;
-    }
-    metrics::counter!("actions_too_large_total").increment(1);
-    let mut r = Reply::too_large(
-        server,
-        None,
-        format!(
-            "the reply would be {} bytes ({} events), over the bridge's [actions] max_reply_bytes = {}",
-            body.len(),
-            reply.events.len(),
-            ctx.cfg.max_reply_bytes
-        ),
-        &ctx.instance,
-    );
-    r.action_id = reply.action_id;
-    r.to_vec()
 }
 
 /// What to answer, with the server it concerns and the action label.
