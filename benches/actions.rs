@@ -208,7 +208,7 @@ async fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ex = format!("ami.actions.bench{}", std::process::id());
     let cfg = format!(
-        "[amqp]\nurl = \"{url}\"\n[[server]]\nname = \"pbx1\"\naddress = \"{addr}\"\nusername = \"bridge\"\nsecret = \"bridgepass\"\naction_connections = 2\n[mappings]\ndir = \"{repo}/mappings\"\n[spool]\ndir = \"{}\"\n[metrics]\nlisten = \"127.0.0.1:{}\"\n[actions]\nexchange = \"{ex}\"\nqueue_prefix = \"{ex}.\"\nunrouted = \"{ex}.unrouted\"\nexpired = \"{ex}.expired\"\n[[actions.allow]]\nuser = \"guest\"\nactions = [\"Ping\"]\n",
+        "[amqp]\nurl = \"{url}\"\n[[server]]\nname = \"pbx1\"\naddress = \"{addr}\"\nusername = \"bridge\"\nsecret = \"bridgepass\"\naction_connections = 2\n[mappings]\ndir = \"{repo}/mappings\"\n[spool]\ndir = \"{}\"\n[metrics]\nlisten = \"127.0.0.1:{}\"\n[actions]\nexchange = \"{ex}\"\nqueue_prefix = \"{ex}.\"\nunrouted = \"{ex}.unrouted\"\nexpired = \"{ex}.expired\"\nmax_in_flight_per_user = 64\n[[actions.allow]]\nuser = \"guest\"\nactions = [\"Ping\"]\n",
         dir.path().join("spool").display(),
         free_port()
     );

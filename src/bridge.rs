@@ -437,6 +437,8 @@ pub async fn run(mut cfg: Config, shutdown: CancellationToken) -> Result<(), Bri
         .map_err(|e| BridgeError(format!("cannot watch {}: {e}", cfg.mappings.dir.display())))?;
 
     let actions_cancel = CancellationToken::new();
+    let actions_enabled = cfg.actions.enabled;
+    let (actions_tx, actions_rx) = watch::channel(crate::actions::PathHealth::Connecting);
     let actions_task = if cfg.actions.enabled {
         let a = std::mem::take(&mut cfg.actions);
         Some(tokio::spawn(crate::actions::rpc::run(
@@ -445,6 +447,7 @@ pub async fn run(mut cfg: Config, shutdown: CancellationToken) -> Result<(), Bri
             cfg.amqp.backoff(),
             pool.clone(),
             instance.clone(),
+            actions_tx,
             actions_cancel.clone(),
         )))
     } else {
@@ -470,6 +473,14 @@ pub async fn run(mut cfg: Config, shutdown: CancellationToken) -> Result<(), Bri
             }
             let spool_json = spool_health(&spool2);
             all &= spool_json["state"] == "ok";
+            // The action path counts only when it is enabled.
+            let actions = actions_rx.borrow().clone();
+            all &= !actions_enabled || actions.is_ok();
+            let actions = if actions_enabled {
+                actions.to_string()
+            } else {
+                "disabled".into()
+            };
             (
                 all,
                 serde_json::json!({
@@ -477,6 +488,7 @@ pub async fn run(mut cfg: Config, shutdown: CancellationToken) -> Result<(), Bri
                     "broker": match broker { BrokerState::Up{..} => "connected".to_string(), BrokerState::Connecting => "connecting".to_string(), BrokerState::Down{reason} => format!("down: {reason}") },
                     "servers": servers,
                     "spool": spool_json,
+                    "actions": actions,
                 }),
             )
         });

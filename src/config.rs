@@ -498,6 +498,7 @@ impl Config {
                 };
                 c.limits = limits;
                 c.max_buffered_bytes = self.bridge.max_buffered_bytes;
+                c.max_list_bytes = self.actions.max_reply_bytes;
                 Ok(ServerSpec {
                     client: c,
                     action_connections: s.action_connections,

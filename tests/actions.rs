@@ -84,6 +84,17 @@ impl Fake {
                     "Response: Follows\r\nPrivilege: Command\r\nActionID: {id}\r\nAsterisk 13.38.3 built by test\n\nline: three\n--END COMMAND--\r\n\r\n"
                 ),
                 "sleep" => String::new(),
+                "biglist" => {
+                    let n: usize = get("Count").and_then(|c| c.parse().ok()).unwrap_or(1000);
+                    let mut r = format!(
+                        "Response: Success\r\nActionID: {id}\r\nEventList: start\r\nMessage: Channels will follow\r\n\r\n"
+                    );
+                    for i in 0..n {
+                        r.push_str(&format!("Event: CoreShowChannel\r\nActionID: {id}\r\nChannel: PJSIP/{i:06}-{}\r\n\r\n", "x".repeat(150)));
+                    }
+                    r.push_str(&format!("Event: CoreShowChannelsComplete\r\nActionID: {id}\r\nEventList: Complete\r\nListItems: {n}\r\n\r\n"));
+                    r
+                }
                 _ => format!(
                     "Response: Error\r\nActionID: {id}\r\nMessage: Invalid/unknown command\r\n\r\n"
                 ),
@@ -116,6 +127,12 @@ struct Setup {
 
 impl Setup {
     fn new(servers: &[(&str, &str)], url: &str) -> Setup {
+        Setup::with(servers, url, "", "")
+    }
+
+    /// With `actions_keys` added to `[actions]` and `allow` (more
+    /// `[[actions.allow]]` entries) appended.
+    fn with(servers: &[(&str, &str)], url: &str, actions_keys: &str, allow: &str) -> Setup {
         let dir = tempfile::tempdir().unwrap();
         let exchange = unique("ami.actions.test.");
         let mut s = format!(
@@ -138,15 +155,18 @@ queue_prefix = "{exchange}."
 unrouted = "{exchange}.unrouted"
 expired = "{exchange}.expired"
 default_timeout_ms = 3000
+{actions_keys}
 
 [[actions.allow]]
 user = "guest"
-actions = ["Ping", "Getvar", "CoreShowChannels", "Command", "Sleep", "NoSuchAction", "Status"]
+actions = ["Ping", "Getvar", "CoreShowChannels", "Command", "Sleep", "NoSuchAction", "Status", "BigList"]
 
 [[actions.allow]]
 user = "guest"
 actions = ["Originate"]
 fields = {{ Context = "^crm-" }}
+
+{allow}
 "#
         ));
         let config = dir.path().join("c.toml");
@@ -191,6 +211,23 @@ fields = {{ Context = "^crm-" }}
             child,
             name: tag.into(),
         }
+    }
+
+    /// GET `path` from the metrics listener of bridge `tag`.
+    fn http_get(&self, tag: &str, path: &str) -> Option<String> {
+        use std::io::{Read, Write};
+        let text = std::fs::read_to_string(self.dir.path().join(format!("c-{tag}.toml"))).ok()?;
+        let addr = text
+            .lines()
+            .find_map(|l| l.strip_prefix("listen = "))?
+            .trim_matches('"')
+            .to_string();
+        let mut s = std::net::TcpStream::connect(addr).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").ok()?;
+        let mut r = String::new();
+        s.read_to_string(&mut r).ok()?;
+        r.split_once("\r\n\r\n").map(|x| x.1.to_string())
     }
 
     fn log(&self, tag: &str) -> String {
@@ -242,10 +279,24 @@ impl Caller {
         body: &[u8],
         expiration_ms: Option<u64>,
     ) {
-        let mut p = BasicProperties::default()
+        let p = BasicProperties::default()
             .with_reply_to("amq.rabbitmq.reply-to".into())
-            .with_correlation_id(corr.into())
             .with_user_id("guest".into());
+        self.send_with(exchange, server, corr, body, expiration_ms, p)
+            .await;
+    }
+
+    /// `send` with the given properties (reply_to, user_id) as the base.
+    async fn send_with(
+        &self,
+        exchange: &str,
+        server: &str,
+        corr: &str,
+        body: &[u8],
+        expiration_ms: Option<u64>,
+        base: BasicProperties,
+    ) {
+        let mut p = base.with_correlation_id(corr.into());
         if let Some(e) = expiration_ms {
             p = p.with_expiration(e.to_string().into());
         }
@@ -347,7 +398,14 @@ async fn correlation_under_load_across_servers_and_clients() {
     ];
     let (_r1, a1) = replay(&args);
     let (_r2, a2) = replay(&args);
-    let setup = Setup::new(&[("one", &a1), ("two", &a2)], &url);
+    // 4 clients × 60 requests at once from one user: above the default
+    // per-user bound, which is not what this test is about.
+    let setup = Setup::with(
+        &[("one", &a1), ("two", &a2)],
+        &url,
+        "max_in_flight_per_user = 1000",
+        "",
+    );
     let _bridge = setup.start("bridge");
     let ex = setup.exchange.clone();
     let mut first = Caller::new(&url).await;
@@ -624,6 +682,7 @@ async fn unacked_requests_fail_over_to_the_next_bridge_and_expired_ones_are_not_
         .get(&corr)
         .unwrap_or_else(|| panic!("no reply after fail-over\n{}", setup.log("b")));
     assert_eq!(kind(r), "timeout", "{r}");
+    assert_eq!(r["error"]["may_have_run"], true, "{r}");
     let conns = fake.saw("Sleep");
     assert_eq!(conns.len(), 2, "run by a, then again by b after redelivery");
     assert_ne!(
@@ -652,7 +711,8 @@ async fn unacked_requests_fail_over_to_the_next_bridge_and_expired_ones_are_not_
     let r = r
         .get(&corr)
         .unwrap_or_else(|| panic!("no reply for the expired request\n{}", setup.log("b2")));
-    assert_eq!(kind(r), "timeout", "{r}");
+    assert_eq!(kind(r), "expired", "{r}");
+    assert_eq!(r["error"]["may_have_run"], false, "{r}");
     assert!(
         r["error"]["message"].as_str().unwrap().contains("expired"),
         "{r}"
@@ -665,4 +725,495 @@ async fn unacked_requests_fail_over_to_the_next_bridge_and_expired_ones_are_not_
         "the expired request was not executed"
     );
     let _ = c.conn.close(200, "bye".into()).await;
+}
+
+impl Fake {
+    /// Every action received other than the bridge's own (Login,
+    /// Challenge, keepalive Ping), in order.
+    fn requests(&self) -> Vec<String> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, a)| a.clone())
+            .filter(|a| !["login", "challenge", "ping"].contains(&a.to_ascii_lowercase().as_str()))
+            .collect()
+    }
+}
+
+/// Items 4, 5, 6, 7 and 18 of issue 10: what the allow-list checks is what
+/// Asterisk would run, or the request is refused before reaching it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_requests_are_refused_before_reaching_asterisk() {
+    let url = shared_amqp_url();
+    let (fake, fake_addr) = Fake::start().await;
+    let (ops, ops_addr) = Fake::start().await;
+    let setup = Setup::with(
+        &[("fake", &fake_addr), ("ops", &ops_addr)],
+        &url,
+        "",
+        r#"
+[[actions.allow]]
+user = "guest"
+actions = ["*"]
+servers = ["ops"]
+
+[[actions.allow]]
+user = "guest"
+actions = ["Redirect"]
+fields = { Context = "^crm-out$", Channel = "^PJSIP/[0-9]+$" }
+only_fields = ["Exten", "Priority"]
+"#,
+    );
+    let _bridge = setup.start("bridge");
+    let ex = setup.exchange.clone();
+    let mut c = Caller::new(&url).await;
+    wait_ready(&mut c, &ex, "fake", &setup, "bridge").await;
+    wait_ready(&mut c, &ex, "ops", &setup, "bridge").await;
+    let (fake_before, ops_before) = (fake.requests().len(), ops.requests().len());
+
+    let cases = [
+        // 7: the always-refused actions, spelled to slip past the check,
+        // for a user granted every action
+        ("ops", json!({"Action": " Logoff"}), "forbidden"),
+        ("ops", json!({"Action": "Logoff\u{0}"}), "bad_request"),
+        (
+            "ops",
+            json!({"Action": "\u{1}", "action": "Events"}),
+            "bad_request",
+        ),
+        (
+            "ops",
+            json!({"Action": "Events", "ACTION": "Ping"}),
+            "bad_request",
+        ),
+        // 18: an integer beyond 64 bits would be sent as a float's text
+        (
+            "ops",
+            serde_json::from_str::<Value>(
+                r#"{"Action": "Setvar", "Variable": "X", "Value": 123456789012345678901234567890}"#,
+            )
+            .unwrap(),
+            "bad_request",
+        ),
+        // 4: NUL and control characters in values and names
+        (
+            "fake",
+            json!({"Action": "Originate", "Context": "crm-out\u{0}x", "Channel": "x"}),
+            "bad_request",
+        ),
+        (
+            "fake",
+            json!({"Action": "Originate", "Context": "crm-out", "Channel": "Local/1@from-internal\u{0}@crm-out"}),
+            "bad_request",
+        ),
+        (
+            "fake",
+            json!({"Action": "Originate", "Context": "crm-out", "Chan\u{0}nel": "x"}),
+            "bad_request",
+        ),
+        // 5: every value of a constrained field, whatever the key's case
+        (
+            "fake",
+            json!({"Action": "Originate", "Context": "crm-out", "context": "default"}),
+            "forbidden",
+        ),
+        (
+            "fake",
+            json!({"Action": "Originate", "Context": ["crm-out", "default"]}),
+            "forbidden",
+        ),
+        // 6: fields the rule does not list
+        (
+            "fake",
+            json!({"Action": "Redirect", "Context": "crm-out", "Channel": "PJSIP/100", "Exten": "1", "Priority": 1, "Application": "Dial"}),
+            "forbidden",
+        ),
+    ];
+    for (server, body, want) in cases {
+        let r = c.call(&ex, server, body.clone()).await;
+        assert_eq!(kind(&r), want, "{body}: {r}");
+        assert_eq!(r["error"]["may_have_run"], false, "{body}: {r}");
+    }
+    // Allowed by the same rules: it does reach Asterisk.
+    let r = c
+        .call(
+            &ex,
+            "fake",
+            json!({"Action": "Redirect", "Context": "crm-out", "Channel": "PJSIP/100", "Exten": "1", "Priority": 1}),
+        )
+        .await;
+    assert_eq!(kind(&r), "ami_error", "{r}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        fake.requests()[fake_before..].to_vec(),
+        vec!["Redirect".to_string()],
+        "only the allowed request reached the AMI server"
+    );
+    assert!(
+        ops.requests()[ops_before..].is_empty(),
+        "{:?}",
+        ops.requests()
+    );
+    let _ = c.conn.close(200, "bye".into()).await;
+}
+
+/// Item 8: replies go to direct reply-to or a queue a rule allows for the
+/// user; other requests are dropped unexecuted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_go_only_to_direct_reply_to_or_allowed_queues() {
+    let url = shared_amqp_url();
+    let (fake, fake_addr) = Fake::start().await;
+    let prefix = unique("crm.replies.");
+    let setup = Setup::with(
+        &[("fake", &fake_addr)],
+        &url,
+        "",
+        &format!(
+            "[[actions.allow]]\nuser = \"guest\"\nactions = [\"Ping\"]\nreply_to = ['^{}\\.ok$']\n",
+            regex::escape(&prefix)
+        ),
+    );
+    let _bridge = setup.start("bridge");
+    let ex = setup.exchange.clone();
+    let mut c = Caller::new(&url).await;
+    wait_ready(&mut c, &ex, "fake", &setup, "bridge").await;
+    // Two queues of the caller's: one a rule allows, one ("billing") not.
+    let ok_q = format!("{prefix}.ok");
+    let bad_q = format!("{prefix}.billing");
+    for q in [&ok_q, &bad_q] {
+        c.ch.queue_declare(
+            q.as_str().into(),
+            lapin::options::QueueDeclareOptions {
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    }
+    let mut ok_c = consume_auto_ack(&c.ch, &ok_q).await;
+    let mut bad_c = consume_auto_ack(&c.ch, &bad_q).await;
+    let pings = fake.saw("Ping").len();
+    for (q, corr) in [(&bad_q, "to-billing"), (&ok_q, "to-ok")] {
+        let p = BasicProperties::default()
+            .with_reply_to(q.as_str().into())
+            .with_user_id("guest".into());
+        c.send_with(
+            &ex,
+            "fake",
+            corr,
+            br#"{"Action":"Ping","_timeout_ms":1000}"#,
+            None,
+            p,
+        )
+        .await;
+    }
+    let d = tokio::time::timeout(Duration::from_secs(10), ok_c.next())
+        .await
+        .expect("a reply in the allowed queue")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        d.properties.correlation_id().as_ref().unwrap().as_str(),
+        "to-ok"
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(1500), bad_c.next())
+            .await
+            .is_err(),
+        "nothing may be published to a queue the user may not reply to"
+    );
+    // The refused request was not executed: only the allowed one pinged
+    // (keepalive pings are off in this setup).
+    assert_eq!(fake.saw("Ping").len() - pings, 1);
+    let metrics = setup.http_get("bridge", "/metrics").unwrap_or_default();
+    assert!(
+        metrics.contains("actions_dropped_total{reason=\"reply_to\"} 1"),
+        "{metrics}"
+    );
+    let _ = c.conn.close(200, "bye".into()).await;
+}
+
+/// Item 9: one user's slow requests cannot hold every slot; their timeout
+/// is capped; another user's Ping is answered at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_user_cannot_starve_another() {
+    let url = shared_amqp_url();
+    let (fake, fake_addr) = Fake::start().await;
+    let setup = Setup::with(
+        &[("fake", &fake_addr)],
+        &url,
+        "prefetch = 8\nmax_in_flight_per_user = 3\nmax_timeout_ms = 4000",
+        "[[actions.allow]]\nuser = \"anonymous\"\nactions = [\"Ping\"]\n",
+    );
+    let _bridge = setup.start("bridge");
+    let ex = setup.exchange.clone();
+    let mut c = Caller::new(&url).await;
+    wait_ready(&mut c, &ex, "fake", &setup, "bridge").await;
+    let t0 = std::time::Instant::now();
+    for i in 0..20 {
+        c.send(
+            &ex,
+            "fake",
+            &format!("slow-{i}"),
+            br#"{"Action":"Sleep","_timeout_ms":30000}"#,
+            None,
+        )
+        .await;
+    }
+    assert!(common::procs::wait_until(Duration::from_secs(5), || fake
+        .saw("Sleep")
+        .len()
+        >= 3));
+    // Another user (anonymous: no user_id).
+    let p = BasicProperties::default().with_reply_to("amq.rabbitmq.reply-to".into());
+    c.send_with(&ex, "fake", "other-user", br#"{"Action":"Ping"}"#, None, p)
+        .await;
+    let t_ping = std::time::Instant::now();
+    let mut got = HashMap::new();
+    while !got.contains_key("other-user") && t_ping.elapsed() < Duration::from_secs(20) {
+        got.extend(c.replies(1, Duration::from_millis(200)).await);
+    }
+    let ping_wait = t_ping.elapsed();
+    let r = got
+        .get("other-user")
+        .expect("the other user's Ping answered");
+    assert_eq!(r["response"], "Success", "{r}");
+    assert!(
+        ping_wait < Duration::from_secs(3),
+        "the other user's Ping waited {ping_wait:?}"
+    );
+    // The slow user's requests: at most 3 ran at once; the rest were
+    // answered `busy` without reaching Asterisk, and the ones that ran
+    // timed out at the cap (4 s), not after the 30 s they asked for.
+    got.extend(c.replies(20, Duration::from_secs(10)).await);
+    let slow: Vec<&Value> = (0..20)
+        .filter_map(|i| got.get(&format!("slow-{i}")))
+        .collect();
+    assert_eq!(slow.len(), 20, "every slow request answered: {got:?}");
+    let busy = slow.iter().filter(|r| kind(r) == "busy").count();
+    let timed_out = slow.iter().filter(|r| kind(r) == "timeout").count();
+    assert_eq!(busy + timed_out, 20, "{slow:?}");
+    assert!(busy >= 1, "{slow:?}");
+    assert_eq!(fake.saw("Sleep").len(), timed_out, "busy ones never ran");
+    assert!(
+        t0.elapsed() < Duration::from_secs(25),
+        "timeouts are capped: {:?}",
+        t0.elapsed()
+    );
+    let _ = c.conn.close(200, "bye".into()).await;
+}
+
+/// Items 10 and 11: a tiny `expiration` says whether the action was sent;
+/// distinct routing keys and action names make a bounded number of series.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_tell_whether_sent_and_metric_labels_stay_bounded() {
+    let url = shared_amqp_url();
+    let (fake, fake_addr) = Fake::start().await;
+    let setup = Setup::new(&[("fake", &fake_addr)], &url);
+    let _bridge = setup.start("bridge");
+    let ex = setup.exchange.clone();
+    let mut c = Caller::new(&url).await;
+    wait_ready(&mut c, &ex, "fake", &setup, "bridge").await;
+    for exp in [0u64, 1] {
+        let sleeps = fake.saw("Sleep").len();
+        let corr = unique("tiny");
+        c.send(&ex, "fake", &corr, br#"{"Action":"Sleep"}"#, Some(exp))
+            .await;
+        let r = c.replies(1, Duration::from_secs(10)).await.remove(&corr);
+        let r = r.expect("a reply");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let sent = fake.saw("Sleep").len() > sleeps;
+        assert!(["timeout", "expired"].contains(&kind(&r)), "{r}");
+        assert_eq!(
+            r["error"]["may_have_run"] == true,
+            kind(&r) == "timeout",
+            "{r}"
+        );
+        if sent {
+            assert_eq!(r["error"]["may_have_run"], true, "ran on Asterisk: {r}");
+        }
+        if kind(&r) == "expired" {
+            assert!(!sent, "`expired` must mean not sent: {r}");
+        }
+    }
+
+    // 300 distinct routing keys, 300 distinct action names.
+    for i in 0..300 {
+        let p = BasicProperties::default()
+            .with_reply_to("amq.rabbitmq.reply-to".into())
+            .with_user_id("guest".into());
+        c.send_with(
+            &ex,
+            &format!("nosuch-{i}"),
+            &format!("k{i}"),
+            br#"{"Action":"Ping"}"#,
+            None,
+            p.clone(),
+        )
+        .await;
+        let body = format!(r#"{{"Action":"Act{i}"}}"#);
+        c.send_with(&ex, "fake", &format!("a{i}"), body.as_bytes(), None, p)
+            .await;
+    }
+    let got = c.replies(600, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 600);
+    let metrics = setup.http_get("bridge", "/metrics").unwrap_or_default();
+    let series: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("actions_total{"))
+        .collect();
+    assert!(series.len() <= 8, "{series:#?}");
+    assert!(
+        series
+            .iter()
+            .any(|l| l.contains("server=\"unknown\"") && l.ends_with(" 300")),
+        "{series:#?}"
+    );
+    assert!(
+        series.iter().any(|l| l.contains("action=\"other\"")
+            && l.contains("result=\"forbidden\"")
+            && l.ends_with(" 300")),
+        "{series:#?}"
+    );
+    let _ = c.conn.close(200, "bye".into()).await;
+}
+
+/// Item 12: denials of hostile values log a few short lines, not the values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denied_requests_log_clipped_rate_limited_lines() {
+    let url = shared_amqp_url();
+    let (_fake, fake_addr) = Fake::start().await;
+    let setup = Setup::new(&[("fake", &fake_addr)], &url);
+    let _bridge = setup.start("bridge");
+    let ex = setup.exchange.clone();
+    let mut c = Caller::new(&url).await;
+    wait_ready(&mut c, &ex, "fake", &setup, "bridge").await;
+    let big = "x".repeat(200_000);
+    for i in 0..30 {
+        let body = json!({"Action": "Originate", "Context": format!("default-{i}-{big}")});
+        c.send(
+            &ex,
+            "fake",
+            &format!("d{i}"),
+            body.to_string().as_bytes(),
+            None,
+        )
+        .await;
+    }
+    let got = c.replies(30, Duration::from_secs(20)).await;
+    assert_eq!(got.len(), 30);
+    assert!(got.values().all(|r| kind(r) == "forbidden"
+        && r["error"]["message"].as_str().unwrap().len() < 2000));
+    let log = setup.log("bridge");
+    let denied = log.lines().filter(|l| l.contains("action denied")).count();
+    assert!((1..=2).contains(&denied), "{denied} denial lines");
+    let longest = log.lines().map(str::len).max().unwrap_or(0);
+    assert!(longest < 2000, "a log line of {longest} bytes");
+    let _ = c.conn.close(200, "bye".into()).await;
+}
+
+/// Item 3: a list reply over `max_reply_bytes` is answered `too_large` with
+/// its number of events; the path keeps answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_over_the_reply_bound_is_too_large() {
+    let url = shared_amqp_url();
+    let (_fake, fake_addr) = Fake::start().await;
+    let setup = Setup::with(
+        &[("fake", &fake_addr)],
+        &url,
+        "max_reply_bytes = 100000",
+        "",
+    );
+    let _bridge = setup.start("bridge");
+    let ex = setup.exchange.clone();
+    let mut c = Caller::new(&url).await;
+    wait_ready(&mut c, &ex, "fake", &setup, "bridge").await;
+    let r = c
+        .call(&ex, "fake", json!({"Action": "BigList", "Count": 100}))
+        .await;
+    assert_eq!(
+        r["events"].as_array().map(Vec::len),
+        Some(101),
+        "under the bound"
+    );
+    let r = c
+        .call(
+            &ex,
+            "fake",
+            json!({"Action": "BigList", "Count": 5000, "ActionID": "big"}),
+        )
+        .await;
+    assert_eq!(kind(&r), "too_large", "{r}");
+    assert_eq!(r["action_id"], "big");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("5001 events"),
+        "{r}"
+    );
+    let r = c.call(&ex, "fake", json!({"Action": "Ping"})).await;
+    assert_eq!(r["response"], "Success");
+    let _ = c.conn.close(200, "bye".into()).await;
+}
+
+/// Item 3: a reply the broker refuses (over its `max_message_size`) closes
+/// the reply channel; it is reopened and later requests are answered;
+/// /healthz shows the action path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_reply_does_not_break_the_action_path() {
+    let broker = common::broker::PrivateBroker::start_with_config("max_message_size = 65536\n");
+    let url = broker.amqp_url();
+    let (_fake, fake_addr) = Fake::start().await;
+    let setup = Setup::with(
+        &[("fake", &fake_addr)],
+        &url,
+        "max_reply_bytes = 10000000",
+        "",
+    );
+    let _bridge = setup.start("bridge");
+    let ex = setup.exchange.clone();
+    let mut c = Caller::new(&url).await;
+    wait_ready(&mut c, &ex, "fake", &setup, "bridge").await;
+    let health = || {
+        setup
+            .http_get("bridge", "/healthz")
+            .and_then(|b| serde_json::from_str::<Value>(&b).ok())
+            .unwrap_or(Value::Null)
+    };
+    assert_eq!(health()["actions"], "ready", "{}", health());
+    // ~1 MB of reply: the broker refuses it and closes the reply channel.
+    let corr = unique("huge");
+    c.send(
+        &ex,
+        "fake",
+        &corr,
+        br#"{"Action":"BigList","Count":5000}"#,
+        None,
+    )
+    .await;
+    let _ = c.replies(1, Duration::from_secs(3)).await;
+    for i in 0..5 {
+        let r = c
+            .call(&ex, "fake", json!({"Action": "Ping", "ActionID": i}))
+            .await;
+        assert_eq!(r["response"], "Success", "{r}");
+    }
+    assert_eq!(health()["actions"], "ready", "{}", health());
+    let metrics = setup.http_get("bridge", "/metrics").unwrap_or_default();
+    assert!(
+        metrics.contains("actions_reply_channel_reopened_total 1"),
+        "the refused reply closed the channel and it was reopened once:\n{metrics}\n{}",
+        setup.log("bridge")
+    );
+    broker.stop();
+    assert!(
+        common::procs::wait_until(Duration::from_secs(15), || health()["actions"] != "ready"),
+        "{}",
+        health()
+    );
+    assert_eq!(health()["healthy"], false);
 }

@@ -11,11 +11,24 @@
 //! without `user_id` is the user `anonymous`, which is allowed nothing
 //! unless an entry names it. The default is deny: no entry, no action.
 //!
+//! A field constraint holds for **every** value of that field, whatever
+//! the key's case (`Variable` and `variable`, or an array, are several
+//! lines that Asterisk all applies). `only_fields` lists the fields a
+//! request may carry at all: without it, fields the rule does not name are
+//! not checked, so an `Originate` rule constraining `Context` would still
+//! let `Application`/`Data` through.
+//!
+//! Replies go to direct reply-to (`amq.rabbitmq.reply-to…`) only, unless
+//! an entry for the user lists `reply_to` patterns (regexes on the queue
+//! name).
+//!
 //! A few actions are never allowed, whatever the list says, because they
 //! would take over the bridge's own AMI session: `Login`, `Logoff`,
 //! `Challenge` and `Events`.
 
 use regex::Regex;
+
+use crate::logs::clip;
 use serde::Deserialize;
 
 /// The user name of requests without `user_id`.
@@ -39,6 +52,14 @@ pub struct AllowEntry {
     /// present).
     #[serde(default)]
     pub fields: std::collections::BTreeMap<String, String>,
+    /// The only fields a request may carry (case-insensitive; `Action`
+    /// and the names in `fields` are always allowed). All when absent.
+    #[serde(default)]
+    pub only_fields: Option<Vec<String>>,
+    /// Regexes of queue names this user's replies may go to besides direct
+    /// reply-to.
+    #[serde(default)]
+    pub reply_to: Vec<String>,
 }
 
 struct Rule {
@@ -46,7 +67,19 @@ struct Rule {
     actions: Vec<String>,
     servers: Option<Vec<String>>,
     fields: Vec<(String, Regex)>,
+    /// Lowercase names; `None` = any field.
+    only_fields: Option<Vec<String>>,
+    reply_to: Vec<Regex>,
 }
+
+impl Rule {
+    fn user_matches(&self, user: &str) -> bool {
+        self.user == user || (self.user == "*" && user != ANONYMOUS)
+    }
+}
+
+/// The reply queue prefix of RabbitMQ's direct reply-to.
+pub const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
 
 /// The compiled allow-list.
 pub struct AllowList {
@@ -80,18 +113,33 @@ impl AllowList {
                 })?;
                 fields.push((f.clone(), r));
             }
+            let mut reply_to = Vec::new();
+            for re in &e.reply_to {
+                reply_to.push(Regex::new(re).map_err(|err| {
+                    format!("[[actions.allow]] #{n}: reply_to {re:?}: invalid regex: {err}")
+                })?);
+            }
+            let only_fields = e.only_fields.as_ref().map(|v| {
+                v.iter()
+                    .chain(e.fields.keys())
+                    .map(|f| f.to_ascii_lowercase())
+                    .collect()
+            });
             rules.push(Rule {
                 user: e.user.clone(),
                 actions: e.actions.iter().map(|a| a.to_ascii_lowercase()).collect(),
                 servers: e.servers.clone(),
                 fields,
+                only_fields,
+                reply_to,
             });
         }
         Ok(AllowList { rules })
     }
 
     /// Decides whether `user` (None = anonymous) may run `action` (the AMI
-    /// message, `Action` included) on `server`.
+    /// message, `Action` included, as `request::parse` built it) on
+    /// `server`.
     pub fn check(
         &self,
         user: Option<&str>,
@@ -102,6 +150,7 @@ impl AllowList {
         let name = action
             .get("Action")
             .unwrap_or_default()
+            .trim()
             .to_ascii_lowercase();
         if RESERVED.contains(&name.as_str()) {
             return Decision::Deny(format!(
@@ -109,14 +158,13 @@ impl AllowList {
             ));
         }
         let mut why = format!(
-            "no [[actions.allow]] entry grants user {user:?} action {name:?} on server {server:?}"
+            "no [[actions.allow]] entry grants user \"{}\" action \"{}\" on server \"{}\"",
+            clip(user),
+            clip(&name),
+            clip(server)
         );
         for r in &self.rules {
-            let user_ok = r.user == user || (r.user == "*" && user != ANONYMOUS);
-            if !user_ok {
-                continue;
-            }
-            if !r.actions.iter().any(|a| a == "*" || *a == name) {
+            if !r.user_matches(user) || !r.actions.iter().any(|a| a == "*" || *a == name) {
                 continue;
             }
             if let Some(s) = &r.servers
@@ -124,33 +172,74 @@ impl AllowList {
             {
                 continue;
             }
-            let mut fields_ok = true;
-            for (f, re) in &r.fields {
-                match action.get(f) {
-                    Some(v) if re.is_match(&v) => {}
-                    Some(v) => {
-                        fields_ok = false;
-                        why = format!(
-                            "field {f}={v:?} does not match {:?} allowed for user {user:?}",
-                            re.as_str()
-                        );
-                        break;
-                    }
-                    None => {
-                        fields_ok = false;
-                        why = format!(
-                            "field {f} is required (must match {:?}) for user {user:?}",
-                            re.as_str()
-                        );
-                        break;
-                    }
-                }
-            }
-            if fields_ok {
-                return Decision::Allow;
+            match r.fields_ok(action) {
+                Ok(()) => return Decision::Allow,
+                Err(e) => why = format!("{e} for user \"{}\"", clip(user)),
             }
         }
         Decision::Deny(why)
+    }
+
+    /// Whether `user`'s replies may go to `queue`: direct reply-to always,
+    /// other queues only when an entry for the user has a matching
+    /// `reply_to` pattern.
+    pub fn reply_to_ok(&self, user: Option<&str>, queue: &str) -> bool {
+        if queue == DIRECT_REPLY_TO || queue.starts_with("amq.rabbitmq.reply-to.") {
+            return true;
+        }
+        let user = user.filter(|u| !u.is_empty()).unwrap_or(ANONYMOUS);
+        self.rules
+            .iter()
+            .filter(|r| r.user_matches(user))
+            .any(|r| r.reply_to.iter().any(|re| re.is_match(queue)))
+    }
+
+    /// The action names some entry grants by name (lowercase).
+    pub fn named_actions(&self) -> impl Iterator<Item = &str> {
+        self.rules
+            .iter()
+            .flat_map(|r| r.actions.iter().map(String::as_str))
+            .filter(|a| *a != "*")
+    }
+}
+
+impl Rule {
+    /// Every constrained field present with every value matching; with
+    /// `only_fields`, no other field.
+    fn fields_ok(&self, action: &crate::ami::Message) -> Result<(), String> {
+        for (f, re) in &self.fields {
+            let mut any = false;
+            for v in action.get_all(f) {
+                any = true;
+                if !re.is_match(&v) {
+                    return Err(format!(
+                        "field {} = \"{}\" does not match {:?}",
+                        clip(f),
+                        clip(&v),
+                        re.as_str()
+                    ));
+                }
+            }
+            if !any {
+                return Err(format!(
+                    "field {} is required (must match {:?})",
+                    clip(f),
+                    re.as_str()
+                ));
+            }
+        }
+        if let Some(only) = &self.only_fields {
+            for (k, _) in action.iter() {
+                let k = k.to_ascii_lowercase();
+                if k != "action" && k != "actionid" && !only.contains(&k) {
+                    return Err(format!(
+                        "field {} is not among the fields allowed (only_fields)",
+                        clip(&k)
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -265,9 +354,170 @@ allow = [
             fields: [("Context".to_string(), "(".to_string())]
                 .into_iter()
                 .collect(),
+            only_fields: None,
+            reply_to: Vec::new(),
         }])
         .err()
         .unwrap();
         assert!(e.contains("#1: fields.Context: invalid regex"), "{e}");
+    }
+
+    fn list_of(toml_text: &str) -> AllowList {
+        let entries: Vec<AllowEntry> =
+            toml::from_str::<std::collections::BTreeMap<String, Vec<AllowEntry>>>(toml_text)
+                .unwrap()
+                .remove("allow")
+                .unwrap();
+        AllowList::new(&entries).unwrap()
+    }
+
+    fn req(body: &str) -> Message {
+        crate::actions::request::parse(body.as_bytes())
+            .unwrap()
+            .message
+    }
+
+    #[test]
+    fn every_value_of_a_constrained_field_must_match_whatever_its_case() {
+        let l = list_of(
+            r#"allow = [{ user = "crm", actions = ["Originate"], fields = { Context = "^crm-", Variable = "^CRMID=[0-9]+$" } }]"#,
+        );
+        let ok =
+            req(r#"{"Action":"Originate","Context":"crm-out","Variable":["CRMID=1","CRMID=2"]}"#);
+        assert_eq!(l.check(Some("crm"), "p", &ok), Decision::Allow);
+        for body in [
+            r#"{"Action":"Originate","Context":"crm-out","Variable":["CRMID=42","__SIPADDHEADER=x"]}"#,
+            r#"{"Action":"Originate","Context":"crm-out","Variable":"CRMID=42","variable":"__SIPADDHEADER=x"}"#,
+            r#"{"Action":"Originate","Context":"crm-out","context":"default","Variable":"CRMID=1"}"#,
+            r#"{"Action":"Originate","CONTEXT":"default","Variable":"CRMID=1"}"#,
+        ] {
+            assert!(
+                matches!(l.check(Some("crm"), "p", &req(body)), Decision::Deny(_)),
+                "{body}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_fields_refuses_unnamed_fields() {
+        let l = list_of(
+            r#"allow = [{ user = "crm", actions = ["Originate"], fields = { Context = "^crm-out$", Channel = "^PJSIP/[0-9]+$" }, only_fields = ["Exten", "Priority", "Async", "CallerID"] }]"#,
+        );
+        let ok = req(
+            r#"{"Action":"Originate","Channel":"PJSIP/100","context":"crm-out","Exten":"200","priority":1,"Async":true,"ActionID":"x"}"#,
+        );
+        assert_eq!(l.check(Some("crm"), "p", &ok), Decision::Allow);
+        let bad = req(
+            r#"{"Action":"Originate","Channel":"PJSIP/100","Context":"crm-out","Application":"Dial","Data":"PJSIP/0900@trunk"}"#,
+        );
+        match l.check(Some("crm"), "p", &bad) {
+            Decision::Deny(why) => assert!(why.contains("only_fields"), "{why}"),
+            d => panic!("{d:?}"),
+        }
+    }
+
+    #[test]
+    fn reserved_actions_stay_refused_whatever_the_spelling() {
+        let l = list();
+        for body in [
+            r#"{"Action":" Logoff"}"#,
+            r#"{"Action":"LOGOFF "}"#,
+            r#"{"Action":"events"}"#,
+        ] {
+            assert!(
+                matches!(l.check(Some("ops"), "p", &req(body)), Decision::Deny(_)),
+                "{body}"
+            );
+        }
+    }
+
+    #[test]
+    fn replies_go_to_direct_reply_to_or_allowed_patterns_only() {
+        let l = list_of(
+            r#"allow = [
+  { user = "crm", actions = ["Ping"], reply_to = ['^crm\.replies\.[a-z0-9-]+$'] },
+  { user = "ops", actions = ["*"] },
+]"#,
+        );
+        for u in [Some("crm"), Some("ops"), None, Some("nobody")] {
+            assert!(l.reply_to_ok(u, "amq.rabbitmq.reply-to"));
+            assert!(l.reply_to_ok(u, "amq.rabbitmq.reply-to.g1h2AA5yZXBseUAy.abc"));
+            assert!(!l.reply_to_ok(u, "billing"));
+            assert!(!l.reply_to_ok(u, "amq.rabbitmq.reply-tox"));
+        }
+        assert!(l.reply_to_ok(Some("crm"), "crm.replies.web-1"));
+        assert!(!l.reply_to_ok(Some("ops"), "crm.replies.web-1"));
+        assert!(!l.reply_to_ok(None, "crm.replies.web-1"));
+    }
+
+    #[test]
+    fn denial_reasons_are_clipped() {
+        let l = list();
+        let huge = format!("x{}\n", "y".repeat(1_000_000));
+        let m = Message::from_pairs([("Action", "Originate"), ("Context", huge.as_str())]);
+        match l.check(Some("crm"), "pbx1", &m) {
+            Decision::Deny(why) => {
+                assert!(why.len() < 1000, "{} bytes", why.len());
+                assert!(!why.contains('\n'));
+            }
+            d => panic!("{d:?}"),
+        }
+    }
+
+    /// The allow-list examples of docs/actions.md, docs/config.md and
+    /// contrib/ami2amqp.toml load, and their Originate grant refuses the
+    /// fields it does not name (`Application`/`Data`).
+    #[test]
+    fn documented_originate_examples_are_safe() {
+        let docs = [
+            include_str!("../../docs/actions.md"),
+            include_str!("../../docs/config.md"),
+            include_str!("../../contrib/ami2amqp.toml"),
+        ];
+        for (n, doc) in docs.iter().enumerate() {
+            // The first block of `[[actions.allow]]` lines (commented out in
+            // contrib), up to the next blank line.
+            let lines: Vec<&str> = doc
+                .lines()
+                .map(|l| {
+                    if n == 2 {
+                        l.strip_prefix("# ").unwrap_or(l)
+                    } else {
+                        l
+                    }
+                })
+                .skip_while(|l| !l.starts_with("[[actions.allow]]"))
+                .take_while(|l| !l.trim().is_empty())
+                .collect();
+            let text = lines.join("\n");
+            let parsed: toml::Table =
+                toml::from_str(&text).unwrap_or_else(|e| panic!("doc {n}: {e}\n{text}"));
+            let entries: Vec<AllowEntry> = parsed["actions"]["allow"]
+                .clone()
+                .try_into()
+                .unwrap_or_else(|e| panic!("doc {n}: {e}"));
+            let l = AllowList::new(&entries).unwrap();
+            let ok = req(
+                r#"{"Action":"Originate","Channel":"PJSIP/100","Context":"crm-out","Exten":"0123456","Priority":1,"Async":true}"#,
+            );
+            assert_eq!(
+                l.check(Some("crm"), "pbx1", &ok),
+                Decision::Allow,
+                "doc {n}"
+            );
+            for extra in [
+                r#""Application":"Dial","Data":"PJSIP/0900@trunk""#,
+                r#""Channel":"Local/0900@from-internal""#,
+                r#""Variable":"__SIPADDHEADER=X""#,
+            ] {
+                let body = format!(
+                    r#"{{"Action":"Originate","Channel":"PJSIP/100","Context":"crm-out","Exten":"0123456","Priority":1,{extra}}}"#
+                );
+                assert!(
+                    matches!(l.check(Some("crm"), "pbx1", &req(&body)), Decision::Deny(_)),
+                    "doc {n}: {body}"
+                );
+            }
+        }
     }
 }

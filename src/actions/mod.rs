@@ -6,7 +6,8 @@
 
 pub mod allow;
 pub mod client;
+pub mod limits;
 pub mod request;
 pub mod rpc;
 
-pub use rpc::ActionsConfig;
+pub use rpc::{ActionsConfig, PathHealth};

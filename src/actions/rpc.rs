@@ -14,7 +14,7 @@
 //! for a server nobody configured lands in `ami.actions.unrouted` and is
 //! answered `unknown_server`; a request whose AMQP `expiration` ran out
 //! while it waited in the queue is dead-lettered to `ami.actions.expired`
-//! and answered `timeout` — never executed late. `x-single-active-consumer`
+//! and answered `expired` — never executed late. `x-single-active-consumer`
 //! lets several bridges share the queues: one consumes, the others take over
 //! when it goes away.
 //!
@@ -24,6 +24,17 @@
 //! and only then ack the request. A
 //! bridge that dies before the ack has its requests redelivered to the next
 //! consumer: at-least-once, like the event path.
+//!
+//! Bounds against hostile or careless callers: a reply goes only to direct
+//! reply-to or a queue the allow-list permits for the user (others are
+//! dropped unexecuted); a user has at most `max_in_flight_per_user` requests
+//! running (more are answered `busy`); timeouts are capped at
+//! `max_timeout_ms`; a reply over `max_reply_bytes` is answered `too_large`
+//! (event lists are capped while they are collected, in `ami::client`); a
+//! reply channel the broker closed is reopened; metric labels come from
+//! bounded sets ([`super::limits::Labels`]); warnings are throttled and
+//! values clipped ([`crate::logs`]). `/healthz` shows the path's state
+//! ([`PathHealth`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,14 +48,17 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use serde::Deserialize;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::allow::{AllowEntry, AllowList, Decision};
+use super::allow::{ANONYMOUS, AllowEntry, AllowList, Decision};
+use super::limits::{Labels, PerUser};
 use super::request::{self, ErrorKind, Reply, Request};
 use crate::ami::client::{ActionError, Backoff};
 use crate::ami::{Pool, PoolError};
 use crate::amqp::publisher::short;
 use crate::config::redact_url;
+use crate::logs::{Throttle, clip};
 
 /// `[actions]` in the config file (docs/actions.md).
 #[derive(Debug, Deserialize)]
@@ -65,9 +79,21 @@ pub struct ActionsConfig {
     /// Timeout of an action when the request sets none.
     #[serde(default = "d_timeout")]
     pub default_timeout_ms: u64,
+    /// The longest timeout a request may ask for (`_timeout_ms` or
+    /// `expiration`); longer ones are cut to this.
+    #[serde(default = "d_max_timeout")]
+    pub max_timeout_ms: u64,
     /// Requests handled at once per queue.
     #[serde(default = "d_prefetch")]
     pub prefetch: u16,
+    /// Requests one user may have running at once (all servers together);
+    /// more are answered `busy` at once.
+    #[serde(default = "d_per_user")]
+    pub max_in_flight_per_user: usize,
+    /// The largest reply body; a larger one (a long event list) is answered
+    /// `too_large`. Keep it below the broker's `max_message_size`.
+    #[serde(default = "d_max_reply")]
+    pub max_reply_bytes: usize,
     #[serde(default)]
     pub allow: Vec<AllowEntry>,
 }
@@ -90,8 +116,17 @@ fn d_expired() -> String {
 fn d_timeout() -> u64 {
     10_000
 }
+fn d_max_timeout() -> u64 {
+    60_000
+}
 fn d_prefetch() -> u16 {
     64
+}
+fn d_per_user() -> usize {
+    16
+}
+fn d_max_reply() -> usize {
+    16 * 1024 * 1024
 }
 
 impl Default for ActionsConfig {
@@ -103,8 +138,38 @@ impl Default for ActionsConfig {
             unrouted: d_unrouted(),
             expired: d_expired(),
             default_timeout_ms: d_timeout(),
+            max_timeout_ms: d_max_timeout(),
             prefetch: d_prefetch(),
+            max_in_flight_per_user: d_per_user(),
+            max_reply_bytes: d_max_reply(),
             allow: Vec::new(),
+        }
+    }
+}
+
+/// The action path as `/healthz` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PathHealth {
+    /// Not connected yet, or reconnecting.
+    Connecting,
+    /// Consuming, replies can be published.
+    Ready,
+    /// Broken (the last error).
+    Down(String),
+}
+
+impl PathHealth {
+    pub fn is_ok(&self) -> bool {
+        *self == PathHealth::Ready
+    }
+}
+
+impl std::fmt::Display for PathHealth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PathHealth::Connecting => f.write_str("connecting"),
+            PathHealth::Ready => f.write_str("ready"),
+            PathHealth::Down(r) => write!(f, "down: {r}"),
         }
     }
 }
@@ -122,23 +187,34 @@ struct Ctx {
     allow: AllowList,
     pool: Arc<Pool>,
     instance: String,
+    per_user: Arc<PerUser>,
+    labels: Labels,
+    health: watch::Sender<PathHealth>,
 }
 
-/// Runs the action path until `cancel` fires.
+/// Runs the action path until `cancel` fires; its state goes to `health`.
 pub async fn run(
     cfg: ActionsConfig,
     urls: Vec<String>,
     backoff: Backoff,
     pool: Arc<Pool>,
     instance: String,
+    health: watch::Sender<PathHealth>,
     cancel: CancellationToken,
 ) -> Result<(), String> {
     let allow = AllowList::new(&cfg.allow)?;
+    let labels = Labels::new(
+        pool.server_names().iter().map(|s| s.as_ref()),
+        allow.named_actions(),
+    );
     let ctx = Arc::new(Ctx {
+        per_user: PerUser::new(cfg.max_in_flight_per_user),
         cfg,
         allow,
         pool,
         instance,
+        labels,
+        health,
     });
     let mut attempt = 0u32;
     let mut url_index = 0usize;
@@ -154,8 +230,13 @@ pub async fn run(
         match r {
             Ok(()) => return Ok(()),
             Err(e) => {
+                // A session that got going starts the backoff over.
+                if ctx.health.borrow().is_ok() {
+                    attempt = 0;
+                }
                 attempt = attempt.saturating_add(1);
                 url_index = url_index.wrapping_add(1);
+                ctx.health.send_replace(PathHealth::Down(e.clone()));
                 tracing::warn!(url = %redact_url(&url), error = %e, "action path: AMQP unavailable; retrying");
             }
         }
@@ -254,20 +335,104 @@ type Requests = futures::stream::SelectAll<
     futures::stream::BoxStream<'static, (Source, Result<Delivery, lapin::Error>)>,
 >;
 
+/// The connection and the channel replies go out on. A channel the broker
+/// closed (a reply it refused, e.g. over its `max_message_size`) is
+/// reopened; when that fails, `broken` fires and the session reconnects,
+/// so unacked requests are redelivered instead of waiting forever.
+struct Replies {
+    conn: Connection,
+    ch: tokio::sync::Mutex<Channel>,
+    broken: CancellationToken,
+}
+
+impl Replies {
+    async fn publish(
+        &self,
+        queue: &str,
+        body: &[u8],
+        props: BasicProperties,
+    ) -> Result<(), String> {
+        let ch = self.channel().await?;
+        let first = ch
+            .basic_publish(
+                short(""),
+                short(queue),
+                BasicPublishOptions::default(),
+                body,
+                props.clone(),
+            )
+            .await;
+        if first.is_ok() {
+            return Ok(());
+        }
+        // The channel may have been closed under us: reopen and retry once.
+        // A second failure reconnects the whole path, so that the request,
+        // left unacked, is redelivered rather than held for ever.
+        let ch = self.channel().await?;
+        ch.basic_publish(
+            short(""),
+            short(queue),
+            BasicPublishOptions::default(),
+            body,
+            props,
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| {
+            self.broken.cancel();
+            e.to_string()
+        })
+    }
+
+    /// The reply channel, reopened first if the broker closed it.
+    async fn channel(&self) -> Result<Channel, String> {
+        let mut ch = self.ch.lock().await;
+        if !ch.status().connected() {
+            metrics::counter!("actions_reply_channel_reopened_total").increment(1);
+            static T: Throttle = Throttle::new(Duration::from_secs(10));
+            if let Some(suppressed) = T.allow() {
+                tracing::warn!(
+                    suppressed,
+                    "action path: the broker closed the reply channel (a reply it refused?); reopening it"
+                );
+            }
+            match self.conn.create_channel().await {
+                Ok(c) => *ch = c,
+                Err(e) => {
+                    self.broken.cancel();
+                    return Err(format!("cannot reopen the reply channel: {e}"));
+                }
+            }
+        }
+        Ok(ch.clone())
+    }
+}
+
 async fn session(ctx: &Arc<Ctx>, url: &str, cancel: &CancellationToken) -> Result<(), String> {
-    let (conn, reply_ch, mut all) = tokio::select! {
+    ctx.health.send_replace(PathHealth::Connecting);
+    let (replies, mut all) = tokio::select! {
         r = set_up(ctx, url) => r?,
         _ = cancel.cancelled() => return Ok(()),
     };
+    let replies = Arc::new(replies);
+    ctx.health.send_replace(PathHealth::Ready);
     loop {
         let next = tokio::select! {
             n = all.next() => n,
+            _ = replies.broken.cancelled() => {
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    replies.conn.close(200, short("ami2amqp: reply channel broken")),
+                )
+                .await;
+                return Err("replies cannot be published (reply channel broken)".into());
+            }
             _ = cancel.cancelled() => {
                 // Bounded: lapin may never finish closing a connection that
                 // died under it (see src/amqp/publisher.rs).
                 let _ = tokio::time::timeout(
                     Duration::from_secs(2),
-                    conn.close(200, short("ami2amqp stopping")),
+                    replies.conn.close(200, short("ami2amqp stopping")),
                 )
                 .await;
                 return Ok(());
@@ -278,16 +443,16 @@ async fn session(ctx: &Arc<Ctx>, url: &str, cancel: &CancellationToken) -> Resul
         };
         let d = d.map_err(|e| format!("consume: {e}"))?;
         let ctx = ctx.clone();
-        let reply_ch = reply_ch.clone();
+        let replies = replies.clone();
         tokio::spawn(async move {
-            handle(ctx, reply_ch, src, d).await;
+            handle(ctx, replies, src, d).await;
         });
     }
 }
 
 /// Connects, declares the topology and starts the consumers; returns the
-/// connection, the channel for replies and the merged requests.
-async fn set_up(ctx: &Arc<Ctx>, url: &str) -> Result<(Connection, Channel, Requests), String> {
+/// connection with the channel for replies, and the merged requests.
+async fn set_up(ctx: &Arc<Ctx>, url: &str) -> Result<(Replies, Requests), String> {
     let conn = tokio::time::timeout(
         Duration::from_secs(10),
         Connection::connect(url, ConnectionProperties::default()),
@@ -319,7 +484,12 @@ async fn set_up(ctx: &Arc<Ctx>, url: &str) -> Result<(Connection, Channel, Reque
         streams.push(consumer.map(move |d| (src.clone(), d)).boxed());
     }
     tracing::info!(url = %redact_url(url), servers = ctx.pool.server_names().len(), "action path ready");
-    Ok((conn, reply_ch, futures::stream::select_all(streams)))
+    let replies = Replies {
+        conn,
+        ch: tokio::sync::Mutex::new(reply_ch),
+        broken: CancellationToken::new(),
+    };
+    Ok((replies, futures::stream::select_all(streams)))
 }
 
 fn result_label(r: &Reply) -> &'static str {
@@ -329,55 +499,55 @@ fn result_label(r: &Reply) -> &'static str {
     }
 }
 
-async fn handle(ctx: Arc<Ctx>, reply_ch: Channel, src: Source, d: Delivery) {
+/// Acks a request whose reply cannot go anywhere safe (its `reply_to` is
+/// not allowed for the user): not executed, not answered, not redelivered.
+async fn refuse_reply_to(d: &Delivery, user: Option<&str>, reply_to: &str) {
+    metrics::counter!("actions_dropped_total", "reason" => "reply_to").increment(1);
+    static T: Throttle = Throttle::new(Duration::from_secs(10));
+    if let Some(suppressed) = T.allow() {
+        tracing::warn!(
+            user = %clip(user.unwrap_or(super::allow::ANONYMOUS)),
+            reply_to = %clip(reply_to),
+            suppressed,
+            "action request dropped: reply_to is neither direct reply-to nor allowed for this user; not executed"
+        );
+    }
+    ack(d).await;
+}
+
+async fn ack(d: &Delivery) {
+    if let Err(e) = d.ack(BasicAckOptions::default()).await {
+        static T: Throttle = Throttle::new(Duration::from_secs(10));
+        if let Some(suppressed) = T.allow() {
+            tracing::warn!(error = %e, suppressed, "could not ack an action request");
+        }
+    }
+}
+
+async fn handle(ctx: Arc<Ctx>, replies: Arc<Replies>, src: Source, d: Delivery) {
     let props = &d.properties;
     let user = props.user_id().as_ref().map(|u| u.to_string());
-    let key = d.routing_key.to_string();
-    let expiration_ms = props
-        .expiration()
-        .as_ref()
-        .and_then(|e| e.as_str().parse::<u64>().ok());
-    let inst = ctx.instance.as_str();
-    let (server, reply, action_label) = match &src {
-        Source::Unrouted => (
-            key.clone(),
-            Reply::error(
-                &key,
-                None,
-                ErrorKind::UnknownServer,
-                format!("no server named {key:?} is configured in this bridge"),
-                inst,
-            ),
-            "-".to_string(),
-        ),
-        Source::Expired => {
-            let req = request::parse(&d.data).ok();
-            (
-                key.clone(),
-                Reply::error(&key, req.as_ref(), ErrorKind::Timeout, "the request expired in the queue before the bridge could run it; it was not executed".into(), inst),
-                "-".to_string(),
-            )
-        }
-        Source::Server(s) => {
-            let s = s.to_string();
-            match request::parse(&d.data) {
-                Err(m) => (
-                    s.clone(),
-                    Reply::error(&s, None, ErrorKind::BadRequest, m, inst),
-                    "-".into(),
-                ),
-                Ok(req) => {
-                    let r = run_allowed(&ctx, user.as_deref(), &s, &req, expiration_ms).await;
-                    (s, r, req.action.to_ascii_lowercase())
-                }
-            }
-        }
-    };
-    metrics::counter!("actions_total", "server" => server.clone(), "result" => result_label(&reply)).increment(1);
-    if let Some(e) = &reply.error {
-        tracing::debug!(%server, action = %action_label, kind = e.kind.as_str(), message = %e.message, "action answered with an error");
-    }
     let reply_to = props.reply_to().as_ref().map(|s| s.to_string());
+    if let Some(rt) = &reply_to
+        && !ctx.allow.reply_to_ok(user.as_deref(), rt)
+    {
+        refuse_reply_to(&d, user.as_deref(), rt).await;
+        return;
+    }
+    let (server, reply, action_label) = answer(&ctx, &src, &d, user.as_deref()).await;
+    let (reply, body) = reply.bounded(ctx.cfg.max_reply_bytes);
+    if reply
+        .error
+        .as_ref()
+        .is_some_and(|e| e.kind == ErrorKind::TooLarge)
+    {
+        metrics::counter!("actions_too_large_total").increment(1);
+    }
+    let server_label = ctx.labels.server(&server);
+    metrics::counter!("actions_total", "server" => server_label.clone(), "action" => action_label, "result" => result_label(&reply)).increment(1);
+    if let Some(e) = &reply.error {
+        tracing::debug!(server = %server_label, kind = e.kind.as_str(), message = %clip(&e.message), "action answered with an error");
+    }
     if let Some(rt) = reply_to {
         let mut p = BasicProperties::default()
             .with_content_type(short("application/json"))
@@ -385,31 +555,70 @@ async fn handle(ctx: Arc<Ctx>, reply_ch: Channel, src: Source, d: Delivery) {
         if let Some(c) = props.correlation_id() {
             p = p.with_correlation_id(c.clone());
         }
-        let body = reply.to_vec();
-        let published = reply_ch
-            .basic_publish(
-                short(""),
-                short(&rt),
-                BasicPublishOptions::default(),
-                &body,
-                p,
-            )
-            .await
-            .is_ok();
-        if !published {
+        if let Err(e) = replies.publish(&rt, &body, p).await {
             // Not acked: the request is redelivered (to us or another
             // bridge) when this channel or connection goes away.
-            tracing::warn!(%server, reply_to = %rt, "reply could not be published; the request stays unacked");
+            static T: Throttle = Throttle::new(Duration::from_secs(10));
+            if let Some(suppressed) = T.allow() {
+                tracing::warn!(server = %server_label, reply_to = %clip(&rt), error = %clip(&e), suppressed, "reply could not be published; the request stays unacked");
+            }
             metrics::counter!("actions_reply_failures_total").increment(1);
             return;
         }
     }
-    if let Err(e) = d.ack(BasicAckOptions::default()).await {
-        tracing::warn!(error = %e, "could not ack an action request");
+    ack(&d).await;
+}
+
+/// What to answer, with the server it concerns and the action label.
+async fn answer(
+    ctx: &Ctx,
+    src: &Source,
+    d: &Delivery,
+    user: Option<&str>,
+) -> (String, Reply, String) {
+    let key = d.routing_key.to_string();
+    let inst = ctx.instance.as_str();
+    let none = "-".to_string();
+    match src {
+        Source::Unrouted => {
+            let msg = format!(
+                "no server named \"{}\" is configured in this bridge",
+                clip(&key)
+            );
+            let r = Reply::error(&key, None, ErrorKind::UnknownServer, msg, inst);
+            (key, r, none)
+        }
+        Source::Expired => {
+            let req = request::parse(&d.data).ok();
+            let msg = "the request expired in the queue before the bridge could run it; it was not sent to Asterisk".into();
+            let r = Reply::error(&key, req.as_ref(), ErrorKind::Expired, msg, inst);
+            let label = req.map_or(none, |r| ctx.labels.action(&r.action));
+            (key, r, label)
+        }
+        Source::Server(s) => {
+            let s = s.to_string();
+            match request::parse(&d.data) {
+                Err(m) => {
+                    let r = Reply::error(&s, None, ErrorKind::BadRequest, m, inst);
+                    (s, r, none)
+                }
+                Ok(req) => {
+                    let expiration_ms = d
+                        .properties
+                        .expiration()
+                        .as_ref()
+                        .and_then(|e| e.as_str().parse::<u64>().ok());
+                    let r = run_allowed(ctx, user, &s, &req, expiration_ms).await;
+                    let label = ctx.labels.action(&req.action);
+                    (s, r, label)
+                }
+            }
+        }
     }
 }
 
-/// Checks the allow-list and runs the action.
+/// Checks the allow-list and the user's requests in flight, and runs the
+/// action.
 async fn run_allowed(
     ctx: &Ctx,
     user: Option<&str>,
@@ -418,20 +627,34 @@ async fn run_allowed(
     expiration_ms: Option<u64>,
 ) -> Reply {
     let inst = ctx.instance.as_str();
+    let who = user.filter(|u| !u.is_empty()).unwrap_or(ANONYMOUS);
     match ctx.allow.check(user, server, &req.message) {
         Decision::Deny(why) => {
             metrics::counter!("actions_authz_total", "decision" => "deny").increment(1);
-            tracing::warn!(user = user.unwrap_or(super::allow::ANONYMOUS), %server, action = %req.action, reason = %why, "action denied");
+            static T: Throttle = Throttle::new(Duration::from_secs(10));
+            if let Some(suppressed) = T.allow() {
+                tracing::warn!(user = %clip(who), server = %clip(server), action = %clip(&req.action), reason = %clip(&why), suppressed, "action denied");
+            }
             return Reply::error(server, Some(req), ErrorKind::Forbidden, why, inst);
         }
         Decision::Allow => {
             metrics::counter!("actions_authz_total", "decision" => "allow").increment(1);
         }
     }
+    let Some(_slot) = ctx.per_user.try_acquire(who) else {
+        metrics::counter!("actions_busy_total").increment(1);
+        let msg = format!(
+            "user \"{}\" already has {} requests running ([actions] max_in_flight_per_user); not sent to Asterisk, retry later",
+            clip(who),
+            ctx.cfg.max_in_flight_per_user
+        );
+        return Reply::error(server, Some(req), ErrorKind::Busy, msg, inst);
+    };
     let timeout = req
         .timeout
         .or(expiration_ms.map(Duration::from_millis))
-        .unwrap_or(Duration::from_millis(ctx.cfg.default_timeout_ms));
+        .unwrap_or(Duration::from_millis(ctx.cfg.default_timeout_ms))
+        .min(Duration::from_millis(ctx.cfg.max_timeout_ms));
     match ctx
         .pool
         .send_action(server, req.message.clone(), Some(timeout))
@@ -442,18 +665,20 @@ async fn run_allowed(
             server,
             Some(req),
             ErrorKind::UnknownServer,
-            format!("unknown server {s:?}"),
+            format!("unknown server \"{}\"", clip(&s)),
             inst,
         ),
-        Err(PoolError::Action(e)) => {
-            let kind = match &e {
-                ActionError::Timeout(_) => ErrorKind::Timeout,
-                ActionError::Invalid(_) => ErrorKind::BadRequest,
-                ActionError::Unavailable(_)
-                | ActionError::ConnectionLost(_)
-                | ActionError::Stopped => ErrorKind::Unavailable,
-            };
-            Reply::error(server, Some(req), kind, e.to_string(), inst)
-        }
+        Err(PoolError::Action(e)) => action_error(server, req, e, inst),
     }
+}
+
+fn action_error(server: &str, req: &Request, e: ActionError, inst: &str) -> Reply {
+    let (kind, ran) = match &e {
+        ActionError::Timeout(_) => (ErrorKind::Timeout, true),
+        ActionError::Invalid(_) => (ErrorKind::BadRequest, false),
+        ActionError::Unavailable(_) => (ErrorKind::Unavailable, false),
+        // Written to the socket (maybe) before the connection went away.
+        ActionError::ConnectionLost(_) | ActionError::Stopped => (ErrorKind::Unavailable, true),
+    };
+    Reply::error(server, Some(req), kind, e.to_string(), inst).ran(ran)
 }

@@ -111,6 +111,9 @@ pub struct ClientConfig {
     pub limits: Limits,
     /// In-memory budget for events the consumer has not taken yet.
     pub max_buffered_bytes: usize,
+    /// Bytes of event list kept per action; past it the events are counted
+    /// and dropped ([`ActionResult::list_too_large`]).
+    pub max_list_bytes: usize,
     /// A label for this connection in logs (`events`, `action-1`, …).
     pub role: String,
 }
@@ -128,6 +131,7 @@ impl ClientConfig {
             backoff: Backoff::default(),
             limits: Limits::default(),
             max_buffered_bytes: 64 * 1024 * 1024,
+            max_list_bytes: 16 * 1024 * 1024,
             role: "events".into(),
         }
     }
@@ -188,6 +192,9 @@ pub struct ActionResult {
     /// The event list of a list action (`EventList: start` … `Complete`),
     /// the completing event included; empty otherwise.
     pub events: Vec<Message>,
+    /// `Some(n)` when the list passed `max_list_bytes`: its `n` events were
+    /// counted but not kept (`events` is then empty).
+    pub list_too_large: Option<usize>,
 }
 
 impl ActionResult {
@@ -390,6 +397,39 @@ struct Pending {
     reply: Reply,
     response: Option<Message>,
     events: Vec<Message>,
+    /// Bytes held in `events`.
+    bytes: usize,
+    /// Events counted past the byte cap (then `events` is emptied).
+    overflow: usize,
+}
+
+impl Pending {
+    fn new(reply: Reply) -> Pending {
+        Pending {
+            reply,
+            response: None,
+            events: Vec::new(),
+            bytes: 0,
+            overflow: 0,
+        }
+    }
+
+    /// Keeps a list event while the list stays within `max` bytes; past
+    /// it, frees what it held and only counts.
+    fn add_event(&mut self, m: Message, max: usize) {
+        let size = m.memory_size();
+        if self.overflow == 0 && self.bytes.saturating_add(size) <= max {
+            self.bytes += size;
+            self.events.push(m);
+            return;
+        }
+        if self.overflow == 0 {
+            self.overflow = self.events.len();
+            self.events = Vec::new();
+            self.bytes = 0;
+        }
+        self.overflow += 1;
+    }
 }
 
 /// Owns the connection across reconnects.
@@ -685,7 +725,7 @@ impl Supervisor {
                                 failed = Some(e);
                                 break;
                             }
-                            pending.insert(id, Pending { reply, response: None, events: Vec::new() });
+                            pending.insert(id, Pending::new(reply));
                         }
                         if let Ok(Command::Action { message, reply }) = self.commands.try_recv() {
                             next = Some((message, reply));
@@ -813,7 +853,7 @@ impl Supervisor {
                     let complete = m
                         .get("EventList")
                         .is_some_and(|v| v.eq_ignore_ascii_case("Complete"));
-                    p.events.push(m);
+                    p.add_event(m, self.config.max_list_bytes);
                     if complete {
                         finish(pending, &id);
                     }
@@ -838,6 +878,7 @@ fn finish(pending: &mut HashMap<String, Pending>, id: &str) {
         let _ = p.reply.send(Ok(ActionResult {
             response,
             events: p.events,
+            list_too_large: (p.overflow > 0).then_some(p.overflow),
         }));
     }
 }
@@ -932,5 +973,31 @@ mod tests {
             w.iter().next().map(|(k, _)| k.into_owned()).as_deref(),
             Some("Action")
         );
+    }
+
+    #[test]
+    fn a_list_past_its_byte_cap_is_counted_not_kept() {
+        let (tx, _rx) = oneshot::channel();
+        let mut p = Pending::new(tx);
+        let ev = Message::from_pairs([
+            ("Event", "CoreShowChannel"),
+            ("Channel", "x".repeat(100).as_str()),
+        ]);
+        let size = ev.memory_size();
+        for _ in 0..10 {
+            p.add_event(ev.clone(), size * 3);
+        }
+        assert_eq!(
+            p.events.len(),
+            0,
+            "the kept events are freed once past the cap"
+        );
+        assert_eq!(p.overflow, 10, "every event counted");
+        let (tx, _rx) = oneshot::channel();
+        let mut q = Pending::new(tx);
+        for _ in 0..3 {
+            q.add_event(ev.clone(), size * 3);
+        }
+        assert_eq!((q.events.len(), q.overflow), (3, 0), "within the cap");
     }
 }

@@ -371,6 +371,27 @@ fn others(cfg: &Config, f: &mut Findings) {
         u16::MAX,
         "0 would mean no limit at all",
     );
+    f.range(
+        "actions.max_timeout_ms",
+        a.max_timeout_ms,
+        1,
+        3_600_000,
+        "milliseconds",
+    );
+    f.range(
+        "actions.max_in_flight_per_user",
+        a.max_in_flight_per_user,
+        1,
+        65_535,
+        "requests",
+    );
+    f.range(
+        "actions.max_reply_bytes",
+        a.max_reply_bytes,
+        4096,
+        1 << 30,
+        "bytes (keep it below the broker's max_message_size)",
+    );
     if let Err(e) = crate::actions::allow::AllowList::new(&a.allow) {
         f.err("actions.allow", e);
     }
