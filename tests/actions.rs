@@ -638,10 +638,9 @@ async fn every_error_kind_and_both_command_forms() {
     .await
     .unwrap();
     let pings = fake.saw("Ping").len();
-    assert!(common::procs::wait_until(Duration::from_secs(5), || fake
-        .saw("Ping")
-        .len()
-        > pings));
+    assert!(
+        common::procs::wait_for(Duration::from_secs(5), || fake.saw("Ping").len() > pings).await
+    );
     assert!(c.replies(1, Duration::from_millis(500)).await.is_empty());
     let _ = c.conn.close(200, "bye".into()).await;
 }
@@ -670,10 +669,7 @@ async fn unacked_requests_fail_over_to_the_next_bridge_and_expired_ones_are_not_
         None,
     )
     .await;
-    assert!(common::procs::wait_until(Duration::from_secs(5), || fake
-        .saw("Sleep")
-        .len()
-        == 1));
+    assert!(common::procs::wait_for(Duration::from_secs(5), || fake.saw("Sleep").len() == 1).await);
     a.signal("KILL");
     let _ = a.wait_timeout(Duration::from_secs(5));
     // b takes over, gets the redelivered request, runs it, answers.
@@ -963,10 +959,7 @@ async fn one_user_cannot_starve_another() {
         )
         .await;
     }
-    assert!(common::procs::wait_until(Duration::from_secs(5), || fake
-        .saw("Sleep")
-        .len()
-        >= 3));
+    assert!(common::procs::wait_for(Duration::from_secs(5), || fake.saw("Sleep").len() >= 3).await);
     // Another user (anonymous: no user_id).
     let p = BasicProperties::default().with_reply_to("amq.rabbitmq.reply-to".into());
     c.send_with(&ex, "fake", "other-user", br#"{"Action":"Ping"}"#, None, p)
@@ -1211,7 +1204,7 @@ async fn a_refused_reply_does_not_break_the_action_path() {
     );
     broker.stop();
     assert!(
-        common::procs::wait_until(Duration::from_secs(15), || health()["actions"] != "ready"),
+        common::procs::wait_for(Duration::from_secs(15), || health()["actions"] != "ready").await,
         "{}",
         health()
     );

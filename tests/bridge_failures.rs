@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 use common::broker::{PrivateBroker, blocking, shared_amqp_url};
 use common::procs::{
     BridgeSetup, Proc, bin, body, bound_queue, consume_auto_ack, free_port, replay, sink, trace,
+    wait_exit, wait_for,
 };
 use futures::StreamExt;
 use lapin::message::Delivery;
@@ -78,32 +79,6 @@ fn spool_bytes(setup: &BridgeSetup) -> Option<u64> {
 /// Events the bridge has read from AMI (all servers, all names).
 fn events_read(setup: &BridgeSetup) -> u64 {
     metric(setup, "ami_events_total").unwrap_or(0.0) as u64
-}
-
-/// Polls `f` every 50 ms without blocking the runtime, at most `t`.
-async fn wait_for(t: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + t;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() > end {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Waits (without blocking the runtime) for a process to exit; its code.
-async fn wait_exit(p: &mut Proc, t: Duration) -> Option<i32> {
-    let end = Instant::now() + t;
-    while Instant::now() < end {
-        if let Ok(Some(st)) = p.child.try_wait() {
-            return st.code();
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    None
 }
 
 /// Points the setup's config at another AMI address.

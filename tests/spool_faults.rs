@@ -15,10 +15,10 @@ use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::broker::shared_amqp_url;
-use common::procs::{BridgeSetup, Proc, free_port, replay, sink, trace};
+use common::procs::{BridgeSetup, Proc, free_port, replay, sink, trace, wait_exit, wait_for};
 use serde_json::Value;
 
 const SMALL: &str = "calls_small.ami";
@@ -67,30 +67,6 @@ fn series(setup: &BridgeSetup, name: &str, labels: &str) -> Option<f64> {
     let prefix = format!("{name}{labels} ");
     text.lines()
         .find_map(|l| l.strip_prefix(&prefix)?.trim().parse().ok())
-}
-
-async fn wait_for(t: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + t;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() > end {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn wait_exit(p: &mut Proc, t: Duration) -> Option<i32> {
-    let end = Instant::now() + t;
-    while Instant::now() < end {
-        if let Ok(Some(st)) = p.child.try_wait() {
-            return st.code();
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    None
 }
 
 fn dead_amqp() -> String {

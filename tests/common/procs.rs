@@ -377,3 +377,31 @@ pub fn wait_until(t: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
     false
 }
+
+/// Polls `f` every 50 ms without blocking the runtime, at most `t`.
+/// (In async tests use this, not [`wait_until`]: a blocked worker can
+/// starve an in-process fake server.)
+pub async fn wait_for(t: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + t;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > end {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits (without blocking the runtime) for a process to exit; its code.
+pub async fn wait_exit(p: &mut Proc, t: Duration) -> Option<i32> {
+    let end = Instant::now() + t;
+    while Instant::now() < end {
+        if let Ok(Some(st)) = p.child.try_wait() {
+            return st.code();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
