@@ -26,7 +26,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::ami::{ConnState, Incoming, Pool};
+use crate::ami::{ConnState, Incoming, Pool, ServerEvent};
 use crate::amqp::publisher::{self, BrokerState, ExchangeSource, PublisherConfig};
 use crate::amqp::record::Record;
 use crate::amqp::spool::{Recovered, Spool, SpoolConfig, SpoolWriter};
@@ -139,6 +139,57 @@ impl RouterTask {
             .increment(name, generation, |n| router.names_event(n));
     }
 
+    /// Routes one event and stages its messages; returns how many.
+    fn route_event(
+        &mut self,
+        ev: &ServerEvent,
+        router: &crate::mapping::router::Router,
+        generation: usize,
+    ) -> usize {
+        let mut records = 0usize;
+        let seq = {
+            let s = self.seq.entry(ev.server.clone()).or_insert(0);
+            *s += 1;
+            *s
+        };
+        self.stats.events += 1;
+        let name = ev.message.event_name().unwrap_or_default();
+        self.count_event(&ev.server, &name, generation, router);
+        let ctx = EventCtx {
+            server: &ev.server,
+            seq,
+            received_at: ev.received_at,
+            message: &ev.message,
+            instance: &self.instance,
+        };
+        self.scratch.clear();
+        let outcome = router.route(&ctx, &mut self.scratch);
+        if outcome.matched == 0 {
+            self.stats.unmatched += 1;
+            metrics::counter!("events_unmatched_total").increment(1);
+        }
+        for e in &outcome.errors {
+            self.stats.mapping_errors += 1;
+            metrics::counter!("mapping_errors_total", "route" => e.route.to_string()).increment(1);
+            if self.stats.mapping_errors <= 10 || self.stats.mapping_errors.is_multiple_of(1000) {
+                tracing::warn!(server = %ev.server, event = %crate::logs::clip(&name), seq, error = %crate::logs::clip(&e.to_string()),
+                    total = self.stats.mapping_errors, "mapping error: message not produced");
+            }
+        }
+        let at = micros(ev.received_at);
+        for msg in self.scratch.drain(..) {
+            let rec = Record {
+                received_at_us: at,
+                server: ev.server.clone(),
+                seq,
+                msg,
+            };
+            self.writer.stage_with(|b| rec.encode(b));
+            records += 1;
+        }
+        records
+    }
+
     /// Routes a batch of incoming items and writes the result to the spool
     /// with one `write`.
     pub fn handle_batch(&mut self, items: &mut Vec<Incoming>) -> std::io::Result<()> {
@@ -147,51 +198,7 @@ impl RouterTask {
         let mut records = 0usize;
         for item in items.drain(..) {
             match item {
-                Incoming::Event(ev) => {
-                    let seq = {
-                        let s = self.seq.entry(ev.server.clone()).or_insert(0);
-                        *s += 1;
-                        *s
-                    };
-                    self.stats.events += 1;
-                    let name = ev.message.event_name().unwrap_or_default();
-                    self.count_event(&ev.server, &name, generation, &router);
-                    let ctx = EventCtx {
-                        server: &ev.server,
-                        seq,
-                        received_at: ev.received_at,
-                        message: &ev.message,
-                        instance: &self.instance,
-                    };
-                    self.scratch.clear();
-                    let outcome = router.route(&ctx, &mut self.scratch);
-                    if outcome.matched == 0 {
-                        self.stats.unmatched += 1;
-                        metrics::counter!("events_unmatched_total").increment(1);
-                    }
-                    for e in &outcome.errors {
-                        self.stats.mapping_errors += 1;
-                        metrics::counter!("mapping_errors_total", "route" => e.route.to_string())
-                            .increment(1);
-                        if self.stats.mapping_errors <= 10
-                            || self.stats.mapping_errors.is_multiple_of(1000)
-                        {
-                            tracing::warn!(server = %ev.server, event = %crate::logs::clip(&name), seq, error = %crate::logs::clip(&e.to_string()),
-                                total = self.stats.mapping_errors, "mapping error: message not produced");
-                        }
-                    }
-                    let at = micros(ev.received_at);
-                    for msg in self.scratch.drain(..) {
-                        let rec = Record {
-                            received_at_us: at,
-                            server: ev.server.clone(),
-                            seq,
-                            msg,
-                        };
-                        self.writer.stage_with(|b| rec.encode(b));
-                        records += 1;
-                    }
-                }
+                Incoming::Event(ev) => records += self.route_event(&ev, &router, generation),
                 Incoming::State { server, state } => {
                     if let Some(rec) = self.status_record(&server, &state) {
                         self.writer.stage_with(|b| rec.encode(b));
