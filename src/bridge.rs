@@ -21,13 +21,15 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::ami::{ConnState, Incoming, Pool};
+use crate::ami::{ConnState, Incoming, Pool, ServerEvent};
 use crate::amqp::publisher::{self, BrokerState, ExchangeSource, PublisherConfig};
 use crate::amqp::record::Record;
-use crate::amqp::spool::{Spool, SpoolConfig, SpoolWriter};
+use crate::amqp::spool::{Recovered, Spool, SpoolConfig, SpoolWriter};
 use crate::config::Config;
 use crate::mapping::reload::Mappings;
 use crate::mapping::router::{EventCtx, MessageProps, Outgoing, json_str, rfc3339_millis};
@@ -137,6 +139,57 @@ impl RouterTask {
             .increment(name, generation, |n| router.names_event(n));
     }
 
+    /// Routes one event and stages its messages; returns how many.
+    fn route_event(
+        &mut self,
+        ev: &ServerEvent,
+        router: &crate::mapping::router::Router,
+        generation: usize,
+    ) -> usize {
+        let mut records = 0usize;
+        let seq = {
+            let s = self.seq.entry(ev.server.clone()).or_insert(0);
+            *s += 1;
+            *s
+        };
+        self.stats.events += 1;
+        let name = ev.message.event_name().unwrap_or_default();
+        self.count_event(&ev.server, &name, generation, router);
+        let ctx = EventCtx {
+            server: &ev.server,
+            seq,
+            received_at: ev.received_at,
+            message: &ev.message,
+            instance: &self.instance,
+        };
+        self.scratch.clear();
+        let outcome = router.route(&ctx, &mut self.scratch);
+        if outcome.matched == 0 {
+            self.stats.unmatched += 1;
+            metrics::counter!("events_unmatched_total").increment(1);
+        }
+        for e in &outcome.errors {
+            self.stats.mapping_errors += 1;
+            metrics::counter!("mapping_errors_total", "route" => e.route.to_string()).increment(1);
+            if self.stats.mapping_errors <= 10 || self.stats.mapping_errors.is_multiple_of(1000) {
+                tracing::warn!(server = %ev.server, event = %crate::logs::clip(&name), seq, error = %crate::logs::clip(&e.to_string()),
+                    total = self.stats.mapping_errors, "mapping error: message not produced");
+            }
+        }
+        let at = micros(ev.received_at);
+        for msg in self.scratch.drain(..) {
+            let rec = Record {
+                received_at_us: at,
+                server: ev.server.clone(),
+                seq,
+                msg,
+            };
+            self.writer.stage_with(|b| rec.encode(b));
+            records += 1;
+        }
+        records
+    }
+
     /// Routes a batch of incoming items and writes the result to the spool
     /// with one `write`.
     pub fn handle_batch(&mut self, items: &mut Vec<Incoming>) -> std::io::Result<()> {
@@ -145,51 +198,7 @@ impl RouterTask {
         let mut records = 0usize;
         for item in items.drain(..) {
             match item {
-                Incoming::Event(ev) => {
-                    let seq = {
-                        let s = self.seq.entry(ev.server.clone()).or_insert(0);
-                        *s += 1;
-                        *s
-                    };
-                    self.stats.events += 1;
-                    let name = ev.message.event_name().unwrap_or_default();
-                    self.count_event(&ev.server, &name, generation, &router);
-                    let ctx = EventCtx {
-                        server: &ev.server,
-                        seq,
-                        received_at: ev.received_at,
-                        message: &ev.message,
-                        instance: &self.instance,
-                    };
-                    self.scratch.clear();
-                    let outcome = router.route(&ctx, &mut self.scratch);
-                    if outcome.matched == 0 {
-                        self.stats.unmatched += 1;
-                        metrics::counter!("events_unmatched_total").increment(1);
-                    }
-                    for e in &outcome.errors {
-                        self.stats.mapping_errors += 1;
-                        metrics::counter!("mapping_errors_total", "route" => e.route.to_string())
-                            .increment(1);
-                        if self.stats.mapping_errors <= 10
-                            || self.stats.mapping_errors.is_multiple_of(1000)
-                        {
-                            tracing::warn!(server = %ev.server, event = %crate::logs::clip(&name), seq, error = %crate::logs::clip(&e.to_string()),
-                                total = self.stats.mapping_errors, "mapping error: message not produced");
-                        }
-                    }
-                    let at = micros(ev.received_at);
-                    for msg in self.scratch.drain(..) {
-                        let rec = Record {
-                            received_at_us: at,
-                            server: ev.server.clone(),
-                            seq,
-                            msg,
-                        };
-                        self.writer.stage_with(|b| rec.encode(b));
-                        records += 1;
-                    }
-                }
+                Incoming::Event(ev) => records += self.route_event(&ev, &router, generation),
                 Incoming::State { server, state } => {
                     if let Some(rec) = self.status_record(&server, &state) {
                         self.writer.stage_with(|b| rec.encode(b));
@@ -307,34 +316,114 @@ impl RouterTask {
     }
 }
 
-/// The spool part of `/healthz`: what waits, and whether new messages can
-/// be written (`state` is `"ok"`, `"disk_full"` or `"write_error"`; the
-/// bridge is unhealthy while it is not `"ok"`).
-fn spool_health(spool: &Spool) -> serde_json::Value {
-    let (bytes, msgs) = spool.pending();
-    match spool.write_failure() {
-        None => serde_json::json!({"messages": msgs, "bytes": bytes, "state": "ok"}),
-        Some(f) => serde_json::json!({
-            "messages": msgs,
-            "bytes": bytes,
-            "state": f.reason,
-            "error": crate::logs::clip(&f.error).to_string(),
-            "held": f.held,
-            "since_s": f.since.elapsed().as_secs(),
-        }),
+/// The `/healthz` answer: built from the state of each part, serialized
+/// as-is (docs/config.md describes every field).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Health {
+    /// The same as the status code: 200 when true, 503 when false.
+    pub healthy: bool,
+    /// `"connected"`, `"connecting"` or `"down: <reason>"`.
+    pub broker: String,
+    /// Per server (in configuration order): its event connection.
+    pub servers: ServerHealth,
+    pub spool: SpoolHealth,
+    /// The action path (`PathHealth`'s text), or `"disabled"`.
+    pub actions: String,
+}
+
+/// Each server's event connection, `"connected"` or `"disconnected"`,
+/// serialized as a JSON object in configuration order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServerHealth(pub Vec<(String, bool)>);
+
+impl serde::Serialize for ServerHealth {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|(name, up)| {
+            (
+                name.as_str(),
+                if *up { "connected" } else { "disconnected" },
+            )
+        }))
     }
 }
 
-/// Runs the bridge until `shutdown` fires.
-pub async fn run(mut cfg: Config, shutdown: CancellationToken) -> Result<(), BridgeError> {
-    let mappings = Mappings::load(&cfg.mappings.dir).map_err(|e| {
-        BridgeError(format!(
-            "invalid mappings in {}:\n{e}",
-            cfg.mappings.dir.display()
-        ))
-    })?;
-    let specs = cfg.server_specs().map_err(|e| BridgeError(e.to_string()))?;
-    let (spool, recovered) = Spool::open(SpoolConfig {
+/// The spool part of `/healthz`: what waits, and whether new messages can
+/// be written (`state` is `"ok"`, `"disk_full"` or `"write_error"`; the
+/// bridge is unhealthy while it is not `"ok"`). The last three fields are
+/// there only while it is not.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SpoolHealth {
+    pub messages: u64,
+    pub bytes: u64,
+    pub state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since_s: Option<u64>,
+}
+
+impl SpoolHealth {
+    fn of(spool: &Spool) -> SpoolHealth {
+        let (bytes, messages) = spool.pending();
+        let f = spool.write_failure();
+        SpoolHealth {
+            messages,
+            bytes,
+            state: f.as_ref().map_or("ok", |f| f.reason),
+            error: f.as_ref().map(|f| crate::logs::clip(&f.error).to_string()),
+            held: f.as_ref().map(|f| f.held),
+            since_s: f.as_ref().map(|f| f.since.elapsed().as_secs()),
+        }
+    }
+}
+
+impl Health {
+    /// Healthy when the broker is up, every server's event connection is
+    /// logged in, the spool can be written and (when enabled) the action
+    /// path is ready.
+    pub fn new(
+        broker: &BrokerState,
+        servers: ServerHealth,
+        spool: SpoolHealth,
+        actions: Option<&crate::actions::PathHealth>,
+    ) -> Health {
+        let healthy = matches!(broker, BrokerState::Up { .. })
+            && servers.0.iter().all(|(_, up)| *up)
+            && spool.state == "ok"
+            && actions.is_none_or(|a| a.is_ok());
+        Health {
+            healthy,
+            broker: match broker {
+                BrokerState::Up { .. } => "connected".to_string(),
+                BrokerState::Connecting => "connecting".to_string(),
+                BrokerState::Down { reason } => format!("down: {reason}"),
+            },
+            servers,
+            spool,
+            actions: actions.map_or_else(|| "disabled".to_string(), |a| a.to_string()),
+        }
+    }
+}
+
+/// A running bridge: [`Bridge::start`] opens the spool and starts every
+/// part, [`Bridge::shutdown`] stops them front to back.
+pub struct Bridge {
+    pool: Arc<Pool>,
+    spool: Spool,
+    watcher: tokio::task::JoinHandle<()>,
+    router_task: tokio::task::JoinHandle<RouterStats>,
+    publisher_task: tokio::task::JoinHandle<()>,
+    pub_cancel: CancellationToken,
+    actions_task: Option<tokio::task::JoinHandle<Result<(), String>>>,
+    actions_cancel: CancellationToken,
+    metrics_cancel: CancellationToken,
+}
+
+/// The spool's runtime settings from the config.
+fn spool_config(cfg: &Config) -> SpoolConfig {
+    SpoolConfig {
         dir: cfg.spool.dir.clone(),
         max_bytes: cfg.spool.max_bytes,
         // drop_oldest frees whole segments: keep them a quarter of the
@@ -345,8 +434,15 @@ pub async fn run(mut cfg: Config, shutdown: CancellationToken) -> Result<(), Bri
             .min((cfg.spool.max_bytes / 4).max(64 << 10)),
         on_full: cfg.spool.on_full,
         fsync_interval: Duration::from_millis(cfg.spool.fsync_interval_ms),
-    })
-    .map_err(|e| BridgeError(format!("spool: {e}")))?;
+    }
+}
+
+/// Opens the spool (recovering a previous run's messages) and its writing
+/// end; what recovery found is logged and, once `record_recovered` is
+/// called, counted.
+fn open_spool(cfg: &Config) -> Result<(Spool, SpoolWriter, Recovered), BridgeError> {
+    let (spool, recovered) =
+        Spool::open(spool_config(cfg)).map_err(|e| BridgeError(format!("spool: {e}")))?;
     if recovered.records > 0 {
         tracing::info!(
             records = recovered.records,
@@ -357,7 +453,15 @@ pub async fn run(mut cfg: Config, shutdown: CancellationToken) -> Result<(), Bri
     let writer = spool
         .writer()
         .map_err(|e| BridgeError(format!("spool: {e}")))?;
+    Ok((spool, writer, recovered))
+}
 
+/// Installs the metrics recorder, counts what the spool's recovery found,
+/// starts the housekeeping tasks and binds the `/metrics` listener.
+async fn start_metrics(
+    cfg: &Config,
+    recovered: &Recovered,
+) -> Result<(Option<PrometheusHandle>, Option<TcpListener>), BridgeError> {
     let handle = crate::metrics::install();
     // What recovery found, now that the counters are recorded.
     metrics::counter!("spool_corrupt_records_total").increment(recovered.corrupt_records);
@@ -376,37 +480,21 @@ pub async fn run(mut cfg: Config, shutdown: CancellationToken) -> Result<(), Bri
         });
     }
     tokio::spawn(crate::memory::keep_trim());
-    let metrics_listener = if cfg.metrics.listen.is_empty() {
-        None
-    } else {
-        Some(
-            tokio::net::TcpListener::bind(&cfg.metrics.listen)
-                .await
-                .map_err(|e| BridgeError(format!("metrics listen {}: {e}", cfg.metrics.listen)))?,
-        )
-    };
+    if cfg.metrics.listen.is_empty() {
+        return Ok((handle, None));
+    }
+    let l = TcpListener::bind(&cfg.metrics.listen)
+        .await
+        .map_err(|e| BridgeError(format!("metrics listen {}: {e}", cfg.metrics.listen)))?;
+    Ok((handle, Some(l)))
+}
 
-    let instance = instance_id();
-    tracing::info!(instance = %instance, servers = specs.len(), routes = mappings.current().len(),
-        mappings = %cfg.mappings.dir.display(), spool = %cfg.spool.dir.display(), "ami2amqp starting");
-
-    let (tx, rx) = mpsc::channel::<Incoming>(8192);
-    let pool = Arc::new(Pool::start(specs, tx));
-
-    let router = RouterTask::new(
-        mappings.clone(),
-        writer,
-        instance.clone(),
-        &cfg.status.exchange,
-        &cfg.status.routing_key,
-    );
-    let router_task = tokio::spawn(router.run(rx));
-
-    let (broker_tx, broker_rx) = watch::channel(BrokerState::Connecting);
-    let pub_cancel = CancellationToken::new();
-    let status_exchange: Arc<str> = Arc::from(cfg.status.exchange.as_str());
+/// The exchanges the publisher declares: the live mapping set's, and the
+/// status exchange.
+fn exchange_source(mappings: &Mappings, status_exchange: &str) -> ExchangeSource {
+    let status_exchange: Arc<str> = Arc::from(status_exchange);
     let m2 = mappings.clone();
-    let exchanges: ExchangeSource = Arc::new(move || {
+    Arc::new(move || {
         let mut v = m2.current().exchanges().to_vec();
         if !v.iter().any(|(n, _)| *n == status_exchange) {
             v.push((
@@ -415,7 +503,17 @@ pub async fn run(mut cfg: Config, shutdown: CancellationToken) -> Result<(), Bri
             ));
         }
         v
-    });
+    })
+}
+
+/// Starts the publisher task, which drains the spool.
+fn start_publisher(
+    cfg: &Config,
+    spool: &Spool,
+    mappings: &Mappings,
+    cancel: CancellationToken,
+) -> (tokio::task::JoinHandle<()>, watch::Receiver<BrokerState>) {
+    let (broker_tx, broker_rx) = watch::channel(BrokerState::Connecting);
     let pub_cfg = PublisherConfig {
         urls: cfg.amqp.urls(),
         confirm_window: cfg.amqp.confirm_window,
@@ -424,112 +522,247 @@ pub async fn run(mut cfg: Config, shutdown: CancellationToken) -> Result<(), Bri
         alternate_exchange: cfg.amqp.alternate_exchange.clone(),
         shutdown_timeout: Duration::from_secs(cfg.amqp.shutdown_timeout_s),
     };
-    let publisher_task = tokio::spawn(publisher::run(
+    let task = tokio::spawn(publisher::run(
         pub_cfg,
         spool.clone(),
-        exchanges,
+        exchange_source(mappings, &cfg.status.exchange),
         broker_tx,
-        pub_cancel.clone(),
+        cancel,
     ));
+    (task, broker_rx)
+}
 
-    let watcher = mappings
-        .spawn_watcher(cfg.mappings.watch, Duration::from_millis(300), None)
-        .map_err(|e| BridgeError(format!("cannot watch {}: {e}", cfg.mappings.dir.display())))?;
+/// The `/healthz` function: reads each part's state when asked.
+fn health_fn(
+    pool: Arc<Pool>,
+    spool: Spool,
+    broker_rx: watch::Receiver<BrokerState>,
+    actions_rx: Option<watch::Receiver<crate::actions::PathHealth>>,
+) -> crate::metrics::HealthFn {
+    Arc::new(move || {
+        let servers = pool
+            .server_names()
+            .iter()
+            .map(|name| (name.to_string(), pool.events_connected(name)))
+            .collect();
+        let actions = actions_rx.as_ref().map(|rx| rx.borrow().clone());
+        let h = Health::new(
+            &broker_rx.borrow().clone(),
+            ServerHealth(servers),
+            SpoolHealth::of(&spool),
+            actions.as_ref(),
+        );
+        let json = serde_json::to_value(&h).unwrap_or_default();
+        (h.healthy, json)
+    })
+}
 
-    let actions_cancel = CancellationToken::new();
-    let actions_enabled = cfg.actions.enabled;
-    let (actions_tx, actions_rx) = watch::channel(crate::actions::PathHealth::Connecting);
-    let actions_task = if cfg.actions.enabled {
-        let a = std::mem::take(&mut cfg.actions);
-        Some(tokio::spawn(crate::actions::rpc::run(
-            a,
-            cfg.amqp.urls(),
-            cfg.amqp.backoff(),
-            pool.clone(),
+impl Bridge {
+    /// Opens the spool and starts the pool, the router task, the
+    /// publisher, the mapping watcher, the action path and the metrics
+    /// server. An error here is fatal (printed as one line).
+    pub async fn start(mut cfg: Config) -> Result<Bridge, BridgeError> {
+        let mappings = Mappings::load(&cfg.mappings.dir).map_err(|e| {
+            BridgeError(format!(
+                "invalid mappings in {}:\n{e}",
+                cfg.mappings.dir.display()
+            ))
+        })?;
+        let specs = cfg.server_specs().map_err(|e| BridgeError(e.to_string()))?;
+        let (spool, writer, recovered) = open_spool(&cfg)?;
+        let (handle, metrics_listener) = start_metrics(&cfg, &recovered).await?;
+
+        let instance = instance_id();
+        tracing::info!(instance = %instance, servers = specs.len(), routes = mappings.current().len(),
+            mappings = %cfg.mappings.dir.display(), spool = %cfg.spool.dir.display(), "ami2amqp starting");
+
+        let (tx, rx) = mpsc::channel::<Incoming>(8192);
+        let pool = Arc::new(Pool::start(specs, tx));
+        let router = RouterTask::new(
+            mappings.clone(),
+            writer,
             instance.clone(),
-            actions_tx,
-            actions_cancel.clone(),
-        )))
-    } else {
-        None
-    };
+            &cfg.status.exchange,
+            &cfg.status.routing_key,
+        );
+        let router_task = tokio::spawn(router.run(rx));
+        let pub_cancel = CancellationToken::new();
+        let (publisher_task, broker_rx) =
+            start_publisher(&cfg, &spool, &mappings, pub_cancel.clone());
+        let watcher = mappings
+            .spawn_watcher(cfg.mappings.watch, Duration::from_millis(300), None)
+            .map_err(|e| {
+                BridgeError(format!("cannot watch {}: {e}", cfg.mappings.dir.display()))
+            })?;
 
-    let metrics_cancel = CancellationToken::new();
-    if let Some(l) = metrics_listener {
-        let pool2 = pool.clone();
-        let spool2 = spool.clone();
-        let health: crate::metrics::HealthFn = Arc::new(move || {
-            let broker = broker_rx.borrow().clone();
-            let broker_ok = matches!(broker, BrokerState::Up { .. });
-            let mut servers = serde_json::Map::new();
-            let mut all = broker_ok;
-            for name in pool2.server_names() {
-                let up = pool2.events_connected(name);
-                all &= up;
-                servers.insert(
-                    name.to_string(),
-                    serde_json::json!(if up { "connected" } else { "disconnected" }),
-                );
-            }
-            let spool_json = spool_health(&spool2);
-            all &= spool_json["state"] == "ok";
-            // The action path counts only when it is enabled.
-            let actions = actions_rx.borrow().clone();
-            all &= !actions_enabled || actions.is_ok();
-            let actions = if actions_enabled {
-                actions.to_string()
-            } else {
-                "disabled".into()
-            };
-            (
-                all,
-                serde_json::json!({
-                    "healthy": all,
-                    "broker": match broker { BrokerState::Up{..} => "connected".to_string(), BrokerState::Connecting => "connecting".to_string(), BrokerState::Down{reason} => format!("down: {reason}") },
-                    "servers": servers,
-                    "spool": spool_json,
-                    "actions": actions,
-                }),
-            )
-        });
-        tokio::spawn(crate::metrics::serve(
-            l,
-            handle,
-            health,
-            metrics_cancel.clone(),
-        ));
-    }
-
-    shutdown.cancelled().await;
-    tracing::info!("shutting down: logging off from Asterisk");
-    actions_cancel.cancel();
-    if let Some(t) = actions_task {
-        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
-    }
-    pool.shutdown();
-    drop(pool);
-    watcher.abort();
-    let stats = match tokio::time::timeout(Duration::from_secs(10), router_task).await {
-        Ok(Ok(s)) => s,
-        _ => {
-            tracing::warn!("router task did not finish in time");
-            RouterStats::default()
+        let actions_cancel = CancellationToken::new();
+        let (actions_task, actions_rx) =
+            start_actions(&mut cfg, &pool, instance, actions_cancel.clone());
+        let metrics_cancel = CancellationToken::new();
+        if let Some(l) = metrics_listener {
+            let health = health_fn(pool.clone(), spool.clone(), broker_rx, actions_rx);
+            tokio::spawn(crate::metrics::serve(
+                l,
+                handle,
+                health,
+                metrics_cancel.clone(),
+            ));
         }
-    };
-    pub_cancel.cancel();
-    let _ = publisher_task.await;
-    metrics_cancel.cancel();
-    let (bytes, msgs) = spool.pending();
-    tracing::info!(
-        events = stats.events,
-        messages = stats.messages,
-        unmatched = stats.unmatched,
-        mapping_errors = stats.mapping_errors,
-        spooled_messages = msgs,
-        spooled_bytes = bytes,
-        refused = stats.refused,
-        lost_at_shutdown = stats.lost_at_shutdown,
-        "ami2amqp stopped"
-    );
-    Ok(())
+        Ok(Bridge {
+            pool,
+            spool,
+            watcher,
+            router_task,
+            publisher_task,
+            pub_cancel,
+            actions_task,
+            actions_cancel,
+            metrics_cancel,
+        })
+    }
+
+    /// Stops the bridge front to back: the action path, then the AMI
+    /// connections log off, the router task writes and fsyncs what it
+    /// holds, the publisher waits (bounded) for the confirms in flight.
+    /// What is not confirmed stays in the spool for the next start.
+    pub async fn shutdown(self) -> RouterStats {
+        tracing::info!("shutting down: logging off from Asterisk");
+        self.actions_cancel.cancel();
+        if let Some(t) = self.actions_task {
+            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        }
+        self.pool.shutdown();
+        drop(self.pool);
+        self.watcher.abort();
+        let stats = match tokio::time::timeout(Duration::from_secs(10), self.router_task).await {
+            Ok(Ok(s)) => s,
+            _ => {
+                tracing::warn!("router task did not finish in time");
+                RouterStats::default()
+            }
+        };
+        self.pub_cancel.cancel();
+        let _ = self.publisher_task.await;
+        self.metrics_cancel.cancel();
+        let (bytes, msgs) = self.spool.pending();
+        tracing::info!(
+            events = stats.events,
+            messages = stats.messages,
+            unmatched = stats.unmatched,
+            mapping_errors = stats.mapping_errors,
+            spooled_messages = msgs,
+            spooled_bytes = bytes,
+            refused = stats.refused,
+            lost_at_shutdown = stats.lost_at_shutdown,
+            "ami2amqp stopped"
+        );
+        stats
+    }
+}
+
+/// The action path's task, when `[actions]` is enabled, and the receiver
+/// of its health.
+#[allow(clippy::type_complexity)]
+fn start_actions(
+    cfg: &mut Config,
+    pool: &Arc<Pool>,
+    instance: String,
+    cancel: CancellationToken,
+) -> (
+    Option<tokio::task::JoinHandle<Result<(), String>>>,
+    Option<watch::Receiver<crate::actions::PathHealth>>,
+) {
+    if !cfg.actions.enabled {
+        return (None, None);
+    }
+    let (tx, rx) = watch::channel(crate::actions::PathHealth::Connecting);
+    let a = std::mem::take(&mut cfg.actions);
+    let task = tokio::spawn(crate::actions::rpc::run(
+        a,
+        cfg.amqp.urls(),
+        cfg.amqp.backoff(),
+        pool.clone(),
+        instance,
+        tx,
+        cancel,
+    ));
+    (Some(task), Some(rx))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::actions::PathHealth;
+
+    fn spool_ok(messages: u64, bytes: u64) -> SpoolHealth {
+        SpoolHealth {
+            messages,
+            bytes,
+            state: "ok",
+            error: None,
+            held: None,
+            since_s: None,
+        }
+    }
+
+    fn json(h: &Health) -> String {
+        serde_json::to_string(h).unwrap()
+    }
+
+    #[test]
+    fn healthz_json_keeps_its_fields_and_order() {
+        let up = BrokerState::Up { url: "x".into() };
+        let servers = ServerHealth(vec![("pbx2".into(), true), ("pbx1".into(), true)]);
+        let h = Health::new(&up, servers.clone(), spool_ok(0, 0), None);
+        assert!(h.healthy);
+        assert_eq!(
+            json(&h),
+            r#"{"healthy":true,"broker":"connected","servers":{"pbx2":"connected","pbx1":"connected"},"spool":{"messages":0,"bytes":0,"state":"ok"},"actions":"disabled"}"#
+        );
+        let down = BrokerState::Down {
+            reason: "connect: refused".into(),
+        };
+        let servers = ServerHealth(vec![("pbx1".into(), true), ("pbx2".into(), false)]);
+        let failing = SpoolHealth {
+            state: "disk_full",
+            error: Some("No space left on device".into()),
+            held: Some(5),
+            since_s: Some(3),
+            ..spool_ok(5231, 3932160)
+        };
+        let h = Health::new(&down, servers, failing, Some(&PathHealth::Ready));
+        assert!(!h.healthy);
+        assert_eq!(
+            json(&h),
+            r#"{"healthy":false,"broker":"down: connect: refused","servers":{"pbx1":"connected","pbx2":"disconnected"},"spool":{"messages":5231,"bytes":3932160,"state":"disk_full","error":"No space left on device","held":5,"since_s":3},"actions":"ready"}"#
+        );
+    }
+
+    #[test]
+    fn healthy_needs_every_part() {
+        let up = BrokerState::Up { url: "x".into() };
+        let one = || ServerHealth(vec![("a".into(), true)]);
+        let ok = |b: &BrokerState, s: ServerHealth, sp: SpoolHealth, a: Option<&PathHealth>| {
+            Health::new(b, s, sp, a).healthy
+        };
+        assert!(ok(&up, one(), spool_ok(1, 1), Some(&PathHealth::Ready)));
+        assert!(ok(&up, ServerHealth::default(), spool_ok(0, 0), None));
+        assert!(!ok(&BrokerState::Connecting, one(), spool_ok(0, 0), None));
+        assert!(!ok(
+            &up,
+            ServerHealth(vec![("a".into(), false)]),
+            spool_ok(0, 0),
+            None
+        ));
+        let full = SpoolHealth {
+            state: "write_error",
+            ..spool_ok(0, 0)
+        };
+        assert!(!ok(&up, one(), full, None));
+        let connecting = PathHealth::Connecting;
+        assert!(!ok(&up, one(), spool_ok(0, 0), Some(&connecting)));
+        let down = PathHealth::Down("x".into());
+        let h = Health::new(&up, one(), spool_ok(0, 0), Some(&down));
+        assert_eq!((h.healthy, h.actions.as_str()), (false, "down: x"));
+    }
 }

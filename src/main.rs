@@ -116,7 +116,11 @@ async fn run(a: RunArgs) -> Result<(), BoxError> {
         tracing::info!("signal received");
         c2.cancel();
     });
-    ami2amqp::bridge::run(cfg, cancel).await?;
+    // The signal handler is in place before start, so a signal during
+    // start stops the bridge once it is up rather than killing it.
+    let bridge = ami2amqp::bridge::Bridge::start(cfg).await?;
+    cancel.cancelled().await;
+    bridge.shutdown().await;
     Ok(())
 }
 
