@@ -62,8 +62,7 @@ const SMALL_RECORD: usize = 64 << 10;
 /// Whether `at` could be where a record starts: the end of `b`, a torn
 /// header, or a header whose length is within bounds.
 fn header_like(b: &[u8], at: usize) -> bool {
-    b.len() - at.min(b.len()) < HEADER
-        || u32_at(b, at).is_some_and(|l| l > 0 && l <= MAX_RECORD)
+    b.len() - at.min(b.len()) < HEADER || u32_at(b, at).is_some_and(|l| l > 0 && l <= MAX_RECORD)
 }
 
 /// Cheap checks before a CRC at `o`: in random bytes one offset in 64
