@@ -69,7 +69,7 @@ use lapin::{
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::confirm::{ConfirmWindow, Confirmation, Id, Resolved};
+use super::confirm::{Advance, ConfirmWindow, Confirmation, Id, Resolved};
 use super::record::Record;
 use super::spool::{ReadRecord, Spool};
 use crate::ami::client::Backoff;
@@ -620,11 +620,7 @@ impl Publisher {
         match resolved {
             Resolved::Confirmed { meta, advance } => {
                 self.count(&meta.exchange, answer);
-                if let Some(a) = advance
-                    && let Err(e) = self.spool.ack(a.upto, a.records, false)
-                {
-                    tracing::error!(error = %e, "cannot persist the spool cursor");
-                }
+                self.advance(advance);
                 Ok(())
             }
             Resolved::Refused { meta } => {
@@ -640,6 +636,15 @@ impl Publisher {
             Resolved::Unknown => Err(SessionEnd::Failed(format!(
                 "a confirm for delivery {id}, which is not waiting for one"
             ))),
+        }
+    }
+
+    /// Moves the spool cursor as the window says.
+    fn advance(&self, advance: Option<Advance>) {
+        if let Some(a) = advance
+            && let Err(e) = self.spool.ack(a.upto, a.records, false)
+        {
+            tracing::error!(error = %e, "cannot persist the spool cursor");
         }
     }
 
@@ -742,7 +747,9 @@ impl Publisher {
                     received_at_us: now_us(),
                     exchange: Arc::from(""),
                 };
-                s.window.skip(end, sent);
+                let latency = &s.latency;
+                let advance = s.window.skip(end, sent, |_| latency.record(0.0));
+                self.advance(advance);
                 continue;
             };
             let confirm = match results.next() {
