@@ -5,7 +5,9 @@
 //! waiting, and acknowledges spool positions as the broker confirms them.
 //! Confirms can resolve out of order, but the spool cursor only moves over a
 //! contiguous run of confirmed records, so "confirmed" on disk always means
-//! "everything before this point is at the broker".
+//! "everything before this point is at the broker". That bookkeeping is
+//! `ConfirmWindow` (`confirm.rs`, no I/O, property-tested); a session here
+//! is a loop that reads, publishes and feeds it the broker's answers.
 //!
 //! Anything that goes wrong with the broker — connection refused or
 //! killed, channel closed, a `nack` — ends the session: the publisher
