@@ -1,6 +1,7 @@
 //! The RabbitMQ side: the spool every message passes through, and the
 //! publisher that drains it with publisher confirms.
 
+mod confirm;
 pub mod publisher;
 pub mod record;
 mod scan;

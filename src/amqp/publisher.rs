@@ -5,7 +5,9 @@
 //! waiting, and acknowledges spool positions as the broker confirms them.
 //! Confirms can resolve out of order, but the spool cursor only moves over a
 //! contiguous run of confirmed records, so "confirmed" on disk always means
-//! "everything before this point is at the broker".
+//! "everything before this point is at the broker". That bookkeeping is
+//! `ConfirmWindow` (`confirm.rs`, no I/O, property-tested); a session here
+//! is a loop that reads, publishes and feeds it the broker's answers.
 //!
 //! Anything that goes wrong with the broker — connection refused or
 //! killed, channel closed, a `nack` — ends the session: the publisher
@@ -49,8 +51,11 @@
 //! (`amqp_returned_total`) and dropped, which is what an unbound topic
 //! exchange means.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
@@ -61,11 +66,12 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{
-    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
+    BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind, PublisherConfirm,
 };
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::confirm::{Advance, ConfirmWindow, Confirmation, Id, Resolved};
 use super::record::Record;
 use super::spool::{ReadRecord, Spool};
 use crate::ami::client::Backoff;
@@ -171,13 +177,60 @@ impl Counters {
     }
 }
 
-/// A published record waiting for its confirm.
-struct Slot {
-    end: u64,
+/// What the window keeps of a published record until it is released.
+#[derive(Clone)]
+struct Sent {
     received_at_us: u64,
     exchange: Arc<str>,
-    done: bool,
 }
+
+/// A publish's confirm, tagged with its id in the window.
+struct Pending {
+    id: Id,
+    confirm: PublisherConfirm,
+}
+
+impl Future for Pending {
+    type Output = (Id, lapin::Result<lapin::Confirmation>);
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let id = self.id;
+        Pin::new(&mut self.confirm).poll(cx).map(|r| (id, r))
+    }
+}
+
+/// What one session (one connection) holds.
+struct Session<'c> {
+    conn: &'c Connection,
+    ch: &'c Channel,
+    window: ConfirmWindow<Sent>,
+    confirms: FuturesUnordered<Pending>,
+    batch: Vec<ReadRecord>,
+    /// Once `cancel` fired: when to give up on the last confirms.
+    stopping: Option<tokio::time::Instant>,
+    latency: metrics::Histogram,
+    watchdog: tokio::time::Interval,
+}
+
+impl<'c> Session<'c> {
+    fn new(conn: &'c Connection, ch: &'c Channel, window: usize, cursor: u64) -> Session<'c> {
+        let mut watchdog = tokio::time::interval(WATCHDOG);
+        watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Session {
+            conn,
+            ch,
+            window: ConfirmWindow::new(window, cursor),
+            confirms: FuturesUnordered::new(),
+            batch: Vec::with_capacity(window.max(1)),
+            stopping: None,
+            latency: metrics::histogram!("publish_latency_seconds"),
+            watchdog,
+        }
+    }
+}
+
+/// A session step: `Err` ends the session.
+type Step = Result<(), SessionEnd>;
 
 /// Runs until `cancel` fires and in-flight confirms are in (or the shutdown
 /// timeout passes).
@@ -503,178 +556,243 @@ impl Publisher {
         Ok(())
     }
 
+    /// One session on a connected channel: a loop that feeds the confirm
+    /// window (the guarantees live in [`ConfirmWindow`]).
     async fn session(&mut self, conn: &Connection, ch: &Channel) -> SessionEnd {
         self.reader.rewind();
-        let window = self.cfg.confirm_window.max(1);
-        let mut slots: VecDeque<Slot> = VecDeque::with_capacity(window);
-        let mut front_id: u64 = 0; // id of slots[0]
-        let mut next_id: u64 = 0;
-        let mut confirms = FuturesUnordered::new();
-        let mut batch: Vec<ReadRecord> = Vec::with_capacity(window);
-        let mut stopping: Option<tokio::time::Instant> = None;
-        let latency = metrics::histogram!("publish_latency_seconds");
-        let mut watchdog = tokio::time::interval(WATCHDOG);
-        watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-
+        let cursor = self.reader.position();
+        let mut s = Session::new(conn, ch, self.cfg.confirm_window, cursor);
         loop {
             // Stopping: publish what the spool still holds (the router has
             // written its last records, e.g. the `stopped` status, before
             // the publisher is told to stop), within the shutdown timeout.
             let drained = self.reader.position() >= self.spool.end();
-            if stopping.is_some() && confirms.is_empty() && drained {
+            if s.stopping.is_some() && s.confirms.is_empty() && drained {
                 return SessionEnd::Done;
             }
-            let room = window.saturating_sub(slots.len());
             let pos = self.reader.position();
-            tokio::select! {
+            let reading = !s.window.is_full() && (s.stopping.is_none() || !drained);
+            let step = tokio::select! {
                 biased;
-                Some((id, res)) = confirms.next(), if !confirms.is_empty() => {
-                    let res: Result<Confirmation, lapin::Error> = res;
-                    let idx = (id - front_id) as usize;
-                    let ex = slots[idx].exchange.clone();
-                    match res {
-                        Ok(Confirmation::Ack(ret)) => {
-                            let c = self.counters(&ex);
-                            c.confirmed.increment(1);
-                            if ret.is_some() {
-                                c.returned.increment(1);
-                                tracing::debug!(exchange = %ex, "message returned: no queue bound for its routing key");
-                            }
-                            slots[idx].done = true;
-                        }
-                        Ok(Confirmation::NotRequested) => {
-                            slots[idx].done = true;
-                        }
-                        Ok(Confirmation::Nack(_)) => {
-                            self.counters(&ex).nacked.increment(1);
-                            return SessionEnd::Failed("broker nacked a message; re-publishing from the oldest unconfirmed".into());
-                        }
-                        Err(e) => return SessionEnd::Failed(format!("confirm: {e}")),
-                    }
-                    // Move the spool cursor over the contiguous confirmed run.
-                    let mut n = 0u64;
-                    let mut upto = None;
-                    let now = now_us();
-                    while slots.front().is_some_and(|s| s.done) {
-                        if let Some(s) = slots.pop_front() {
-                            upto = Some(s.end);
-                            latency.record(now.saturating_sub(s.received_at_us) as f64 / 1e6);
-                        }
-                        front_id += 1;
-                        n += 1;
-                    }
-                    if let Some(upto) = upto
-                        && let Err(e) = self.spool.ack(upto, n, false) {
-                            tracing::error!(error = %e, "cannot persist the spool cursor");
-                        }
+                Some((id, res)) = s.confirms.next(), if !s.confirms.is_empty() => {
+                    self.on_confirm(&mut s, id, res)
                 }
-                _ = self.spool.wait_for_data(pos), if room > 0 && (stopping.is_none() || !drained) => {
-                    batch.clear();
-                    if let Err(e) = self.reader.read_batch(room, &mut batch) {
-                        tracing::error!(error = %e, "spool read failed");
-                        return SessionEnd::Failed(format!("spool read: {e}"));
-                    }
-                    // Decode the batch, then start its publishes together
-                    // (first polled in order, so frames and delivery tags
-                    // keep the spool's order): lapin then writes several
-                    // messages per syscall instead of waking its I/O thread
-                    // once per message (BENCHMARKS.md).
-                    let recs: Vec<(u64, Option<Record>)> = batch
-                        .drain(..)
-                        .map(|rr| match Record::decode(&rr.payload) {
-                            Ok(r) => (rr.end, Some(r)),
-                            Err(e) => {
-                                // Cannot happen unless the disk lies (CRC
-                                // passed); skip it rather than loop forever.
-                                tracing::error!(error = %e, "undecodable spool record skipped");
-                                metrics::counter!("spool_corrupt_records_total").increment(1);
-                                (rr.end, None)
-                            }
-                        })
-                        .collect();
-                    if let Err(e) = self.declare_new(conn, &recs).await {
-                        return SessionEnd::Failed(format!("declare: {e}"));
-                    }
-                    let results = {
-                        let publishes: Vec<_> = recs
-                            .iter()
-                            .filter_map(|(_, r)| r.as_ref())
-                            .map(|rec| {
-                                ch.basic_publish(
-                                    short(&rec.msg.exchange),
-                                    short(&rec.msg.routing_key),
-                                    BasicPublishOptions { mandatory: true, ..Default::default() },
-                                    &rec.msg.body,
-                                    properties(rec),
-                                )
-                            })
-                            .collect();
-                        let all = futures::future::join_all(publishes);
-                        tokio::pin!(all);
-                        loop {
-                            let st = stopping;
-                            tokio::select! {
-                                r = &mut all => break r,
-                                // Publishes the broker holds back (alarm)
-                                // must not keep a shutdown waiting forever.
-                                _ = async {
-                                    match st {
-                                        Some(t) => tokio::time::sleep_until(t).await,
-                                        None => self.cancel.cancelled().await,
-                                    }
-                                } => {
-                                    if st.is_none() {
-                                        stopping = Some(tokio::time::Instant::now() + self.cfg.shutdown_timeout);
-                                        continue;
-                                    }
-                                    return SessionEnd::Done;
-                                }
-                                _ = watchdog.tick() => {
-                                    if let Some(why) = broken(conn, ch) {
-                                        return SessionEnd::Failed(format!("{why} while publishes were pending"));
-                                    }
-                                }
-                            }
-                        }
-                    };
-                    let mut results = results.into_iter();
-                    for (end, rec) in recs {
-                        let id = next_id;
-                        next_id += 1;
-                        let Some(rec) = rec else {
-                            slots.push_back(Slot { end, received_at_us: now_us(), exchange: Arc::from(""), done: true });
-                            continue;
-                        };
-                        let confirm = match results.next() {
-                            Some(Ok(c)) => c,
-                            Some(Err(e)) => return SessionEnd::Failed(format!("publish: {e}")),
-                            None => return SessionEnd::Failed("publish result missing".into()),
-                        };
-                        let ex = rec.msg.exchange.clone();
-                        self.counters(&ex).published.increment(1);
-                        slots.push_back(Slot { end, received_at_us: rec.received_at_us, exchange: ex, done: false });
-                        confirms.push(async move { (id, confirm.await) });
-                    }
+                _ = self.spool.wait_for_data(pos), if reading => self.publish_batch(&mut s).await,
+                _ = s.watchdog.tick() => match broken(conn, ch) {
+                    Some(why) => Err(SessionEnd::Failed(format!(
+                        "{why} with {} confirms outstanding", s.confirms.len()))),
+                    None => Ok(()),
+                },
+                _ = self.cancel.cancelled(), if s.stopping.is_none() => {
+                    tracing::info!(in_flight = s.confirms.len(), "stopping: waiting for in-flight confirms");
+                    s.stopping = Some(tokio::time::Instant::now() + self.cfg.shutdown_timeout);
+                    Ok(())
                 }
-                _ = watchdog.tick() => {
-                    if let Some(why) = broken(conn, ch) {
-                        return SessionEnd::Failed(format!("{why} with {} confirms outstanding", confirms.len()));
-                    }
+                _ = until(s.stopping) => {
+                    tracing::warn!(in_flight = s.confirms.len(), "shutdown timeout: unconfirmed messages stay in the spool");
+                    Err(SessionEnd::Done)
                 }
-                _ = self.cancel.cancelled(), if stopping.is_none() => {
-                    tracing::info!(in_flight = confirms.len(), "stopping: waiting for in-flight confirms");
-                    stopping = Some(tokio::time::Instant::now() + self.cfg.shutdown_timeout);
-                }
+            };
+            if let Err(end) = step {
+                return end;
+            }
+        }
+    }
+
+    /// Feeds one broker answer to the window; moves the spool cursor as far
+    /// as the window allows.
+    fn on_confirm(
+        &mut self,
+        s: &mut Session<'_>,
+        id: Id,
+        res: lapin::Result<lapin::Confirmation>,
+    ) -> Step {
+        let answer = match res {
+            Ok(lapin::Confirmation::Ack(None)) => Confirmation::Ack,
+            Ok(lapin::Confirmation::Ack(Some(_))) => Confirmation::Returned,
+            Ok(lapin::Confirmation::NotRequested) => Confirmation::NotRequested,
+            Ok(lapin::Confirmation::Nack(_)) => Confirmation::Nack,
+            Err(e) => return Err(SessionEnd::Failed(format!("confirm: {e}"))),
+        };
+        let now = now_us();
+        let latency = &s.latency;
+        let resolved = s.window.resolve(id, answer, |sent| {
+            latency.record(now.saturating_sub(sent.received_at_us) as f64 / 1e6);
+        });
+        match resolved {
+            Resolved::Confirmed { meta, advance } => {
+                self.count(&meta.exchange, answer);
+                self.advance(advance);
+                Ok(())
+            }
+            Resolved::Refused { meta } => {
+                self.counters(&meta.exchange).nacked.increment(1);
+                tracing::debug!(
+                    cursor = s.window.cursor(),
+                    "nack: the session ends; the spool is re-read from the cursor"
+                );
+                Err(SessionEnd::Failed(
+                    "broker nacked a message; re-publishing from the oldest unconfirmed".into(),
+                ))
+            }
+            Resolved::Unknown => Err(SessionEnd::Failed(format!(
+                "a confirm for delivery {id}, which is not waiting for one"
+            ))),
+        }
+    }
+
+    /// Moves the spool cursor as the window says.
+    fn advance(&self, advance: Option<Advance>) {
+        if let Some(a) = advance
+            && let Err(e) = self.spool.ack(a.upto, a.records, false)
+        {
+            tracing::error!(error = %e, "cannot persist the spool cursor");
+        }
+    }
+
+    /// Counts a positive answer.
+    fn count(&mut self, ex: &Arc<str>, answer: Confirmation) {
+        let c = self.counters(ex);
+        match answer {
+            Confirmation::Ack => c.confirmed.increment(1),
+            Confirmation::Returned => {
+                c.confirmed.increment(1);
+                c.returned.increment(1);
+                tracing::debug!(exchange = %ex, "message returned: no queue bound for its routing key");
+            }
+            Confirmation::NotRequested | Confirmation::Nack => {}
+        }
+    }
+
+    /// Reads what fits in the window from the spool, publishes it and
+    /// enters it into the window.
+    async fn publish_batch(&mut self, s: &mut Session<'_>) -> Step {
+        s.batch.clear();
+        if let Err(e) = self.reader.read_batch(s.window.room(), &mut s.batch) {
+            tracing::error!(error = %e, "spool read failed");
+            return Err(SessionEnd::Failed(format!("spool read: {e}")));
+        }
+        let recs = decode_batch(&mut s.batch);
+        if let Err(e) = self.declare_new(s.conn, &recs).await {
+            return Err(SessionEnd::Failed(format!("declare: {e}")));
+        }
+        let results = self.publish_all(s, &recs).await?;
+        self.track(s, recs, results)
+    }
+
+    /// Starts the publishes of a batch together (first polled in order, so
+    /// frames and delivery tags keep the spool's order): lapin then writes
+    /// several messages per syscall instead of waking its I/O thread once
+    /// per message (BENCHMARKS.md). Waits until lapin has taken them all.
+    async fn publish_all(
+        &self,
+        s: &mut Session<'_>,
+        recs: &[(u64, Option<Record>)],
+    ) -> Result<Vec<lapin::Result<PublisherConfirm>>, SessionEnd> {
+        let ch = s.ch;
+        let publishes: Vec<_> = recs
+            .iter()
+            .filter_map(|(_, r)| r.as_ref())
+            .map(|rec| {
+                ch.basic_publish(
+                    short(&rec.msg.exchange),
+                    short(&rec.msg.routing_key),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
+                    &rec.msg.body,
+                    properties(rec),
+                )
+            })
+            .collect();
+        let all = futures::future::join_all(publishes);
+        tokio::pin!(all);
+        loop {
+            let st = s.stopping;
+            tokio::select! {
+                r = &mut all => return Ok(r),
+                // Publishes the broker holds back (alarm) must not keep a
+                // shutdown waiting forever.
                 _ = async {
-                    match stopping {
+                    match st {
                         Some(t) => tokio::time::sleep_until(t).await,
-                        None => std::future::pending().await,
+                        None => self.cancel.cancelled().await,
                     }
                 } => {
-                    tracing::warn!(in_flight = confirms.len(), "shutdown timeout: unconfirmed messages stay in the spool");
-                    return SessionEnd::Done;
+                    if st.is_some() {
+                        return Err(SessionEnd::Done);
+                    }
+                    s.stopping = Some(tokio::time::Instant::now() + self.cfg.shutdown_timeout);
+                }
+                _ = s.watchdog.tick() => {
+                    if let Some(why) = broken(s.conn, s.ch) {
+                        return Err(SessionEnd::Failed(format!("{why} while publishes were pending")));
+                    }
                 }
             }
         }
+    }
+
+    /// Enters a published batch into the window, in spool order, and its
+    /// confirms into the set the session waits on.
+    fn track(
+        &mut self,
+        s: &mut Session<'_>,
+        recs: Vec<(u64, Option<Record>)>,
+        results: Vec<lapin::Result<PublisherConfirm>>,
+    ) -> Step {
+        let mut results = results.into_iter();
+        for (end, rec) in recs {
+            let Some(rec) = rec else {
+                let sent = Sent {
+                    received_at_us: now_us(),
+                    exchange: Arc::from(""),
+                };
+                let latency = &s.latency;
+                let advance = s.window.skip(end, sent, |_| latency.record(0.0));
+                self.advance(advance);
+                continue;
+            };
+            let confirm = match results.next() {
+                Some(Ok(c)) => c,
+                Some(Err(e)) => return Err(SessionEnd::Failed(format!("publish: {e}"))),
+                None => return Err(SessionEnd::Failed("publish result missing".into())),
+            };
+            let exchange = rec.msg.exchange.clone();
+            self.counters(&exchange).published.increment(1);
+            let sent = Sent {
+                received_at_us: rec.received_at_us,
+                exchange,
+            };
+            let id = s.window.push(end, sent);
+            s.confirms.push(Pending { id, confirm });
+        }
+        Ok(())
+    }
+}
+
+/// Decodes a batch read from the spool; an undecodable record (the CRC
+/// passed, so only a lying disk or a record of another version) is kept
+/// as `None`, to be skipped rather than read again forever.
+fn decode_batch(batch: &mut Vec<ReadRecord>) -> Vec<(u64, Option<Record>)> {
+    batch
+        .drain(..)
+        .map(|rr| match Record::decode(&rr.payload) {
+            Ok(r) => (rr.end, Some(r)),
+            Err(e) => {
+                tracing::error!(error = %e, "undecodable spool record skipped");
+                metrics::counter!("spool_corrupt_records_total").increment(1);
+                (rr.end, None)
+            }
+        })
+        .collect()
+}
+
+/// Waits until `deadline`, or forever without one.
+async fn until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
     }
 }
