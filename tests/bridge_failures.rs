@@ -65,15 +65,11 @@ fn metric(setup: &BridgeSetup, name: &str) -> Option<f64> {
     Some(sum)
 }
 
-/// `/healthz`: status code and JSON body.
-fn health(setup: &BridgeSetup) -> Option<(u16, Value)> {
-    let (code, b) = setup.http_get("/healthz")?;
-    Some((code, serde_json::from_str(&b).ok()?))
-}
-
 /// Bytes waiting in the bridge's spool (appended, not yet confirmed).
 fn spool_bytes(setup: &BridgeSetup) -> Option<u64> {
-    health(setup).and_then(|(_, h)| h["spool"]["bytes"].as_u64())
+    setup
+        .health()
+        .and_then(|(_, h)| h["spool"]["bytes"].as_u64())
 }
 
 /// Events the bridge has read from AMI (all servers, all names).
@@ -279,7 +275,7 @@ async fn wait_drained(setup: &BridgeSetup, events: u64, t: Duration) {
         ok,
         "bridge did not read {events} events and empty its spool within {t:?}: read {}, health {:?}\n{}",
         events_read(setup),
-        health(setup),
+        setup.health(),
         setup.log()
     );
 }
@@ -370,11 +366,11 @@ async fn wait_reconnected(setup: &BridgeSetup, before: f64, what: &str) {
     assert!(
         wait_for(Duration::from_secs(10), || {
             metric(setup, "amqp_reconnects_total").unwrap_or(0.0) > before
-                && health(setup).is_some_and(|(c, _)| c == 200)
+                && setup.health().is_some_and(|(c, _)| c == 200)
         })
         .await,
         "{what}: no reconnect within 10 s: {:?}\n{}",
-        health(setup),
+        setup.health(),
         setup.log()
     );
 }
@@ -445,7 +441,7 @@ async fn broker_disruptions_mid_stream() {
             metric(&setup, "spool_fsyncs_total").unwrap_or(0.0) > 0.0,
             "unconfirmed spooled messages were never fsynced"
         );
-        let (code, h) = health(&setup).expect("healthz");
+        let (code, h) = setup.health().expect("healthz");
         assert!(
             h["spool"]["messages"].as_u64().unwrap_or(0) > 0,
             "healthz shows the spooled messages: {code} {h}"
@@ -473,12 +469,12 @@ async fn broker_disruptions_mid_stream() {
         // The outage is noticed (this is where a publisher stuck on the
         // dead connection used to keep saying "connected").
         assert!(
-            wait_for(Duration::from_secs(5), || health(&setup).is_some_and(
+            wait_for(Duration::from_secs(5), || setup.health().is_some_and(
                 |(c, h)| { c == 503 && h["broker"].as_str().is_some_and(|b| b != "connected") }
             ))
             .await,
             "healthz while the broker is down: {:?}\n{}",
-            health(&setup),
+            setup.health(),
             setup.log()
         );
         let read_when_down = events_read(&setup);
@@ -713,15 +709,15 @@ async fn spool_survives_sigterm_and_kill_9_while_the_broker_is_down() {
     let total_a = expected_a.len() as u64;
     assert!(
         wait_for(Duration::from_secs(20), || events_read(&setup) >= total_a
-            && health(&setup).is_some_and(|(_, h)| h["spool"]["messages"]
+            && setup.health().is_some_and(|(_, h)| h["spool"]["messages"]
                 .as_u64()
                 > Some(total_a)))
         .await,
         "A did not spool the trace: {:?}\n{}",
-        health(&setup),
+        setup.health(),
         setup.log()
     );
-    let (code, h) = health(&setup).expect("healthz");
+    let (code, h) = setup.health().expect("healthz");
     assert_eq!(code, 503, "healthz with the broker down: {h}");
     assert_ne!(h["broker"], "connected", "{h}");
     let t = Instant::now();
@@ -799,12 +795,12 @@ async fn spool_survives_sigterm_and_kill_9_while_the_broker_is_down() {
     .await;
     let mut c = setup.start();
     assert!(
-        wait_for(Duration::from_secs(30), || health(&setup).is_some_and(
+        wait_for(Duration::from_secs(30), || setup.health().is_some_and(
             |(_, h)| { h["broker"] == "connected" && h["spool"]["bytes"].as_u64() == Some(0) }
         ))
         .await,
         "C did not deliver the spool: {:?}\n{}",
-        health(&setup),
+        setup.health(),
         setup.log()
     );
     let got = read_queue(&url, &queue).await;
@@ -1109,14 +1105,14 @@ async fn unreachable_asterisk_or_broker_keeps_the_bridge_running() {
     let setup = BridgeSetup::new(&ami, &shared_amqp_url(), "");
     let mut bridge = setup.start();
     assert!(
-        wait_for(Duration::from_secs(10), || health(&setup).is_some_and(
+        wait_for(Duration::from_secs(10), || setup.health().is_some_and(
             |(c, h)| c == 503
                 && h["broker"] == "connected"
                 && h["servers"][&setup.server] == "disconnected"
         ))
         .await,
         "healthz with Asterisk unreachable: {:?}\n{}",
-        health(&setup),
+        setup.health(),
         setup.log()
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -1143,7 +1139,7 @@ async fn unreachable_asterisk_or_broker_keeps_the_bridge_running() {
     let mut bridge = setup.start();
     assert!(
         wait_for(Duration::from_secs(15), || events_read(&setup) >= 749
-            && health(&setup).is_some_and(|(c, h)| c == 503
+            && setup.health().is_some_and(|(c, h)| c == 503
                 && h["servers"][&setup.server] == "connected"
                 && h["broker"]
                     .as_str()
@@ -1151,7 +1147,7 @@ async fn unreachable_asterisk_or_broker_keeps_the_bridge_running() {
                 && h["spool"]["messages"].as_u64() == Some(750)))
         .await,
         "healthz with the broker unreachable: {:?}\n{}",
-        health(&setup),
+        setup.health(),
         setup.log()
     );
     assert!(

@@ -9,30 +9,16 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use common::broker::shared_amqp_url;
-use common::procs::{BridgeSetup, free_port, replay, sink, trace, wait_exit, wait_for};
+use common::procs::{
+    BridgeSetup, free_port, replay, sink, spool_segments, trace, wait_exit, wait_for,
+};
 use serde_json::Value;
 
 const SMALL: &str = "calls_small.ami";
-
-fn health(setup: &BridgeSetup) -> Option<(u16, Value)> {
-    let (code, b) = setup.http_get("/healthz")?;
-    Some((code, serde_json::from_str(&b).ok()?))
-}
-
-/// Every `.seg` file of a spool directory, in order.
-fn segments(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .expect("spool dir")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
-        .collect();
-    v.sort();
-    v
-}
 
 /// Gives the first `n` records of a segment an unknown format version,
 /// with their CRC recomputed (so the spool reads them and only the
@@ -71,13 +57,15 @@ async fn undecodable_records_do_not_stop_a_window_of_one() {
     // Run 1: broker away; everything stays in the spool.
     let mut a = setup.start();
     let ok = wait_for(Duration::from_secs(20), || {
-        health(&setup).is_some_and(|(_, h)| h["spool"]["messages"] == spooled - 1)
+        setup
+            .health()
+            .is_some_and(|(_, h)| h["spool"]["messages"] == spooled - 1)
     })
     .await;
-    assert!(ok, "run 1 did not spool the trace: {:?}", health(&setup));
+    assert!(ok, "run 1 did not spool the trace: {:?}", setup.health());
     a.signal("TERM");
     assert_eq!(wait_exit(&mut a, Duration::from_secs(15)).await, Some(0));
-    let segs = segments(&setup.spool_dir());
+    let segs = spool_segments(&setup.spool_dir());
     bump_versions(&segs[0], BAD);
 
     // Run 2: broker up, a window of one, no Asterisk.
@@ -99,7 +87,9 @@ async fn undecodable_records_do_not_stop_a_window_of_one() {
         .collect(spooled as usize, Duration::from_secs(10))
         .await;
     let drained = wait_for(Duration::from_secs(10), || {
-        health(&setup).is_some_and(|(_, h)| h["spool"]["messages"] == 0)
+        setup
+            .health()
+            .is_some_and(|(_, h)| h["spool"]["messages"] == 0)
     })
     .await;
     bridge.signal("TERM");
@@ -111,7 +101,7 @@ async fn undecodable_records_do_not_stop_a_window_of_one() {
         spooled - BAD as u64,
         "every decodable message\n{log}"
     );
-    assert!(drained, "spool not drained: {:?}", health(&setup));
+    assert!(drained, "spool not drained: {:?}", setup.health());
     let seqs: Vec<u64> = got
         .iter()
         .filter_map(|d| serde_json::from_slice::<Value>(&d.data).ok())

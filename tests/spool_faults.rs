@@ -18,7 +18,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::broker::shared_amqp_url;
-use common::procs::{BridgeSetup, Proc, free_port, replay, sink, trace, wait_exit, wait_for};
+use common::procs::{
+    BridgeSetup, Proc, free_port, replay, sink, spool_segments, trace, wait_exit, wait_for,
+};
 use serde_json::Value;
 
 const SMALL: &str = "calls_small.ami";
@@ -54,11 +56,6 @@ fn fill_up(path: &Path) {
     let mut f = File::create(path).expect("create filler");
     let block = vec![0x5au8; 4096];
     while f.write_all(&block).is_ok() {}
-}
-
-fn health(setup: &BridgeSetup) -> Option<(u16, Value)> {
-    let (code, b) = setup.http_get("/healthz")?;
-    Some((code, serde_json::from_str(&b).ok()?))
 }
 
 /// One series of a metric, by its exact label text (`""` for none).
@@ -97,7 +94,7 @@ fn small_segments(setup: &BridgeSetup) {
 }
 
 fn spool_state(setup: &BridgeSetup) -> Option<(u16, Value)> {
-    health(setup).map(|(c, h)| (c, h["spool"].clone()))
+    setup.health().map(|(c, h)| (c, h["spool"].clone()))
 }
 
 /// Starts the bridge on a full disk (the spool holding `before` messages)
@@ -117,7 +114,7 @@ async fn start_on_full_disk(
         spool_state(setup).is_some_and(|(c, s)| c == 503 && s["state"] == "disk_full")
     })
     .await;
-    assert!(full, "healthz: {:?}\n{}", health(setup), setup.log());
+    assert!(full, "healthz: {:?}\n{}", setup.health(), setup.log());
     let dropped = || series(setup, "spool_dropped_total", "{reason=\"disk_full\"}");
     let settled = wait_for(Duration::from_secs(10), || {
         let Some((_, s)) = spool_state(setup) else {
@@ -160,7 +157,7 @@ async fn full_disk_is_reported_retried_and_counted() {
             .is_some_and(|(c, s)| c == 503 && s["state"] == "ok" && s["messages"] == held)
     })
     .await;
-    assert!(written, "after freeing space: {:?}", health(&setup));
+    assert!(written, "after freeing space: {:?}", setup.health());
     assert!(setup.log().contains("the spool is writable again"));
     a.signal("TERM");
     assert_eq!(wait_exit(&mut a, Duration::from_secs(15)).await, Some(0));
@@ -198,17 +195,6 @@ async fn full_disk_is_reported_retried_and_counted() {
     );
 }
 
-/// Every `.seg` file of a spool directory, in order.
-fn segments(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .expect("spool dir")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
-        .collect();
-    v.sort();
-    v
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn damaged_spool_still_publishes_every_intact_message() {
     let path = trace(SMALL);
@@ -222,13 +208,15 @@ async fn damaged_spool_still_publishes_every_intact_message() {
     // Run 1: broker away; everything stays in the spool.
     let mut a = setup.start();
     let ok = wait_for(Duration::from_secs(20), || {
-        health(&setup).is_some_and(|(_, h)| h["spool"]["messages"] == spooled - 1)
+        setup
+            .health()
+            .is_some_and(|(_, h)| h["spool"]["messages"] == spooled - 1)
     })
     .await;
-    assert!(ok, "run 1 did not spool the trace: {:?}", health(&setup));
+    assert!(ok, "run 1 did not spool the trace: {:?}", setup.health());
     a.signal("TERM");
     assert_eq!(wait_exit(&mut a, Duration::from_secs(15)).await, Some(0));
-    let segs = segments(&setup.spool_dir());
+    let segs = spool_segments(&setup.spool_dir());
     assert!(segs.len() >= 2, "{segs:?}");
 
     // One byte flipped in the middle of the first segment.
@@ -251,7 +239,9 @@ async fn damaged_spool_still_publishes_every_intact_message() {
         .collect(spooled as usize, Duration::from_secs(10))
         .await;
     let drained = wait_for(Duration::from_secs(10), || {
-        health(&setup).is_some_and(|(_, h)| h["spool"]["messages"] == 0)
+        setup
+            .health()
+            .is_some_and(|(_, h)| h["spool"]["messages"] == 0)
     })
     .await;
     let corrupt = series(&setup, "spool_corrupt_records_total", "");
@@ -263,7 +253,7 @@ async fn damaged_spool_still_publishes_every_intact_message() {
         spooled - 1,
         "exactly the damaged message is missing\n{log}"
     );
-    assert!(drained, "spool not drained: {:?}", health(&setup));
+    assert!(drained, "spool not drained: {:?}", setup.health());
     assert_eq!(corrupt, Some(1.0), "{log}");
     assert!(log.contains("spool segment is damaged"), "{log}");
     assert!(!log.contains("died mid-write"), "{log}");

@@ -226,6 +226,12 @@ exchange = "{exchange}"
         Some((code, body))
     }
 
+    /// `/healthz`: status code and JSON body.
+    pub fn health(&self) -> Option<(u16, serde_json::Value)> {
+        let (code, b) = self.http_get("/healthz")?;
+        Some((code, serde_json::from_str(&b).ok()?))
+    }
+
     /// Runs `ami2amqp map` over a trace with this setup's mappings and
     /// server name; returns the JSON messages.
     pub fn dry_run(&self, trace: &Path) -> Vec<serde_json::Value> {
@@ -404,4 +410,15 @@ pub async fn wait_exit(p: &mut Proc, t: Duration) -> Option<i32> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     None
+}
+
+/// Every `.seg` file of a spool directory, in order.
+pub fn spool_segments(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("spool dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    v.sort();
+    v
 }
