@@ -13,9 +13,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::broker::shared_amqp_url;
-use common::procs::{
-    BridgeSetup, free_port, replay, sink, spool_segments, trace, wait_exit, wait_for,
-};
+use common::procs::{BridgeSetup, free_port, replay, sink, spool_segments, trace, wait_exit};
 use serde_json::Value;
 
 const SMALL: &str = "calls_small.ami";
@@ -55,43 +53,19 @@ async fn undecodable_records_do_not_stop_a_window_of_one() {
     let spooled = setup.dry_run(&path).len() as u64 + 2;
 
     // Run 1: broker away; everything stays in the spool.
-    let mut a = setup.start();
-    let ok = wait_for(Duration::from_secs(20), || {
-        setup
-            .health()
-            .is_some_and(|(_, h)| h["spool"]["messages"] == spooled - 1)
-    })
-    .await;
-    assert!(ok, "run 1 did not spool the trace: {:?}", setup.health());
-    a.signal("TERM");
-    assert_eq!(wait_exit(&mut a, Duration::from_secs(15)).await, Some(0));
+    setup.spool_with_broker_away(spooled).await;
     let segs = spool_segments(&setup.spool_dir());
     bump_versions(&segs[0], BAD);
 
     // Run 2: broker up, a window of one, no Asterisk.
     let url = shared_amqp_url();
     let mut sink = sink(&url, &setup.exchange, "#").await;
-    let config = std::fs::read_to_string(&setup.config).expect("config");
-    let config = config
-        .replace(
-            &format!("url = \"{dead}\""),
-            &format!("url = \"{url}\"\nconfirm_window = 1"),
-        )
-        .replace(
-            &format!("address = \"{addr}\""),
-            &format!("address = \"127.0.0.1:{}\"", free_port()),
-        );
-    std::fs::write(&setup.config, config).expect("write config");
+    setup.move_to_broker(&url, "confirm_window = 1");
     let mut bridge = setup.start();
     let got = sink
         .collect(spooled as usize, Duration::from_secs(10))
         .await;
-    let drained = wait_for(Duration::from_secs(10), || {
-        setup
-            .health()
-            .is_some_and(|(_, h)| h["spool"]["messages"] == 0)
-    })
-    .await;
+    let drained = setup.spool_drained(Duration::from_secs(10)).await;
     bridge.signal("TERM");
     let _ = wait_exit(&mut bridge, Duration::from_secs(15)).await;
     let log = setup.log();

@@ -206,16 +206,7 @@ async fn damaged_spool_still_publishes_every_intact_message() {
     let spooled = setup.dry_run(&path).len() as u64 + 2;
 
     // Run 1: broker away; everything stays in the spool.
-    let mut a = setup.start();
-    let ok = wait_for(Duration::from_secs(20), || {
-        setup
-            .health()
-            .is_some_and(|(_, h)| h["spool"]["messages"] == spooled - 1)
-    })
-    .await;
-    assert!(ok, "run 1 did not spool the trace: {:?}", setup.health());
-    a.signal("TERM");
-    assert_eq!(wait_exit(&mut a, Duration::from_secs(15)).await, Some(0));
+    setup.spool_with_broker_away(spooled).await;
     let segs = spool_segments(&setup.spool_dir());
     assert!(segs.len() >= 2, "{segs:?}");
 
@@ -228,22 +219,12 @@ async fn damaged_spool_still_publishes_every_intact_message() {
     // Run 2: broker up, no Asterisk (so nothing new is produced).
     let url = shared_amqp_url();
     let mut sink = sink(&url, &setup.exchange, "#").await;
-    let config = std::fs::read_to_string(&setup.config).expect("config");
-    let config = config.replace(&dead, &url).replace(
-        &format!("address = \"{addr}\""),
-        &format!("address = \"127.0.0.1:{}\"", free_port()),
-    );
-    std::fs::write(&setup.config, config).expect("write config");
+    setup.move_to_broker(&url, "");
     let mut bridge = setup.start();
     let got = sink
         .collect(spooled as usize, Duration::from_secs(10))
         .await;
-    let drained = wait_for(Duration::from_secs(10), || {
-        setup
-            .health()
-            .is_some_and(|(_, h)| h["spool"]["messages"] == 0)
-    })
-    .await;
+    let drained = setup.spool_drained(Duration::from_secs(10)).await;
     let corrupt = series(&setup, "spool_corrupt_records_total", "");
     bridge.signal("TERM");
     let _ = wait_exit(&mut bridge, Duration::from_secs(15)).await;

@@ -232,6 +232,49 @@ exchange = "{exchange}"
         Some((code, serde_json::from_str(&b).ok()?))
     }
 
+    /// Run 1 of a spool test: with the broker away the bridge reads the
+    /// whole trace into its spool (`spooled` messages once it stopped:
+    /// the events, `connected` and `stopped`), then stops cleanly.
+    pub async fn spool_with_broker_away(&self, spooled: u64) {
+        let mut a = self.start();
+        let ok = wait_for(Duration::from_secs(20), || {
+            self.health()
+                .is_some_and(|(_, h)| h["spool"]["messages"] == spooled - 1)
+        })
+        .await;
+        assert!(ok, "run 1 did not spool the trace: {:?}", self.health());
+        a.signal("TERM");
+        assert_eq!(wait_exit(&mut a, Duration::from_secs(15)).await, Some(0));
+    }
+
+    /// Rewrites the config for a run against the broker at `url` (with
+    /// `amqp_extra` lines added to `[amqp]`) and no Asterisk (the server's
+    /// address becomes a port nobody listens on).
+    pub fn move_to_broker(&self, url: &str, amqp_extra: &str) {
+        let text = std::fs::read_to_string(&self.config).expect("config");
+        let mut out = String::new();
+        for line in text.lines() {
+            if line.starts_with("url = ") {
+                out += &format!("url = \"{url}\"\n{amqp_extra}\n");
+            } else if line.starts_with("address = ") {
+                out += &format!("address = \"127.0.0.1:{}\"\n", free_port());
+            } else {
+                out += line;
+                out.push('\n');
+            }
+        }
+        std::fs::write(&self.config, out).expect("write config");
+    }
+
+    /// Waits at most `t` for the spool to be empty (everything confirmed).
+    pub async fn spool_drained(&self, t: Duration) -> bool {
+        wait_for(t, || {
+            self.health()
+                .is_some_and(|(_, h)| h["spool"]["messages"] == 0)
+        })
+        .await
+    }
+
     /// Runs `ami2amqp map` over a trace with this setup's mappings and
     /// server name; returns the JSON messages.
     pub fn dry_run(&self, trace: &Path) -> Vec<serde_json::Value> {
