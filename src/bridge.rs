@@ -327,10 +327,10 @@ fn spool_health(spool: &Spool) -> serde_json::Value {
 
 /// Runs the bridge until `shutdown` fires.
 pub async fn run(mut cfg: Config, shutdown: CancellationToken) -> Result<(), BridgeError> {
-    let mappings = Mappings::load(&cfg.mappings.dir).map_err(|e| {
+    let mappings = Mappings::load(&cfg.mappings.dirs()).map_err(|e| {
         BridgeError(format!(
             "invalid mappings in {}:\n{e}",
-            cfg.mappings.dir.display()
+            crate::mapping::load::show_dirs(&cfg.mappings.dirs())
         ))
     })?;
     let specs = cfg.server_specs().map_err(|e| BridgeError(e.to_string()))?;
@@ -388,7 +388,7 @@ pub async fn run(mut cfg: Config, shutdown: CancellationToken) -> Result<(), Bri
 
     let instance = instance_id();
     tracing::info!(instance = %instance, servers = specs.len(), routes = mappings.current().len(),
-        mappings = %cfg.mappings.dir.display(), spool = %cfg.spool.dir.display(), "ami2amqp starting");
+        mappings = %crate::mapping::load::show_dirs(mappings.dirs()), spool = %cfg.spool.dir.display(), "ami2amqp starting");
 
     let (tx, rx) = mpsc::channel::<Incoming>(8192);
     let pool = Arc::new(Pool::start(specs, tx));
@@ -434,7 +434,7 @@ pub async fn run(mut cfg: Config, shutdown: CancellationToken) -> Result<(), Bri
 
     let watcher = mappings
         .spawn_watcher(cfg.mappings.watch, Duration::from_millis(300), None)
-        .map_err(|e| BridgeError(format!("cannot watch {}: {e}", cfg.mappings.dir.display())))?;
+        .map_err(|e| BridgeError(format!("cannot watch the mappings directory {e}")))?;
 
     let actions_cancel = CancellationToken::new();
     let actions_enabled = cfg.actions.enabled;
