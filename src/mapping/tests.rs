@@ -532,6 +532,10 @@ mod overlays {
         );
         assert_eq!(r.files(), &files[..]);
         assert_eq!(r.len(), 3, "the replaced file's route is gone");
+        // A file of only comments switches the earlier file off.
+        std::fs::write(over.path().join("20-b.toml"), "# not wanted here\n").unwrap();
+        assert_eq!(load_dirs(&dirs).unwrap().len(), 2);
+        std::fs::remove_file(over.path().join("20-b.toml")).unwrap();
 
         // An error in the overlay is reported at the overlay's file.
         std::fs::write(over.path().join("15-c.toml"), "[[route]]\nname = 1\n").unwrap();
