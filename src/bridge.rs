@@ -562,10 +562,10 @@ impl Bridge {
     /// publisher, the mapping watcher, the action path and the metrics
     /// server. An error here is fatal (printed as one line).
     pub async fn start(mut cfg: Config) -> Result<Bridge, BridgeError> {
-        let mappings = Mappings::load(&cfg.mappings.dir).map_err(|e| {
+        let mappings = Mappings::load(&cfg.mappings.dirs()).map_err(|e| {
             BridgeError(format!(
                 "invalid mappings in {}:\n{e}",
-                cfg.mappings.dir.display()
+                crate::mapping::load::show_dirs(&cfg.mappings.dirs())
             ))
         })?;
         let specs = cfg.server_specs().map_err(|e| BridgeError(e.to_string()))?;
@@ -574,7 +574,7 @@ impl Bridge {
 
         let instance = instance_id();
         tracing::info!(instance = %instance, servers = specs.len(), routes = mappings.current().len(),
-            mappings = %cfg.mappings.dir.display(), spool = %cfg.spool.dir.display(), "ami2amqp starting");
+            mappings = %crate::mapping::load::show_dirs(mappings.dirs()), spool = %cfg.spool.dir.display(), "ami2amqp starting");
 
         let (tx, rx) = mpsc::channel::<Incoming>(8192);
         let pool = Arc::new(Pool::start(specs, tx));
@@ -591,9 +591,7 @@ impl Bridge {
             start_publisher(&cfg, &spool, &mappings, pub_cancel.clone());
         let watcher = mappings
             .spawn_watcher(cfg.mappings.watch, Duration::from_millis(300), None)
-            .map_err(|e| {
-                BridgeError(format!("cannot watch {}: {e}", cfg.mappings.dir.display()))
-            })?;
+            .map_err(|e| BridgeError(format!("cannot watch the mappings directory {e}")))?;
 
         let actions_cancel = CancellationToken::new();
         let (actions_task, actions_rx) =

@@ -252,24 +252,56 @@ fn d_connect_timeout() -> u64 {
     10
 }
 
+/// `[mappings]`: where the mapping files are (docs/config.md).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MappingsCfg {
-    #[serde(default = "d_mappings_dir")]
-    pub dir: PathBuf,
-    /// Reload when a file in `dir` changes (SIGHUP always reloads).
+    /// One directory (the default set: `mappings`).
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+    /// Several directories, in order: later ones add files or replace the
+    /// files of the same name (`["mappings", "mappings/examples/x"]`).
+    /// Give `dir` or `dirs`, not both.
+    #[serde(default)]
+    pub dirs: Option<Vec<PathBuf>>,
+    /// Reload when a file in one of the directories changes (SIGHUP always
+    /// reloads).
     #[serde(default = "d_true")]
     pub watch: bool,
 }
 
-fn d_mappings_dir() -> PathBuf {
-    PathBuf::from("mappings")
+impl MappingsCfg {
+    /// The directories to load, in order (`dir`, `dirs`, or `mappings`).
+    pub fn dirs(&self) -> Vec<PathBuf> {
+        match (&self.dir, &self.dirs) {
+            (_, Some(v)) => v.clone(),
+            (Some(d), None) => vec![d.clone()],
+            (None, None) => vec![PathBuf::from("mappings")],
+        }
+    }
+
+    /// The rules [`Self::dirs`] relies on: (key, message) of the problem.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        match (&self.dir, &self.dirs) {
+            (Some(_), Some(_)) => Err((
+                "mappings.dirs",
+                "give `dir` or `dirs`, not both (`dirs` lists every directory, the default set first)"
+                    .into(),
+            )),
+            (_, Some(v)) if v.is_empty() => Err((
+                "mappings.dirs",
+                "is empty: list at least one directory (e.g. [\"mappings\"])".into(),
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 impl Default for MappingsCfg {
     fn default() -> Self {
         MappingsCfg {
-            dir: d_mappings_dir(),
+            dir: None,
+            dirs: None,
             watch: true,
         }
     }
@@ -559,7 +591,7 @@ mod tests {
         assert_eq!(c.amqp.confirm_window, 256);
         assert_eq!(c.spool.max_bytes, 1 << 30);
         assert_eq!(c.metrics.listen, "127.0.0.1:9187");
-        assert_eq!(c.mappings.dir, PathBuf::from("mappings"));
+        assert_eq!(c.mappings.dirs(), [PathBuf::from("mappings")]);
         let specs = c.server_specs().unwrap();
         assert_eq!(specs[0].action_connections, 2);
         assert_eq!(specs[0].client.credentials.secret, "s3cret");
@@ -596,6 +628,26 @@ mod tests {
         let e = parse(&format!("{MIN}[amqp]\nurl = \"http://x:y@h\"\n")).unwrap_err();
         assert!(
             e.0.contains("must start with amqp://") && !e.0.contains(":y@"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn mappings_dir_or_dirs() {
+        let dirs = |t: &str| parse(&format!("{MIN}[mappings]\n{t}")).map(|c| c.mappings.dirs());
+        assert_eq!(dirs("dir = \"m\"\n").unwrap(), [PathBuf::from("m")]);
+        assert_eq!(
+            dirs("dirs = [\"m\", \"m/examples/x\"]\n").unwrap(),
+            [PathBuf::from("m"), PathBuf::from("m/examples/x")]
+        );
+        let e = dirs("dir = \"m\"\ndirs = [\"m\"]\n").unwrap_err();
+        assert!(
+            e.0.starts_with("c.toml:8:8: mappings.dirs: give `dir` or `dirs`, not both"),
+            "{e}"
+        );
+        let e = dirs("dirs = []\n").unwrap_err();
+        assert!(
+            e.0.starts_with("c.toml:7:8: mappings.dirs: is empty"),
             "{e}"
         );
     }

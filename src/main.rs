@@ -128,21 +128,22 @@ async fn run(a: RunArgs) -> Result<(), BoxError> {
 ///
 /// Prints `file:line:col: message` for every problem found and exits 0
 /// only when everything is valid. With --config alone, the mappings
-/// directory named in the config is checked too.
+/// directories named in the config are checked too.
 #[derive(Args, Debug)]
 struct CheckArgs {
     /// The configuration file to check.
     #[arg(long, short)]
     config: Option<PathBuf>,
-    /// The mappings directory to check (default: the config's
-    /// `mappings.dir`, or `mappings`).
+    /// A mappings directory to check; repeat it to overlay directories in
+    /// order (later ones add files or replace files of the same name).
+    /// Default: the config's `[mappings]` directories, or `mappings`.
     #[arg(long, short)]
-    mappings: Option<PathBuf>,
+    mappings: Vec<PathBuf>,
 }
 
 fn check(a: CheckArgs) -> Result<(), BoxError> {
     let mut out = std::io::stdout().lock();
-    match ami2amqp::tools::check(a.config.as_deref(), a.mappings.as_deref(), &mut out) {
+    match ami2amqp::tools::check(a.config.as_deref(), &a.mappings, &mut out) {
         0 => Ok(()),
         _ => Err("invalid configuration or mappings (see above)".into()),
     }
@@ -158,9 +159,10 @@ fn check(a: CheckArgs) -> Result<(), BoxError> {
 /// receives them.
 #[derive(Args, Debug)]
 struct MapArgs {
-    /// The mappings directory.
+    /// The mappings directory; repeat it to overlay directories in order
+    /// (later ones add files or replace files of the same name).
     #[arg(long, short, default_value = "mappings")]
-    mappings: PathBuf,
+    mappings: Vec<PathBuf>,
     /// The server name to use for `{server}`.
     #[arg(long, default_value = "pbx1")]
     server: String,

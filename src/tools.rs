@@ -18,15 +18,18 @@ use tokio_util::codec::Decoder;
 
 use crate::ami::{AmiCodec, Frame, Kind, Limits};
 use crate::config::Config;
-use crate::mapping::{EventCtx, Outgoing, load_dir};
+use crate::mapping::load::{overlay_files, show_dirs};
+use crate::mapping::{EventCtx, LoadError, Outgoing, load_dirs, load_files};
 
 /// `ami2amqp check`: validates the config file (if given) and the mappings.
 /// Prints one line per problem (and per warning, such as a secret file
 /// others can read) and returns the process exit code. The config goes
-/// through the same checks as at `run`'s start (`Config::load`).
-pub fn check(config: Option<&Path>, mappings: Option<&Path>, out: &mut dyn Write) -> i32 {
+/// through the same checks as at `run`'s start (`Config::load`). The
+/// mapping directories are `mappings` when given (later ones overlaying
+/// earlier ones), else the config's, else `mappings`.
+pub fn check(config: Option<&Path>, mappings: &[PathBuf], out: &mut dyn Write) -> i32 {
     let mut ok = true;
-    let mut dir = mappings.map(Path::to_path_buf);
+    let mut dirs = mappings.to_vec();
     if let Some(c) = config {
         match Config::load(c) {
             Ok(cfg) => {
@@ -42,8 +45,8 @@ pub fn check(config: Option<&Path>, mappings: Option<&Path>, out: &mut dyn Write
                         let _ = writeln!(out, "{e}");
                     }
                 }
-                if dir.is_none() {
-                    dir = Some(cfg.mappings.dir.clone());
+                if dirs.is_empty() {
+                    dirs = cfg.mappings.dirs();
                 }
             }
             Err(e) => {
@@ -52,28 +55,42 @@ pub fn check(config: Option<&Path>, mappings: Option<&Path>, out: &mut dyn Write
             }
         }
     }
-    let dir = dir.unwrap_or_else(|| PathBuf::from("mappings"));
-    match load_dir(&dir) {
-        Ok(r) => {
-            let _ = writeln!(
-                out,
-                "{}: ok ({} route(s) in {} file(s), exchanges: {})",
-                dir.display(),
-                r.len(),
-                r.files().len(),
-                r.exchanges()
-                    .iter()
-                    .map(|(e, t)| format!("{e} ({})", t.as_str()))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-        }
-        Err(e) => {
-            ok = false;
-            let _ = writeln!(out, "{e}");
-        }
+    if dirs.is_empty() {
+        dirs.push(PathBuf::from("mappings"));
+    }
+    if let Err(e) = check_mappings(&dirs, out) {
+        ok = false;
+        let _ = writeln!(out, "{e}");
     }
     if ok { 0 } else { 1 }
+}
+
+/// Loads the set of `dirs` and prints what `check` says about a valid one:
+/// its size, its exchanges, and which files the overlays replace or add.
+fn check_mappings(dirs: &[PathBuf], out: &mut dyn Write) -> Result<(), LoadError> {
+    let files = overlay_files(dirs)?;
+    let paths: Vec<PathBuf> = files.iter().map(|f| f.path.clone()).collect();
+    let r = load_files(&paths)?;
+    let _ = writeln!(
+        out,
+        "{}: ok ({} route(s) in {} file(s), exchanges: {})",
+        show_dirs(dirs),
+        r.len(),
+        r.files().len(),
+        r.exchanges()
+            .iter()
+            .map(|(e, t)| format!("{e} ({})", t.as_str()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let first = dirs.first().map(PathBuf::as_path);
+    for f in files.iter().filter(|f| f.path.parent() != first) {
+        let _ = match &f.replaces {
+            Some(old) => writeln!(out, "  {} replaces {}", f.path.display(), old.display()),
+            None => writeln!(out, "  {} added", f.path.display()),
+        };
+    }
+    Ok(())
 }
 
 /// What the dry run saw.
@@ -93,17 +110,18 @@ pub struct MapSummary {
     pub error_texts: BTreeMap<String, u64>,
 }
 
-/// `ami2amqp map`: feeds traces through the mappings. Each message is
+/// `ami2amqp map`: feeds traces through the mappings (the merged files of
+/// `mappings`, later directories overlaying earlier ones). Each message is
 /// passed to `emit`; the summary is returned. Timestamps are derived from
 /// a fixed clock (the Unix epoch plus the event's index in milliseconds)
 /// and the instance id is `dryrun`, so the output is the same every run.
 pub fn map_traces(
-    mappings: &Path,
+    mappings: &[PathBuf],
     server: &str,
     traces: &[PathBuf],
     mut emit: impl FnMut(&Outgoing) -> std::io::Result<()>,
 ) -> Result<MapSummary, String> {
-    let router = load_dir(mappings).map_err(|e| e.to_string())?;
+    let router = load_dirs(mappings).map_err(|e| e.to_string())?;
     let mut s = MapSummary::default();
     let mut out = Vec::new();
     for t in traces {

@@ -11,7 +11,10 @@
 //! - every event documented in `tests/data/ami_events.json` (a copy of the
 //!   shared list; tests must not read outside the repository) is named by
 //!   an ordinary route, not left to the fallback;
-//! - the presets in `mappings/examples/` keep the same promises.
+//! - the presets in `mappings/examples/`, overlays on the default set, keep
+//!   the same promises, and publish for every trace exactly what
+//!   `tests/data/preset_map.txt` records (what they published as full
+//!   copies, before they became overlays).
 //!
 //! A summary of the routing keys (with counts) is printed on stderr; run
 //! with `--nocapture` to see it. In debug builds the big `calls_busy`
@@ -24,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
 use ami2amqp::ami::{AmiCodec, Frame, Limits, Message};
-use ami2amqp::mapping::{EventCtx, Outgoing, Router, load_dir};
+use ami2amqp::mapping::{EventCtx, Outgoing, Router, load_dir, load_dirs};
 use bytes::BytesMut;
 use tokio_util::codec::Decoder;
 
@@ -41,6 +44,12 @@ fn root() -> &'static Path {
 
 fn load(dir: &Path) -> Router {
     load_dir(dir).unwrap_or_else(|e| panic!("{} does not load:\n{e}", dir.display()))
+}
+
+/// A preset: an overlay on the default set.
+fn load_preset(dir: &Path) -> Router {
+    load_dirs(&[root().join("mappings"), dir.to_path_buf()])
+        .unwrap_or_else(|e| panic!("{} does not load:\n{e}", dir.display()))
 }
 
 fn traces() -> Vec<PathBuf> {
@@ -485,7 +494,7 @@ fn presets_route_every_trace_event() {
     );
     for d in &dirs {
         let set = format!("mappings/examples/{}", trace_name(d));
-        let r = load(d);
+        let r = load_preset(d);
         let stats = route_traces(&r, &set, true);
         synthetic_events_render(&r, &set);
         let small = &stats["calls_small.ami"];
@@ -542,4 +551,138 @@ fn presets_route_every_trace_event() {
             other => panic!("unexpected preset {other}"),
         }
     }
+}
+
+/// Traces longer than this (decompressed) are cut to it in debug builds.
+const DIGEST_PREFIX: u64 = 2 << 20;
+
+/// (set, trace, part): `("default", "calls_small.ami", "all")`.
+type DigestKey = (String, String, String);
+/// (lines, md5) of what `map` prints.
+type MapDigest = (u64, String);
+/// The lines of tests/data/preset_map.txt.
+type Digests = BTreeMap<DigestKey, MapDigest>;
+
+fn expected_digests() -> Digests {
+    let text = std::fs::read_to_string(root().join("tests/data/preset_map.txt")).unwrap();
+    let mut out = Digests::new();
+    for l in text.lines().filter(|l| !l.starts_with('#')) {
+        let w: Vec<&str> = l.split(' ').collect();
+        assert_eq!(w.len(), 5, "bad line {l:?}");
+        let key = (w[0].to_string(), w[1].to_string(), w[2].to_string());
+        let old = out.insert(key, (w[3].parse().unwrap(), w[4].to_string()));
+        assert!(old.is_none(), "line repeated: {l:?}");
+    }
+    out
+}
+
+/// The trace to map and the name of its part: the whole file, or in debug
+/// builds (of a long trace) its first `DIGEST_PREFIX` bytes cut after the
+/// last complete message, written to `tmp` (scripts/preset-digests.sh
+/// cuts the same bytes).
+fn digest_input(trace: &Path, tmp: &Path) -> (PathBuf, String) {
+    let raw = std::fs::read(trace).unwrap();
+    let mut data = Vec::new();
+    if trace.extension().is_some_and(|e| e == "zst") {
+        zstd::Decoder::new(&raw[..])
+            .unwrap()
+            .take(DIGEST_PREFIX + 1)
+            .read_to_end(&mut data)
+            .unwrap();
+    } else {
+        data = raw;
+    }
+    if cap() == usize::MAX || data.len() as u64 <= DIGEST_PREFIX {
+        return (trace.to_path_buf(), "all".into());
+    }
+    data.truncate(DIGEST_PREFIX as usize);
+    let end = data.windows(4).rposition(|w| w == b"\r\n\r\n").unwrap();
+    data.truncate(end + 4);
+    let cut = tmp.join(format!("{}.prefix.ami", trace_name(trace)));
+    std::fs::write(&cut, data).unwrap();
+    (cut, format!("prefix:{DIGEST_PREFIX}"))
+}
+
+/// Lines and MD5 of what `ami2amqp map --server pbx1` prints (the same
+/// function, the same bytes as its `main`).
+fn map_digest(dirs: &[PathBuf], trace: &Path) -> MapDigest {
+    use md5::{Digest, Md5};
+    let mut h = Md5::new();
+    let mut lines = 0;
+    ami2amqp::tools::map_traces(dirs, SERVER, &[trace.to_path_buf()], |m| {
+        let mut line = serde_json::to_vec(&m.to_json())?;
+        line.push(b'\n');
+        h.update(&line);
+        lines += 1;
+        Ok(())
+    })
+    .unwrap_or_else(|e| panic!("{}: {e}", trace.display()));
+    let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    (lines, hex)
+}
+
+/// Each preset is an overlay on the default set (only the files it
+/// changes). tests/data/preset_map.txt holds what `ami2amqp map` printed
+/// for every trace with the presets as full copies (before they shrank), and
+/// for the default set: the overlays must print exactly that.
+#[test]
+fn presets_as_overlays_map_every_trace_as_the_full_copies_did() {
+    let expected = expected_digests();
+    let mut sets = vec![("default".to_string(), vec![root().join("mappings")])];
+    for d in preset_dirs() {
+        sets.push((trace_name(&d), vec![root().join("mappings"), d]));
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mut inputs = Vec::new();
+    for t in traces() {
+        let (path, part) = digest_input(&t, tmp.path());
+        inputs.push((trace_name(&t), path, part));
+    }
+    let got: Vec<(DigestKey, MapDigest)> = std::thread::scope(|s| {
+        let handles: Vec<_> = sets
+            .iter()
+            .map(|(set, dirs)| {
+                let inputs = &inputs;
+                s.spawn(move || {
+                    inputs
+                        .iter()
+                        .map(|(name, path, part)| {
+                            let key = (set.clone(), name.clone(), part.clone());
+                            (key, map_digest(dirs, path))
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    // Every set and trace is listed, and nothing else.
+    let listed: BTreeSet<(&str, &str)> = expected
+        .keys()
+        .map(|(s, t, _)| (s.as_str(), t.as_str()))
+        .collect();
+    let computed: BTreeSet<(&str, &str)> = got
+        .iter()
+        .map(|((s, t, _), _)| (s.as_str(), t.as_str()))
+        .collect();
+    assert_eq!(
+        listed, computed,
+        "tests/data/preset_map.txt vs the presets and traces"
+    );
+    let mut wrong = Vec::new();
+    for (key, digest) in &got {
+        match expected.get(key) {
+            Some(e) if e == digest => {}
+            e => wrong.push(format!("{key:?}: expected {e:?}, mapped {digest:?}")),
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "`ami2amqp map --mappings mappings [--mappings mappings/examples/SET] TRACE` \
+         prints something else than before:\n{}",
+        wrong.join("\n")
+    );
 }

@@ -15,7 +15,7 @@ async fn sighup_reloads_the_mapping_set() {
         "[[route]]\nname = \"a\"\nevents = [\"*\"]\nexchange = \"x\"\nrouting_key = \"{Event}\"\n",
     )
     .unwrap();
-    let m = Mappings::load(dir.path()).unwrap();
+    let m = Mappings::load(&[dir.path().to_path_buf()]).unwrap();
     let (tx, mut rx) = mpsc::channel(8);
     let task = m
         .spawn_watcher(false, Duration::from_millis(50), Some(tx))

@@ -641,3 +641,213 @@ fn every_toml_block_of_docs_config_md_passes_check() {
         assert!(o.status.success(), "block {i}:\n{b}\n{out}");
     }
 }
+
+/// `ami2amqp` run in the repository (for relative paths, as the docs show).
+fn run_in_repo(args: &[&str]) -> (i32, String, String) {
+    let o = Command::new(bin())
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .expect("run ami2amqp");
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_and_map_load_overlay_directories_in_order() {
+    // The preset as docs/mapping.md shows it.
+    let doc = std::fs::read_to_string(repo().join("docs/mapping.md")).unwrap();
+    let cmd =
+        "$ ami2amqp check --mappings mappings --mappings mappings/examples/security-exchange\n";
+    let quoted = doc
+        .split(cmd)
+        .nth(1)
+        .and_then(|b| b.split_once("```"))
+        .expect("quoted")
+        .0;
+    let (code, out, err) = run_in_repo(&[
+        "check",
+        "--mappings",
+        "mappings",
+        "--mappings",
+        "mappings/examples/security-exchange",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(out, quoted, "docs/mapping.md quotes another output");
+
+    // An overlay of our own: 10-call.toml replaced, 95-extra.toml added.
+    let m = repo().join("mappings");
+    let over = tempfile::tempdir().unwrap();
+    let route = |name: &str, key: &str| {
+        format!(
+            "[[route]]\nname = \"{name}\"\nevents = [\"Hangup\"]\nexchange = \"ami.events\"\nrouting_key = \"{key}\"\n"
+        )
+    };
+    let replaced = over.path().join("10-call.toml");
+    let added = over.path().join("95-extra.toml");
+    std::fs::write(&replaced, route("own hangup", "{server}.own.Hangup")).unwrap();
+    std::fs::write(&added, route("extra hangup", "{server}.extra.Hangup")).unwrap();
+    let dirs = [
+        "--mappings",
+        m.to_str().unwrap(),
+        "--mappings",
+        over.path().to_str().unwrap(),
+    ];
+    let (code, out, err) = run(&[&["check"], &dirs[..]].concat());
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(" in 11 file(s)"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "  {} replaces {}\n",
+            replaced.display(),
+            m.join("10-call.toml").display()
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("  {} added\n", added.display())),
+        "{out}"
+    );
+
+    let t = trace("calls_small.ami");
+    let (code, out, err) =
+        run(&[&["map"], &dirs[..], &["--summary", t.to_str().unwrap()]].concat());
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("pbx1.own.Hangup"), "{out}");
+    assert!(out.contains("pbx1.extra.Hangup"), "{out}");
+    assert!(
+        !out.contains("pbx1.call.Hangup."),
+        "10-call.toml is replaced: {out}"
+    );
+    assert!(
+        out.contains("pbx1.system.FullyBooted"),
+        "the other files stay: {out}"
+    );
+
+    // An error in the overlay: its own path, line and column.
+    std::fs::write(&added, "[[route]]\nname = 1\n").unwrap();
+    let (code, out, _) = run(&[&["check"], &dirs[..]].concat());
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.starts_with(&format!("{}:2:8: ", added.display())),
+        "{out}"
+    );
+    let (code, _, err) = run(&[&["map"], &dirs[..], &[t.to_str().unwrap()]].concat());
+    assert_eq!(code, 1);
+    assert!(err.contains(&format!("{}:2:8: ", added.display())), "{err}");
+}
+
+#[test]
+fn the_config_names_overlay_directories_with_dirs() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = repo().join("mappings");
+    let preset = m.join("examples/per-technology");
+    let dirs = format!("dirs = [\"{}\", \"{}\"]", m.display(), preset.display());
+    let cfg = config_with(
+        dir.path(),
+        &[(&format!("dir = \"{}\"", m.display()), &dirs)],
+        "",
+    );
+    let (code, out, err) = run(&["check", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(&format!("{} + {}: ok (", m.display(), preset.display())),
+        "{out}"
+    );
+    assert!(
+        out.contains("per-technology/10-call.toml replaces "),
+        "{out}"
+    );
+
+    // `dir` and `dirs` together: refused where `dirs` is written.
+    let both = format!("dir = \"{}\"\n{dirs}", m.display());
+    let cfg = config_with(
+        dir.path(),
+        &[(&format!("dir = \"{}\"", m.display()), &both)],
+        "",
+    );
+    let (code, out, _) = run(&["check", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!(
+            "{}:12:8: mappings.dirs: give `dir` or `dirs`, not both",
+            cfg.display()
+        )),
+        "{out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_bridge_reloads_when_a_file_of_a_later_directory_changes() {
+    let url = shared_amqp_url();
+    let (_r, addr) = replay(&[
+        "--username",
+        "bridge",
+        "--secret",
+        "bridgepass",
+        "--rate",
+        "40",
+        "--loop",
+        "0",
+        trace("calls_small.ami").to_str().unwrap(),
+    ]);
+    let setup = BridgeSetup::new(&addr, &url, "");
+    let over = setup.dir.path().join("overlay");
+    std::fs::create_dir(&over).unwrap();
+    std::fs::write(over.join("50-local.toml"), "# nothing yet\n").unwrap();
+    let text = std::fs::read_to_string(&setup.config).unwrap();
+    let one = format!("dir = \"{}\"", setup.mappings.display());
+    assert!(text.contains(&one), "{text}");
+    let two = format!(
+        "dirs = [\"{}\", \"{}\"]",
+        setup.mappings.display(),
+        over.display()
+    );
+    std::fs::write(&setup.config, text.replace(&one, &two)).unwrap();
+
+    let mut all = sink(&url, &setup.exchange, &format!("{}.#", setup.server)).await;
+    let _bridge = setup.start();
+    let first = all.collect(5, Duration::from_secs(15)).await;
+    assert_eq!(first.len(), 5, "{}", setup.log());
+    assert!(
+        first
+            .iter()
+            .all(|d| !d.routing_key.as_str().contains(".local.first."))
+    );
+
+    // A file added to the second directory takes every event first.
+    std::fs::write(
+        over.join("05-first.toml"),
+        format!(
+            "[[route]]\nname = \"local first\"\nevents = [\"*\"]\nexchange = \"{}\"\nrouting_key = \"{{server}}.local.first.{{Event}}\"\nstop = true\n",
+            setup.exchange
+        ),
+    )
+    .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || setup
+            .log()
+            .contains("mapping set reloaded")),
+        "{}",
+        setup.log()
+    );
+    let mut saw = false;
+    for d in all.collect(100, Duration::from_secs(10)).await {
+        let k = d.routing_key.as_str().to_string();
+        if k.ends_with(".bridge.status") {
+            continue;
+        }
+        if saw {
+            assert!(k.contains(".local.first."), "after the swap: {k}");
+        }
+        saw |= k.contains(".local.first.");
+    }
+    assert!(
+        saw,
+        "no message routed by the overlay's file\n{}",
+        setup.log()
+    );
+}

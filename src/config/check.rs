@@ -89,6 +89,9 @@ pub fn check(cfg: &Config) -> Findings {
     bridge(cfg, &mut f);
     spool(cfg, &mut f);
     others(cfg, &mut f);
+    if let Err((key, msg)) = cfg.mappings.check() {
+        f.err(key, msg);
+    }
     f
 }
 

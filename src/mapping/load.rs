@@ -149,14 +149,8 @@ fn locate(text: &str, span: &Range<usize>, value: &str, offset: usize) -> usize 
 /// The `.toml` files of a directory, in name order (not recursive, so
 /// `mappings/examples/` is not loaded with the default set).
 pub fn mapping_files(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
-    let rd = std::fs::read_dir(dir).map_err(|e| {
-        LoadError(vec![Diagnostic {
-            file: dir.to_path_buf(),
-            line: 0,
-            column: 0,
-            message: format!("cannot read the mappings directory: {e}"),
-        }])
-    })?;
+    let rd = std::fs::read_dir(dir)
+        .map_err(|e| dir_error(dir, format!("cannot read the mappings directory: {e}")))?;
     let mut files: Vec<PathBuf> = rd
         .filter_map(|e| e.ok())
         .map(|e| e.path())
@@ -164,19 +158,97 @@ pub fn mapping_files(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
         .collect();
     files.sort();
     if files.is_empty() {
-        return Err(LoadError(vec![Diagnostic {
-            file: dir.to_path_buf(),
-            line: 0,
-            column: 0,
-            message: "no .toml mapping files in this directory".into(),
-        }]));
+        return Err(dir_error(dir, "no .toml mapping files in this directory"));
     }
     Ok(files)
+}
+
+fn dir_error(dir: &Path, message: impl Into<String>) -> LoadError {
+    LoadError(vec![Diagnostic {
+        file: dir.to_path_buf(),
+        line: 0,
+        column: 0,
+        message: message.into(),
+    }])
+}
+
+/// One file of a merged set: where it is read from, and the file of an
+/// earlier directory it replaces (same name), if any.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MappingFile {
+    pub path: PathBuf,
+    pub replaces: Option<PathBuf>,
+}
+
+/// Merges directory listings, earliest first: a file of a later directory
+/// replaces the file of the same name of an earlier one, or joins the set.
+/// The result is in file-name order, the order a single directory loads in.
+/// `listings` are the files of each directory (paths whose file names are
+/// unique within one listing).
+pub fn merge_overlays(listings: &[Vec<PathBuf>]) -> Vec<MappingFile> {
+    let mut by_name: std::collections::BTreeMap<&std::ffi::OsStr, MappingFile> =
+        std::collections::BTreeMap::new();
+    for path in listings.iter().flatten() {
+        let Some(name) = path.file_name() else {
+            continue;
+        };
+        let replaces = by_name.remove(name).map(|old| old.path);
+        let path = path.clone();
+        by_name.insert(name, MappingFile { path, replaces });
+    }
+    by_name.into_values().collect()
+}
+
+/// `dirs` as one line for messages: `mappings + mappings/examples/x`.
+pub fn show_dirs(dirs: &[PathBuf]) -> String {
+    let shown: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+    shown.join(" + ")
+}
+
+/// The merged `.toml` files of `dirs` (see [`merge_overlays`]). Every
+/// directory must be readable and hold at least one mapping file, and none
+/// may be listed twice; all such problems are reported at once.
+pub fn overlay_files(dirs: &[PathBuf]) -> Result<Vec<MappingFile>, LoadError> {
+    let mut diags = Vec::new();
+    if dirs.is_empty() {
+        diags.push(Diagnostic {
+            file: PathBuf::new(),
+            line: 0,
+            column: 0,
+            message: "no mappings directory given".into(),
+        });
+    }
+    let mut seen: Vec<PathBuf> = Vec::new();
+    let mut listings = Vec::new();
+    for d in dirs {
+        let same = std::fs::canonicalize(d).unwrap_or_else(|_| d.clone());
+        if seen.contains(&same) {
+            diags.extend(dir_error(d, "listed twice in the mappings directories").0);
+            continue;
+        }
+        seen.push(same);
+        match mapping_files(d) {
+            Ok(files) => listings.push(files),
+            Err(e) => diags.extend(e.0),
+        }
+    }
+    if diags.is_empty() {
+        Ok(merge_overlays(&listings))
+    } else {
+        Err(LoadError(diags))
+    }
 }
 
 /// Loads every mapping file of `dir`.
 pub fn load_dir(dir: &Path) -> Result<Router, LoadError> {
     load_files(&mapping_files(dir)?)
+}
+
+/// Loads the merged files of `dirs`, later directories overlaying earlier
+/// ones (see [`overlay_files`]); all or nothing, as [`load_files`].
+pub fn load_dirs(dirs: &[PathBuf]) -> Result<Router, LoadError> {
+    let files: Vec<PathBuf> = overlay_files(dirs)?.into_iter().map(|f| f.path).collect();
+    load_files(&files)
 }
 
 /// Loads the given files, in the given order.

@@ -13,7 +13,7 @@ pub mod router;
 pub mod schema;
 pub mod template;
 
-pub use load::{Diagnostic, LoadError, load_dir, load_files, load_str};
+pub use load::{Diagnostic, LoadError, load_dir, load_dirs, load_files, load_str};
 pub use router::{EventCtx, MessageProps, Outgoing, RouteError, RouteOutcome, Router};
 #[cfg(test)]
 mod tests;

@@ -2,15 +2,16 @@
 //!
 //! The running [`Router`] lives in an [`ArcSwap`]: the event path loads the
 //! current pointer per batch (a couple of atomic operations, no lock) and a
-//! reload replaces it in one step. A reload is triggered by a change in the
-//! mappings directory (watched with `notify`) or by SIGHUP, the Unix
-//! convention operators already use. The new set is loaded and validated in
+//! reload replaces it in one step. A reload is triggered by a change in any
+//! of the mappings directories (each watched with `notify`; later ones
+//! overlay earlier ones, see [`super::load::overlay_files`]) or by SIGHUP,
+//! the Unix convention operators already use. The new set is loaded and validated in
 //! full first; if anything is wrong the errors are logged exactly as
 //! `ami2amqp check` prints them and the running set stays in force. Editors
 //! save files in several steps (truncate, write, rename), so file events are
 //! debounced before loading.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,13 +19,14 @@ use arc_swap::ArcSwap;
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
-use super::load::{LoadError, load_dir};
+use super::load::{LoadError, load_dirs, show_dirs};
 use super::router::Router;
 
 /// The live mapping set, shared by everyone who routes events.
 #[derive(Clone)]
 pub struct Mappings {
-    dir: PathBuf,
+    /// The directories, later ones overlaying earlier ones.
+    dirs: Vec<PathBuf>,
     current: Arc<ArcSwap<Router>>,
 }
 
@@ -38,11 +40,13 @@ pub enum ReloadOutcome {
 }
 
 impl Mappings {
-    /// Loads `dir`; fails when the initial set is invalid.
-    pub fn load(dir: &Path) -> Result<Mappings, LoadError> {
-        let r = load_dir(dir)?;
+    /// Loads the merged files of `dirs` (later directories add files or
+    /// replace files of the same name); fails when the initial set is
+    /// invalid.
+    pub fn load(dirs: &[PathBuf]) -> Result<Mappings, LoadError> {
+        let r = load_dirs(dirs)?;
         Ok(Mappings {
-            dir: dir.to_path_buf(),
+            dirs: dirs.to_vec(),
             current: Arc::new(ArcSwap::from_pointee(r)),
         })
     }
@@ -53,30 +57,31 @@ impl Mappings {
         self.current.load_full()
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
+    pub fn dirs(&self) -> &[PathBuf] {
+        &self.dirs
     }
 
-    /// Loads the directory again and swaps the new set in if it is valid.
+    /// Loads the directories again and swaps the new set in if it is valid.
     pub fn reload(&self) -> ReloadOutcome {
-        match load_dir(&self.dir) {
+        match load_dirs(&self.dirs) {
             Ok(r) => {
                 let routes = r.len();
                 self.current.store(Arc::new(r));
                 metrics::counter!("mapping_reloads_total", "result" => "applied").increment(1);
-                tracing::info!(dir = %self.dir.display(), routes, "mapping set reloaded");
+                tracing::info!(dirs = %show_dirs(&self.dirs), routes, "mapping set reloaded");
                 ReloadOutcome::Applied { routes }
             }
             Err(e) => {
                 metrics::counter!("mapping_reloads_total", "result" => "rejected").increment(1);
-                tracing::error!(dir = %self.dir.display(),
+                tracing::error!(dirs = %show_dirs(&self.dirs),
                     "mapping set NOT reloaded, the previous set stays in force:\n{e}");
                 ReloadOutcome::Rejected(e)
             }
         }
     }
 
-    /// Watches the directory (when `watch_files`) and SIGHUP until the returned task is aborted.
+    /// Watches every directory (when `watch_files`) and SIGHUP until the
+    /// returned task is aborted.
     /// `outcomes` (optional) receives the result of every reload, for tests
     /// and status reporting.
     pub fn spawn_watcher(
@@ -100,9 +105,11 @@ impl Mappings {
         })
         .map_err(std::io::Error::other)?;
         if watch_files {
-            watcher
-                .watch(&self.dir, RecursiveMode::NonRecursive)
-                .map_err(std::io::Error::other)?;
+            for d in &self.dirs {
+                watcher
+                    .watch(d, RecursiveMode::NonRecursive)
+                    .map_err(|e| std::io::Error::other(format!("{}: {e}", d.display())))?;
+            }
         } else {
             tracing::info!("mappings.watch = false: file changes are ignored, reload with SIGHUP");
         }
@@ -146,7 +153,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("10-a.toml");
         std::fs::write(&f, GOOD).unwrap();
-        let m = Mappings::load(dir.path()).unwrap();
+        let m = Mappings::load(&[dir.path().to_path_buf()]).unwrap();
         assert_eq!(m.current().len(), 1);
         let (tx, mut rx) = mpsc::channel(8);
         let task = m
@@ -173,6 +180,46 @@ mod tests {
             .unwrap();
         assert!(matches!(o, ReloadOutcome::Applied { routes: 2 }), "{o:?}");
         assert_eq!(m.current().len(), 2);
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn a_change_in_a_later_directory_reloads_the_merged_set() {
+        let base = tempfile::tempdir().unwrap();
+        let over = tempfile::tempdir().unwrap();
+        std::fs::write(base.path().join("10-a.toml"), GOOD).unwrap();
+        std::fs::write(over.path().join("50-z.toml"), "# nothing yet\n").unwrap();
+        let dirs = [base.path().to_path_buf(), over.path().to_path_buf()];
+        let m = Mappings::load(&dirs).unwrap();
+        assert_eq!(m.current().len(), 1);
+        let (tx, mut rx) = mpsc::channel(8);
+        let task = m
+            .spawn_watcher(true, Duration::from_millis(100), Some(tx))
+            .unwrap();
+
+        // The overlay replaces 10-a.toml: its two routes replace the one.
+        std::fs::write(over.path().join("10-a.toml"), GOOD2).unwrap();
+        let o = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("a reload within 10 s")
+            .unwrap();
+        assert!(matches!(o, ReloadOutcome::Applied { routes: 2 }), "{o:?}");
+        assert_eq!(m.current().files()[0], over.path().join("10-a.toml"));
+
+        // An error in the overlay names the overlay's file; the set stays.
+        std::fs::write(over.path().join("10-a.toml"), BAD).unwrap();
+        let o = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("a reload within 10 s")
+            .unwrap();
+        match o {
+            ReloadOutcome::Rejected(e) => {
+                let at = format!("{}:5:", over.path().join("10-a.toml").display());
+                assert!(e.to_string().starts_with(&at), "{e}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(m.current().len(), 2, "old set stays");
         task.abort();
     }
 }

@@ -435,3 +435,162 @@ fn dry_run_view_keeps_field_order() {
         ]
     );
 }
+
+mod overlays {
+    use std::path::{Path, PathBuf};
+
+    use proptest::prelude::*;
+
+    use crate::mapping::load::{MappingFile, load_dirs, merge_overlays, overlay_files};
+
+    fn p(s: &str) -> PathBuf {
+        PathBuf::from(s)
+    }
+
+    #[test]
+    fn later_directories_replace_same_names_and_add_new_ones_in_name_order() {
+        let merged = merge_overlays(&[
+            vec![
+                p("m/10-call.toml"),
+                p("m/60-security.toml"),
+                p("m/99-fallback.toml"),
+            ],
+            vec![p("o/60-security.toml"), p("o/95-ops.toml")],
+        ]);
+        let f = |path: &str, replaces: Option<&str>| MappingFile {
+            path: p(path),
+            replaces: replaces.map(p),
+        };
+        assert_eq!(
+            merged,
+            [
+                f("m/10-call.toml", None),
+                f("o/60-security.toml", Some("m/60-security.toml")),
+                f("o/95-ops.toml", None),
+                f("m/99-fallback.toml", None),
+            ]
+        );
+    }
+
+    proptest! {
+        /// The merge is "the last directory naming a file wins", in name
+        /// order: checked against a direct definition of that.
+        #[test]
+        fn merge_takes_each_name_from_the_last_directory_that_has_it(
+            dirs in prop::collection::vec(prop::collection::btree_set(0u8..12, 0..8), 1..5)
+        ) {
+            let listings: Vec<Vec<PathBuf>> = dirs
+                .iter()
+                .enumerate()
+                .map(|(d, names)| names.iter().map(|n| p(&format!("d{d}/{n:02}.toml"))).collect())
+                .collect();
+            let merged = merge_overlays(&listings);
+            let mut names: Vec<u8> = dirs.iter().flatten().copied().collect();
+            names.sort();
+            names.dedup();
+            prop_assert_eq!(merged.len(), names.len());
+            for (m, n) in merged.iter().zip(&names) {
+                let holders: Vec<usize> = (0..dirs.len()).filter(|d| dirs[*d].contains(n)).collect();
+                let last = holders[holders.len() - 1];
+                prop_assert_eq!(&m.path, &p(&format!("d{last}/{n:02}.toml")));
+                let before = holders.len().checked_sub(2).map(|i| p(&format!("d{}/{n:02}.toml", holders[i])));
+                prop_assert_eq!(&m.replaces, &before);
+            }
+        }
+    }
+
+    const ROUTE: &str =
+        "[[route]]\nname = \"NAME\"\nevents = [\"*\"]\nexchange = \"x\"\nrouting_key = \"KEY\"\n";
+
+    fn write(dir: &Path, file: &str, name: &str, key: &str) {
+        let text = ROUTE.replace("NAME", name).replace("KEY", key);
+        std::fs::write(dir.join(file), text).unwrap();
+    }
+
+    #[test]
+    fn an_overlay_set_loads_replaced_and_added_files_and_names_the_real_file_in_errors() {
+        let base = tempfile::tempdir().unwrap();
+        let over = tempfile::tempdir().unwrap();
+        write(base.path(), "10-a.toml", "a", "base.a");
+        write(base.path(), "20-b.toml", "b", "base.b");
+        write(over.path(), "10-a.toml", "a", "over.a");
+        write(over.path(), "15-c.toml", "c", "over.c");
+        let dirs = [base.path().to_path_buf(), over.path().to_path_buf()];
+        let r = load_dirs(&dirs).unwrap();
+        let files: Vec<PathBuf> = overlay_files(&dirs)
+            .unwrap()
+            .into_iter()
+            .map(|f| f.path)
+            .collect();
+        assert_eq!(
+            files,
+            [
+                over.path().join("10-a.toml"),
+                over.path().join("15-c.toml"),
+                base.path().join("20-b.toml")
+            ]
+        );
+        assert_eq!(r.files(), &files[..]);
+        assert_eq!(r.len(), 3, "the replaced file's route is gone");
+        // A file of only comments switches the earlier file off.
+        std::fs::write(over.path().join("20-b.toml"), "# not wanted here\n").unwrap();
+        assert_eq!(load_dirs(&dirs).unwrap().len(), 2);
+        std::fs::remove_file(over.path().join("20-b.toml")).unwrap();
+
+        // An error in the overlay is reported at the overlay's file.
+        std::fs::write(over.path().join("15-c.toml"), "[[route]]\nname = 1\n").unwrap();
+        let e = load_dirs(&dirs).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!("{}:2:8:", over.path().join("15-c.toml").display())),
+            "{e}"
+        );
+        // A route name defined again by an added file: both real files named
+        // (the added 15-c.toml loads before the base's 20-b.toml).
+        write(over.path(), "15-c.toml", "b", "over.b");
+        let e = load_dirs(&dirs).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!("{}:2:8:", base.path().join("20-b.toml").display())),
+            "{e}"
+        );
+        assert!(
+            e.contains(&format!(
+                "first defined at {}:2",
+                over.path().join("15-c.toml").display()
+            )),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn directory_problems_are_all_reported() {
+        let base = tempfile::tempdir().unwrap();
+        let empty = tempfile::tempdir().unwrap();
+        write(base.path(), "10-a.toml", "a", "k");
+        let missing = base.path().join("nope");
+        let dirs = [
+            base.path().to_path_buf(),
+            empty.path().to_path_buf(),
+            missing.clone(),
+            base.path().join("."),
+        ];
+        let e = overlay_files(&dirs).unwrap_err().to_string();
+        let lines: Vec<&str> = e.lines().collect();
+        assert_eq!(lines.len(), 3, "{e}");
+        assert!(
+            lines[0].ends_with("no .toml mapping files in this directory"),
+            "{e}"
+        );
+        assert!(
+            lines[1].starts_with(&format!(
+                "{}: cannot read the mappings directory",
+                missing.display()
+            )),
+            "{e}"
+        );
+        assert!(
+            lines[2].ends_with("listed twice in the mappings directories"),
+            "{e}"
+        );
+        assert!(overlay_files(&[]).is_err());
+    }
+}
