@@ -22,6 +22,18 @@
 //! nothing here knows of RabbitMQ, mappings or configuration files.
 //!
 //! The modules are private; this list is the API.
+//!
+//! ```
+//! use ami_proto::{EventMask, Frame, Limits, decode_all};
+//!
+//! let wire = b"Asterisk Call Manager/11.0.0\r\n\
+//!     Event: FullyBooted\r\nPrivilege: system,all\r\n\r\n";
+//! let frames = decode_all(wire, Limits::default());
+//! assert_eq!(frames[0], Frame::Banner("Asterisk Call Manager/11.0.0".into()));
+//! let Frame::Message(event) = &frames[1] else { panic!("{frames:?}") };
+//! assert_eq!(event.event_name().as_deref(), Some("FullyBooted"));
+//! assert_eq!(EventMask::parse("system,call").bits(), 0b11);
+//! ```
 
 mod codec;
 mod events;
