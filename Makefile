@@ -1,7 +1,7 @@
 # ami2amqp — common tasks. `make test` is what CI runs (.ci/run).
 #
 #   make test    start RabbitMQ if needed, then every test target
-#   make lint    rustfmt check + clippy with warnings as errors
+#   make lint    rustfmt check + clippy with warnings as errors (whole workspace)
 #   make bench   start RabbitMQ if needed, then the benchmarks
 #   make fuzz    scripts/fuzz.sh
 #   make demo    release build, then scripts/demo.sh
@@ -27,10 +27,11 @@ rabbitmq:
 # Every test target, plus the two in-process benches as quick smoke runs
 # (the end-to-end benches start brokers' worth of load: `make bench` only).
 # --no-fail-fast: run every test binary and list all failing ones at the end.
+# --workspace: the crates under crates/ (ami-proto) too, not only ami2amqp.
 test: rabbitmq
-	$(CARGO) test --doc
+	$(CARGO) test --workspace --doc
 	$(CARGO) test --bench parse --bench route
-	$(CARGO) test --lib --bins --tests --no-fail-fast
+	$(CARGO) test --workspace --lib --bins --tests --no-fail-fast
 
 lint: fmt-check clippy
 
@@ -38,7 +39,7 @@ fmt-check:
 	$(CARGO) fmt --check
 
 clippy:
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 # One line per benchmark target (each is a [[bench]] in Cargo.toml).
 bench: rabbitmq

@@ -12,11 +12,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
-use bytes::BytesMut;
 use futures::StreamExt;
-use tokio_util::codec::Decoder;
 
-use crate::ami::{AmiCodec, Frame, Kind, Limits};
+use crate::ami::{Frame, Kind, Limits};
 use crate::config::Config;
 use crate::mapping::load::{overlay_files, show_dirs};
 use crate::mapping::{EventCtx, LoadError, Outgoing, load_dirs, load_files};
@@ -127,18 +125,8 @@ pub fn map_traces(
     for t in traces {
         let data =
             crate::trace::file::read_trace(t).map_err(|e| format!("{}: {e}", t.display()))?;
-        let mut codec = AmiCodec::new(Limits::default());
-        let mut buf = BytesMut::from(&data[..]);
         let mut open_lists = std::collections::HashSet::new();
-        loop {
-            let f = match codec.decode(&mut buf) {
-                Ok(Some(f)) => f,
-                Ok(None) => match codec.decode_eof(&mut buf) {
-                    Ok(Some(f)) => f,
-                    _ => break,
-                },
-                Err(e) => return Err(format!("{}: {e}", t.display())),
-            };
+        for f in ami_proto::DecodeAll::new(&data, Limits::default()) {
             let m = match f {
                 Frame::Message(m) => m,
                 Frame::Malformed(_) => {

@@ -12,23 +12,12 @@
 //!   most `Malformed::EXCERPT` bytes;
 //! - after `decode_eof` nothing is left in the buffer.
 //!
-//! The decoder's source files are compiled into this target as they are
-//! (`codec.rs` finds `message.rs` as `super::message`, i.e. here at the
-//! crate root), so fuzzing needs neither the rest of the crate nor its
-//! dependencies. If `codec.rs` ever uses another module of the crate, add it
-//! the same way or switch to a path dependency on `ami2amqp`.
+//! The decoder comes from the `ami-proto` crate (crates/ami-proto), an
+//! ordinary dependency: the protocol without the rest of ami2amqp.
 #![no_main]
 
-#[allow(dead_code)]
-#[path = "../../src/ami/message.rs"]
-mod message;
-
-#[allow(dead_code)]
-#[path = "../../src/ami/codec.rs"]
-mod codec;
-
+use ami_proto::{AmiCodec, Frame, Limits, Malformed};
 use bytes::BytesMut;
-use codec::{AmiCodec, Frame, Limits, Malformed};
 use libfuzzer_sys::fuzz_target;
 use tokio_util::codec::Decoder;
 

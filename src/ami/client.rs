@@ -229,44 +229,11 @@ pub enum ActionError {
     Stopped,
 }
 
-/// Checks an action against what Asterisk's manager accepts: an `Action`
-/// header, lines of at most 1022 bytes, at most 128 lines, and no line
-/// breaks inside keys or values (which would inject headers).
+/// Checks an action against what Asterisk's manager accepts
+/// ([`ami_proto::check_request`]: an `Action` header, Asterisk's line and
+/// line-count limits, no line breaks inside keys or values).
 pub fn validate_action(action: &Message) -> Result<(), ActionError> {
-    const MAX_LINE: usize = 1022;
-    const MAX_LINES: usize = 128;
-    if !action.contains("Action") {
-        return Err(ActionError::Invalid("no `Action` field".into()));
-    }
-    // Our ActionID is added, so leave room for one line.
-    if action.len() + 1 > MAX_LINES {
-        return Err(ActionError::Invalid(format!(
-            "{} lines; Asterisk accepts at most {MAX_LINES}",
-            action.len()
-        )));
-    }
-    for (k, v) in action.iter_bytes() {
-        if k.is_empty() || k.iter().any(|&c| c == b':' || c == b'\r' || c == b'\n') {
-            return Err(ActionError::Invalid(format!(
-                "field name {:?} is empty or contains ':' or a line break",
-                String::from_utf8_lossy(k)
-            )));
-        }
-        if v.iter().any(|&c| c == b'\r' || c == b'\n') {
-            return Err(ActionError::Invalid(format!(
-                "value of {} contains a line break",
-                String::from_utf8_lossy(k)
-            )));
-        }
-        if k.len() + 2 + v.len() > MAX_LINE {
-            return Err(ActionError::Invalid(format!(
-                "line {}: … is {} bytes; Asterisk accepts at most {MAX_LINE}",
-                String::from_utf8_lossy(k),
-                k.len() + 2 + v.len()
-            )));
-        }
-    }
-    Ok(())
+    ami_proto::check_request(action).map_err(|e| ActionError::Invalid(e.to_string()))
 }
 
 type Reply = oneshot::Sender<Result<ActionResult, ActionError>>;

@@ -1,15 +1,11 @@
-//! Logging in: the banner, then `Login` with a plain secret or an MD5 challenge.
+//! Logging in on a socket: the banner, then `Login` with a plain secret or
+//! an MD5 challenge.
 //!
-//! Asterisk offers two ways in. Plain: `Action: Login`, `Username`, `Secret`.
-//! Challenge: `Action: Challenge` with `AuthType: MD5` returns a random
-//! `Challenge`; the client then sends `Login` with `AuthType: MD5` and
-//! `Key` = lowercase hex of md5(challenge + secret), so the secret never
-//! crosses the wire. On a wrong secret Asterisk answers
+//! The messages themselves (`Challenge`, `Login`, the MD5 key, the
+//! `Events:` mask) come from the `ami-proto` crate; this module sends them
+//! and reads the answers. On a wrong secret Asterisk answers
 //! `Response: Error` / `Message: Authentication failed` (after a delay of
 //! about a second) and closes the socket.
-//!
-//! `Events:` on the `Login` decides what this session receives: `on`,
-//! `off`, or a class list such as `call,user` (see [`EventMask`]).
 //!
 //! The functions here work on a `Framed` stream before it is handed to the
 //! connection task; events that arrive during login (Asterisk sends
@@ -20,12 +16,12 @@ use std::fmt;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use md5::{Digest, Md5};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::Framed;
 
-use super::codec::{AmiCodec, Frame};
-use super::message::{Kind, Message};
+use ami_proto::{AmiCodec, Frame, Kind, LoginProof, Message, challenge_action, login_action};
+pub use ami_proto::{EventMask, md5_key};
+
 use crate::logs::{Throttle, clip, clip_bytes};
 
 /// How to authenticate.
@@ -37,41 +33,6 @@ pub enum AuthType {
     /// `Challenge` + `Key` = md5(challenge + secret). The default.
     #[default]
     Md5,
-}
-
-/// What the session asks to receive, the `Events:` header of `Login`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum EventMask {
-    On,
-    Off,
-    /// A class list such as `call,user,cdr`.
-    Classes(Vec<String>),
-}
-
-impl EventMask {
-    pub fn header_value(&self) -> String {
-        match self {
-            EventMask::On => "on".into(),
-            EventMask::Off => "off".into(),
-            EventMask::Classes(c) => c.join(","),
-        }
-    }
-
-    /// Reads the value of an `Events:` header as Asterisk does: `on`/`yes`,
-    /// `off`/`no`, a class list, or a decimal bitmask (kept as is).
-    pub fn parse(v: &str) -> EventMask {
-        let t = v.trim();
-        match t.to_ascii_lowercase().as_str() {
-            "on" | "yes" | "true" | "all" => EventMask::On,
-            "off" | "no" | "false" | "" => EventMask::Off,
-            _ => EventMask::Classes(
-                t.split(',')
-                    .map(|s| s.trim().to_ascii_lowercase())
-                    .filter(|s| !s.is_empty())
-                    .collect(),
-            ),
-        }
-    }
 }
 
 /// Username and secret. `Debug` never prints the secret.
@@ -144,14 +105,6 @@ pub struct LoginOk {
     pub early_events: Vec<Message>,
 }
 
-/// md5(challenge + secret) as lowercase hex, the `Key` of an MD5 login.
-pub fn md5_key(challenge: &str, secret: &str) -> String {
-    let mut h = Md5::new();
-    h.update(challenge.as_bytes());
-    h.update(secret.as_bytes());
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Reads frames until the response carrying `action_id`, keeping events.
 async fn read_response<S>(
     framed: &mut Framed<S, AmiCodec>,
@@ -218,6 +171,33 @@ where
         .map_err(|_| LoginError::Timeout(timeout))?
 }
 
+/// Sends `Challenge` and returns the challenge of a successful answer.
+async fn ask_challenge<S>(
+    framed: &mut Framed<S, AmiCodec>,
+    creds: &Credentials,
+    banner: &mut Option<String>,
+    early: &mut Early,
+) -> Result<String, LoginError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    framed.send(challenge_action("login-1")).await?;
+    let r = read_response(framed, "login-1", banner, early).await?;
+    let ok = r
+        .get("Response")
+        .is_some_and(|v| v.eq_ignore_ascii_case("Success"));
+    match r.get("Challenge").filter(|_| ok) {
+        Some(ch) => Ok(ch.into_owned()),
+        None => Err(LoginError::Rejected {
+            username: creds.username.clone(),
+            message: format!(
+                "MD5 challenge refused: {}",
+                clip(r.get("Message").as_deref().unwrap_or("no message"))
+            ),
+        }),
+    }
+}
+
 async fn login_inner<S>(
     framed: &mut Framed<S, AmiCodec>,
     creds: &Credentials,
@@ -244,38 +224,20 @@ where
         }
     };
 
-    let mut login = Message::from_pairs([
-        ("Action", "Login"),
-        ("ActionID", "login-2"),
-        ("Username", creds.username.as_str()),
-    ]);
-    match creds.auth {
-        AuthType::Plain => login.push("Secret", &creds.secret),
+    let challenge;
+    let proof = match creds.auth {
+        AuthType::Plain => LoginProof::Plain {
+            secret: &creds.secret,
+        },
         AuthType::Md5 => {
-            let challenge = Message::from_pairs([
-                ("Action", "Challenge"),
-                ("ActionID", "login-1"),
-                ("AuthType", "MD5"),
-            ]);
-            framed.send(challenge).await?;
-            let r = read_response(framed, "login-1", &mut banner, &mut early).await?;
-            let ok = r
-                .get("Response")
-                .is_some_and(|v| v.eq_ignore_ascii_case("Success"));
-            let Some(ch) = r.get("Challenge").filter(|_| ok) else {
-                return Err(LoginError::Rejected {
-                    username: creds.username.clone(),
-                    message: format!(
-                        "MD5 challenge refused: {}",
-                        clip(r.get("Message").as_deref().unwrap_or("no message"))
-                    ),
-                });
-            };
-            login.push("AuthType", "MD5");
-            login.push("Key", md5_key(&ch, &creds.secret));
+            challenge = ask_challenge(framed, creds, &mut banner, &mut early).await?;
+            LoginProof::Md5 {
+                challenge: &challenge,
+                secret: &creds.secret,
+            }
         }
-    }
-    login.push("Events", events.header_value());
+    };
+    let login = login_action("login-2", &creds.username, proof, events);
     framed.send(login).await?;
     let r = read_response(framed, "login-2", &mut banner, &mut early).await?;
     if r.get("Response")
@@ -299,36 +261,6 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn md5_key_matches_the_real_capture() {
-        // tests/traces/login_md5.*: a real challenge and key, secret bridgepass.
-        let sent = include_str!("../../tests/traces/login_md5.sent");
-        let ami = include_str!("../../tests/traces/login_md5.ami");
-        let challenge = ami
-            .lines()
-            .find_map(|l| l.strip_prefix("Challenge: "))
-            .expect("challenge in capture");
-        let key = sent
-            .lines()
-            .find_map(|l| l.strip_prefix("Key: "))
-            .expect("key in capture");
-        assert_eq!(md5_key(challenge.trim(), "bridgepass"), key.trim());
-    }
-
-    #[test]
-    fn event_mask_parse() {
-        assert_eq!(EventMask::parse("on"), EventMask::On);
-        assert_eq!(EventMask::parse("OFF"), EventMask::Off);
-        assert_eq!(
-            EventMask::parse("call, user"),
-            EventMask::Classes(vec!["call".into(), "user".into()])
-        );
-        assert_eq!(
-            EventMask::Classes(vec!["call".into(), "cdr".into()]).header_value(),
-            "call,cdr"
-        );
-    }
 
     #[test]
     fn credentials_debug_hides_secret() {

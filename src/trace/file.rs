@@ -7,7 +7,8 @@
 //! wire text *without* the blank line that ended it. A replay must send what
 //! Asterisk sent, byte for byte (a bare-LF blank line stays bare LF), and the
 //! timing file speaks in byte offsets of the original stream. So
-//! [`Frames`] runs the ordinary [`AmiCodec`] over the trace and, for every
+//! [`Frames`] runs the ordinary decoder over the trace
+//! ([`ami_proto::DecodeAll`], with its offsets) and, for every
 //! frame, also reports where it sits in the file: its exact bytes (a
 //! zero-copy slice of the trace) and the offset just past it.
 //!
@@ -22,11 +23,11 @@ use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
-use bytes::{Bytes, BytesMut};
-use tokio_util::codec::Decoder;
+use ami_proto::DecodeAll;
+use bytes::Bytes;
 
 use super::TraceError;
-use crate::ami::{AmiCodec, Frame, Limits, Malformed, Message};
+use crate::ami::{Frame, Limits, Malformed, Message};
 
 /// The four bytes every zstd frame starts with.
 pub const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
@@ -101,14 +102,8 @@ pub enum TraceFrame {
 
 /// Splits a whole trace into [`TraceFrame`]s (see the module docs).
 pub struct Frames {
-    codec: AmiCodec,
+    frames: DecodeAll,
     data: Bytes,
-    buf: BytesMut,
-    /// Bytes of `data` the codec has consumed so far.
-    pos: usize,
-    /// True once `decode` returned `None` (then only `decode_eof` is left).
-    at_eof: bool,
-    done: bool,
 }
 
 impl Frames {
@@ -117,14 +112,9 @@ impl Frames {
     }
 
     pub fn with_limits(data: Bytes, limits: Limits) -> Self {
-        let buf = BytesMut::from(&data[..]);
         Frames {
-            codec: AmiCodec::new(limits),
+            frames: DecodeAll::new(&data, limits),
             data,
-            buf,
-            pos: 0,
-            at_eof: false,
-            done: false,
         }
     }
 
@@ -167,32 +157,8 @@ impl Iterator for Frames {
     type Item = TraceFrame;
 
     fn next(&mut self) -> Option<TraceFrame> {
-        if self.done {
-            return None;
-        }
-        let before = self.buf.len();
-        // The codec's decode never fails on in-memory data (it reports bad
-        // input as `Frame::Malformed`); an `Err` would end the iteration.
-        let item = if self.at_eof {
-            self.codec.decode_eof(&mut self.buf)
-        } else {
-            match self.codec.decode(&mut self.buf) {
-                Ok(None) => {
-                    self.at_eof = true;
-                    self.codec.decode_eof(&mut self.buf)
-                }
-                other => other,
-            }
-        };
-        self.pos += before - self.buf.len();
-        let frame = match item {
-            Ok(Some(f)) => f,
-            Ok(None) | Err(_) => {
-                self.done = true;
-                return None;
-            }
-        };
-        let end = self.pos;
+        let frame = self.frames.next()?;
+        let end = self.frames.consumed();
         Some(match frame {
             Frame::Banner(line) => {
                 let bytes = self.banner_bytes(&line, end);

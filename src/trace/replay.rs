@@ -36,7 +36,8 @@
 //! An event's classes are its `Privilege:` header (`call,all` → `call`).
 //! A client's mask comes from `Events:` on `Login` (default: all) or the
 //! `Events` action: `on`, `off`, a class list or a decimal bitmask, parsed as
-//! Asterisk's `strings_to_mask` does. An event is sent when all its classes
+//! Asterisk's `strings_to_mask` does (`ami_proto::EventMask`, the same
+//! reading the bridge's client uses). An event is sent when all its classes
 //! are in the mask — Asterisk's rule `(send_events & category) == category`;
 //! for the single-class events real servers send this is the same as "the
 //! classes intersect".
@@ -92,98 +93,14 @@ use tokio_util::codec::FramedRead;
 use super::TraceError;
 use super::file::{Frames, TimingPoint, TraceFrame, load, read_timing};
 use super::responses::CannedResponses;
-use crate::ami::login::md5_key;
 use crate::ami::{AmiCodec, Frame, Kind, Limits, Malformed, MalformedKind, Message};
+use ami_proto::{ALL_CLASSES, EventMask, mask_allows, md5_key, privilege_bits};
 
 /// The banner sent when the trace has none.
 pub const DEFAULT_BANNER: &[u8] = b"Asterisk Call Manager/11.0.0\r\n";
 
 /// Events are written in batches of about this many bytes.
 pub const BATCH_BYTES: usize = 256 * 1024;
-
-/// Asterisk's event classes and their bits (`include/asterisk/manager.h`).
-pub const CLASSES: &[(&str, u32)] = &[
-    ("system", 1 << 0),
-    ("call", 1 << 1),
-    ("log", 1 << 2),
-    ("verbose", 1 << 3),
-    ("command", 1 << 4),
-    ("agent", 1 << 5),
-    ("user", 1 << 6),
-    ("config", 1 << 7),
-    ("dtmf", 1 << 8),
-    ("reporting", 1 << 9),
-    ("cdr", 1 << 10),
-    ("dialplan", 1 << 11),
-    ("originate", 1 << 12),
-    ("agi", 1 << 13),
-    ("cc", 1 << 14),
-    ("aoc", 1 << 15),
-    ("test", 1 << 16),
-    ("security", 1 << 17),
-    ("message", 1 << 18),
-];
-
-/// Every class (`Events: on`).
-pub const ALL_CLASSES: u32 = 0x7fff_ffff;
-
-/// The class bits of an event's `Privilege:` value (`call,all` → call).
-/// `all` is decoration on events and adds nothing; unknown names are
-/// ignored.
-pub fn privilege_bits(value: &[u8]) -> u32 {
-    value
-        .split(|&b| b == b',')
-        .filter_map(|c| {
-            let c = c.trim_ascii();
-            CLASSES
-                .iter()
-                .find(|(name, _)| c.eq_ignore_ascii_case(name.as_bytes()))
-                .map(|(_, bit)| *bit)
-        })
-        .fold(0, |a, b| a | b)
-}
-
-/// Reads an `Events:` / `EventMask:` value as Asterisk's `strings_to_mask`
-/// does: digits are a bitmask, `on`/`yes`/`true`/… all classes,
-/// `off`/`no`/`false`/… none, otherwise a class list (`all` = every class,
-/// unknown names add nothing). `None` for an empty value, which Asterisk
-/// rejects as an invalid mask.
-pub fn parse_event_mask(value: &str) -> Option<u32> {
-    let v = value.trim();
-    if v.is_empty() {
-        return None;
-    }
-    if v.bytes().all(|b| b.is_ascii_digit()) {
-        return Some(
-            v.parse::<u64>()
-                .map_or(ALL_CLASSES, |n| n as u32 & ALL_CLASSES),
-        );
-    }
-    let lower = v.to_ascii_lowercase();
-    match lower.as_str() {
-        "on" | "yes" | "true" | "y" | "t" => return Some(ALL_CLASSES),
-        "off" | "no" | "false" | "n" | "f" => return Some(0),
-        _ => {}
-    }
-    Some(
-        lower
-            .split(',')
-            .map(str::trim)
-            .map(|c| {
-                if c == "all" {
-                    ALL_CLASSES
-                } else {
-                    privilege_bits(c.as_bytes())
-                }
-            })
-            .fold(0, |a, b| a | b),
-    )
-}
-
-/// Whether a client with `mask` receives an event of `category`.
-pub fn mask_allows(mask: u32, category: u32) -> bool {
-    mask != 0 && mask & category == category
-}
 
 /// How fast events are sent.
 #[derive(Clone, Debug, PartialEq)]
@@ -688,7 +605,8 @@ impl Session {
                     self.authenticated = true;
                     let mask = m
                         .get("Events")
-                        .and_then(|e| parse_event_mask(&e))
+                        .and_then(|e| EventMask::from_header(&e))
+                        .map(|m| m.bits())
                         .unwrap_or(ALL_CLASSES);
                     tracing::info!(peer = %self.peer, user = %m.get("Username").unwrap_or_default(), mask = format_args!("{mask:#x}"), "logged in");
                     out.push(Out::Send(response(
@@ -753,7 +671,11 @@ impl Session {
                     &[("Ping", b"Pong"), ("Timestamp", ts.as_bytes())],
                 )));
             }
-            "events" => match m.get("EventMask").and_then(|v| parse_event_mask(&v)) {
+            "events" => match m
+                .get("EventMask")
+                .and_then(|v| EventMask::from_header(&v))
+                .map(|m| m.bits())
+            {
                 Some(mask) => {
                     let state: &[u8] = if mask > 0 { b"On" } else { b"Off" };
                     out.push(Out::Send(response("Success", id, &[("Events", state)])));
@@ -1037,6 +959,11 @@ async fn sleep_until_opt(t: Option<Instant>) {
 mod tests {
     use super::*;
     use crate::trace::file::parse_timing;
+
+    /// The mask the replay applies for an `Events:` / `EventMask:` value.
+    fn parse_event_mask(value: &str) -> Option<u32> {
+        EventMask::from_header(value).map(|m| m.bits())
+    }
 
     #[test]
     fn masks_like_asterisk() {

@@ -1,4 +1,4 @@
-//! Property tests of the AMI decoder (`ami2amqp::ami::codec`).
+//! Property tests of the AMI decoder ([`ami_proto::AmiCodec`]).
 //!
 //! - round trip: messages encoded with [`Message::encode`] decode to the same
 //!   pairs, in order, however the stream is cut into reads, and with any mix
@@ -22,8 +22,7 @@
 //! counted against `max_line`; `max_message` not enforced inside legacy
 //! `Follows` output); both are fixed.
 
-use ami2amqp::ami::codec::decode_all;
-use ami2amqp::ami::{AmiCodec, Frame, Limits, Malformed, MalformedKind, Message};
+use ami_proto::{AmiCodec, Frame, Limits, Malformed, MalformedKind, Message, decode_all};
 use bytes::BytesMut;
 use proptest::prelude::*;
 use proptest::test_runner::Config;

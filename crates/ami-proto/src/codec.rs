@@ -34,47 +34,11 @@
 use bytes::{Buf, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
-use super::message::{Message, MessageBuilder};
+use crate::limits::Limits;
+use crate::message::{Message, MessageBuilder};
 
 /// The first characters of the AMI banner.
 pub const BANNER_PREFIX: &[u8] = b"Asterisk Call Manager/";
-
-/// Size limits of the decoder. Asterisk itself accepts request lines of at
-/// most 1022 bytes and 128 lines per message; what it *sends* can be much
-/// larger (a `Command` output, an event with many channel variables), so the
-/// defaults are generous but finite.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Limits {
-    /// Longest line, in bytes, without its line ending.
-    pub max_line: usize,
-    /// Largest message, in bytes, all lines together.
-    pub max_message: usize,
-    /// Most lines in one message.
-    pub max_lines: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_line: 64 * 1024,
-            max_message: 1024 * 1024,
-            max_lines: 16 * 1024,
-        }
-    }
-}
-
-impl Limits {
-    /// What Asterisk's manager accepts from a client (1022-byte lines, 128
-    /// lines per message): the limits to apply to actions we accept from
-    /// others before passing them on.
-    pub fn asterisk_request() -> Self {
-        Limits {
-            max_line: 1022,
-            max_message: 128 * 1024,
-            max_lines: 128,
-        }
-    }
-}
 
 /// What went wrong with a piece of input.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -620,24 +584,10 @@ impl Encoder<Bytes> for AmiCodec {
     }
 }
 
-/// Decodes a whole buffer (a trace file) into frames, including a final
-/// message cut off by the end of the data.
-pub fn decode_all(data: &[u8], limits: Limits) -> Vec<Frame> {
-    let mut codec = AmiCodec::new(limits);
-    let mut buf = BytesMut::from(data);
-    let mut out = Vec::new();
-    while let Ok(Some(f)) = codec.decode(&mut buf) {
-        out.push(f);
-    }
-    while let Ok(Some(f)) = codec.decode_eof(&mut buf) {
-        out.push(f);
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decode_all;
 
     fn frames(input: &[u8]) -> Vec<Frame> {
         decode_all(input, Limits::default())
