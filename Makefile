@@ -1,4 +1,4 @@
-# ami2amqp — common tasks. `make test` is what CI runs (.ci/run).
+# ami2amqp — common tasks. `make lint` then `make test` is what CI runs (.ci/run).
 #
 #   make test    start RabbitMQ if needed, then every test target
 #   make lint    rustfmt check + clippy with warnings as errors (whole workspace)
@@ -36,7 +36,7 @@ test: rabbitmq
 lint: fmt-check clippy
 
 fmt-check:
-	$(CARGO) fmt --check
+	$(CARGO) fmt --all --check
 
 clippy:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
