@@ -18,6 +18,10 @@ pub const REQUEST_MAX_LINES: usize = 128;
 /// Size limits of the decoder. What Asterisk *sends* can be much larger than
 /// what it accepts (a `Command` output, an event with many channel
 /// variables), so the defaults are generous but finite.
+///
+/// Keep `max_line <= max_message` (the bridge's config check refuses
+/// anything else): with a longer line limit, a message over both limits
+/// may be reported as either error depending on where the reads split it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
     /// Longest line, in bytes, without its line ending.

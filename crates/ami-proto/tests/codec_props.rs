@@ -156,10 +156,14 @@ fn garbage(with_follows: bool, max_tokens: usize) -> impl Strategy<Value = Vec<u
     prop::collection::vec(token(with_follows), 0..max_tokens).prop_map(|t| t.concat())
 }
 
+/// Small limits with `max_line <= max_message`, the only combination a
+/// config can hold (`ami2amqp check` refuses the others): with a longer
+/// line limit than message limit, which of the two errors a message over
+/// both gets may depend on where the reads split it.
 fn small_limits() -> impl Strategy<Value = Limits> {
-    (1usize..80, 1usize..300, 1usize..20).prop_map(|(max_line, max_message, max_lines)| Limits {
+    (1usize..80, 0usize..300, 1usize..20).prop_map(|(max_line, extra, max_lines)| Limits {
         max_line,
-        max_message,
+        max_message: max_line + extra,
         max_lines,
     })
 }
