@@ -717,3 +717,62 @@ fn errors_are_one_clear_line() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
 }
+
+/// The answers no capture covers: a second Login, an action without
+/// `Action:`, a Challenge without `AuthType` and an empty `EventMask`.
+#[tokio::test]
+async fn second_login_missing_action_and_bad_requests() {
+    let (_g, addr) = replay(&[
+        "--username",
+        "bridge",
+        "--secret",
+        "bridgepass",
+        "tests/traces/calls_small.ami",
+    ]);
+    let mut c = Client::login(addr, AuthType::Plain, EventMask::Off).await;
+    // (request, Response, Message)
+    type Case = (
+        &'static [(&'static str, &'static str)],
+        &'static str,
+        &'static str,
+    );
+    let cases: [Case; 4] = [
+        (
+            &[
+                ("Action", "Login"),
+                ("ActionID", "x-1"),
+                ("Username", "bridge"),
+                ("Secret", "bridgepass"),
+            ],
+            "Success",
+            "Already authenticated",
+        ),
+        (
+            &[("ActionID", "x-2"), ("Foo", "bar")],
+            "Error",
+            "Missing action in request",
+        ),
+        (
+            &[("Action", "Challenge"), ("ActionID", "x-3")],
+            "Error",
+            "Must specify AuthType",
+        ),
+        (
+            &[("Action", "Events"), ("ActionID", "x-4"), ("EventMask", "")],
+            "Error",
+            "Invalid event mask",
+        ),
+    ];
+    for (i, (req, resp, msg)) in cases.into_iter().enumerate() {
+        c.send(req).await;
+        let r = c.response().await;
+        assert_eq!(r.get("Response").as_deref(), Some(resp), "case {i}");
+        assert_eq!(r.get("Message").as_deref(), Some(msg), "case {i}");
+        assert_eq!(
+            r.action_id().as_deref(),
+            Some(format!("x-{}", i + 1).as_str())
+        );
+    }
+    // Still logged in and answering.
+    c.ping("after").await;
+}

@@ -38,6 +38,7 @@
 //! [`ActionError::ConnectionLost`] (they may or may not have run).
 
 use std::collections::{HashMap, VecDeque};
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -456,6 +457,26 @@ async fn reserve(tx: &Option<mpsc::Sender<Incoming>>) -> Option<mpsc::Permit<'_,
     }
 }
 
+type AmiFramed = Framed<TcpStream, AmiCodec>;
+
+/// The state of one logged-in session.
+#[derive(Default)]
+struct SessionState {
+    /// Actions sent and not yet answered, by ActionID.
+    pending: HashMap<String, Pending>,
+    /// The keepalive Ping waiting for its answer: ActionID, when sent.
+    ping: Option<(String, Instant)>,
+    /// The "budget full" error was logged for the current episode.
+    warned_full: bool,
+}
+
+/// Says goodbye to Asterisk (bounded: the session is ending anyway).
+async fn logoff(framed: &mut AmiFramed) -> SessionEnd {
+    let logoff = Message::from_pairs([("Action", "Logoff"), ("ActionID", "a2a-logoff")]);
+    let _ = tokio::time::timeout(Duration::from_secs(1), framed.send(logoff)).await;
+    SessionEnd::Cancelled
+}
+
 /// How a session ended.
 enum SessionEnd {
     Cancelled,
@@ -607,10 +628,11 @@ impl Supervisor {
         format!("a2a-{}-{}", self.config.role, self.next_id)
     }
 
-    /// Runs one logged-in session until it ends.
-    async fn session(&mut self, mut framed: Framed<TcpStream, AmiCodec>) -> SessionEnd {
-        let mut pending: HashMap<String, Pending> = HashMap::new();
-        let mut warned_full = false;
+    /// Runs one logged-in session until it ends: a `select!` over
+    /// cancellation, delivery of queued events, reads, actions to send and
+    /// the keepalive timer, each handled by a method of its own.
+    async fn session(&mut self, mut framed: AmiFramed) -> SessionEnd {
+        let mut st = SessionState::default();
         let keepalive = if self.config.keepalive.is_zero() {
             Duration::from_secs(3600 * 24 * 365)
         } else {
@@ -618,120 +640,174 @@ impl Supervisor {
         };
         let mut ping_timer =
             tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
-        let mut ping_outstanding: Option<(String, Instant)> = None;
         let events_tx = self.events.clone();
 
         let end = loop {
-            let can_read = self.queue.bytes <= self.config.max_buffered_bytes;
-            if !can_read && let Some((_, sent)) = &mut ping_outstanding {
-                // The answer to a Ping sits unread behind the events while
-                // reading is paused: its clock starts when reading resumes.
-                // (Giving up on the connection here would drop everything
-                // Asterisk has queued for it.)
-                *sent = Instant::now();
-            }
-            if !can_read && !warned_full {
-                warned_full = true;
-                tracing::error!(server = %self.config.server, bytes = self.queue.bytes,
-                    "event consumer is not keeping up: in-memory budget full, pausing AMI reads");
-            }
-            tokio::select! {
+            let can_read = self.read_budget(&mut st);
+            let step = tokio::select! {
                 biased;
-                _ = self.cancel.cancelled() => {
-                    let logoff = Message::from_pairs([("Action", "Logoff"), ("ActionID", "a2a-logoff")]);
-                    let _ = tokio::time::timeout(Duration::from_secs(1), framed.send(logoff)).await;
-                    break SessionEnd::Cancelled;
-                }
+                _ = self.cancel.cancelled() => ControlFlow::Break(logoff(&mut framed).await),
                 // Hand queued events to the consumer first, in order.
                 permit = reserve(&events_tx), if !self.queue.items.is_empty() => {
-                    match permit {
-                        Some(permit) => {
-                            self.queue.send_one(permit);
-                            if self.queue.items.is_empty() { warned_full = false; }
-                        }
-                        // The consumer is gone: nobody to deliver to.
-                        None => { self.queue = Outbox::default(); }
-                    }
+                    self.deliver(permit, &mut st);
+                    ControlFlow::Continue(())
                 }
-                frame = framed.next(), if can_read => {
-                    match frame {
-                        None => break SessionEnd::Lost("server closed the connection".into()),
-                        Some(Err(e)) => break SessionEnd::Lost(format!("read error: {e}")),
-                        Some(Ok(Frame::Banner(_))) => {}
-                        Some(Ok(Frame::Malformed(error))) => {
-                            self.malformed(&error, &mut pending);
-                            if let Some(tx) = &events_tx {
-                                let item = Incoming::Malformed { server: self.config.server.clone(), error };
-                                self.queue.push(tx, item);
-                            }
-                        }
-                        Some(Ok(Frame::Message(m))) => {
-                            if let Some(item) = self.dispatch(m, &mut pending, &mut ping_outstanding)
-                                && let Some(tx) = &events_tx {
-                                    self.queue.push(tx, item);
-                                }
-                        }
-                    }
-                }
-                cmd = self.commands.recv() => {
-                    let Some(Command::Action { message, reply }) = cmd else {
-                        self.cancel.cancel();
-                        continue;
-                    };
-                    // Queue this action and any others already waiting,
-                    // then write them with one flush (one syscall for a
-                    // burst of concurrent actions instead of one each).
-                    let mut next = Some((message, reply));
-                    let mut failed = None;
-                    while let Some((message, reply)) = next.take() {
-                        if !reply.is_closed() {
-                            let id = self.next_action_id();
-                            let wire = with_action_id(&message, &id);
-                            if let Err(e) = framed.feed(wire).await {
-                                let _ = reply.send(Err(ActionError::ConnectionLost(self.config.server.to_string())));
-                                failed = Some(e);
-                                break;
-                            }
-                            pending.insert(id, Pending::new(reply));
-                        }
-                        if let Ok(Command::Action { message, reply }) = self.commands.try_recv() {
-                            next = Some((message, reply));
-                        }
-                    }
-                    if failed.is_none()
-                        && let Err(e) = SinkExt::<Message>::flush(&mut framed).await {
-                            failed = Some(e);
-                        }
-                    if let Some(e) = failed {
-                        break SessionEnd::Lost(format!("write error: {e}"));
-                    }
-                }
-                _ = ping_timer.tick() => {
-                    if let Some((_, sent)) = &ping_outstanding {
-                        if sent.elapsed() > self.config.action_timeout {
-                            break SessionEnd::Lost(format!("no answer to keepalive Ping within {:?}", self.config.action_timeout));
-                        }
-                    } else {
-                        let id = self.next_action_id();
-                        let ping = Message::from_pairs([("Action", "Ping"), ("ActionID", id.as_str())]);
-                        if let Err(e) = framed.send(ping).await {
-                            break SessionEnd::Lost(format!("write error: {e}"));
-                        }
-                        ping_outstanding = Some((id, Instant::now()));
-                    }
-                    // Forget actions whose caller gave up (timed out).
-                    pending.retain(|_, p| !p.reply.is_closed());
-                }
+                frame = framed.next(), if can_read => self.on_frame(frame, &events_tx, &mut st),
+                cmd = self.commands.recv() => self.on_command(cmd, &mut framed, &mut st).await,
+                _ = ping_timer.tick() => self.on_keepalive(&mut framed, &mut st).await,
+            };
+            if let ControlFlow::Break(end) = step {
+                break end;
             }
         };
 
         let server = self.config.server.to_string();
-        for (_, p) in pending.drain() {
+        for (_, p) in st.pending.drain() {
             let _ = p
                 .reply
                 .send(Err(ActionError::ConnectionLost(server.clone())));
         }
         end
+    }
+
+    /// Whether reads may go on: not while the in-memory budget is full.
+    /// Warns once per full episode.
+    fn read_budget(&self, st: &mut SessionState) -> bool {
+        let can_read = self.queue.bytes <= self.config.max_buffered_bytes;
+        if !can_read && let Some((_, sent)) = &mut st.ping {
+            // The answer to a Ping sits unread behind the events while
+            // reading is paused: its clock starts when reading resumes.
+            // (Giving up on the connection here would drop everything
+            // Asterisk has queued for it.)
+            *sent = Instant::now();
+        }
+        if !can_read && !st.warned_full {
+            st.warned_full = true;
+            tracing::error!(server = %self.config.server, bytes = self.queue.bytes,
+                "event consumer is not keeping up: in-memory budget full, pausing AMI reads");
+        }
+        can_read
+    }
+
+    /// Hands one queued event to the consumer, or drops the queue when the
+    /// consumer is gone (nobody to deliver to).
+    fn deliver(&mut self, permit: Option<mpsc::Permit<'_, Incoming>>, st: &mut SessionState) {
+        match permit {
+            Some(permit) => {
+                self.queue.send_one(permit);
+                if self.queue.items.is_empty() {
+                    st.warned_full = false;
+                }
+            }
+            None => self.queue = Outbox::default(),
+        }
+    }
+
+    /// Handles what the read side produced: a frame, an error or the end.
+    fn on_frame(
+        &mut self,
+        frame: Option<Result<Frame, std::io::Error>>,
+        events_tx: &Option<mpsc::Sender<Incoming>>,
+        st: &mut SessionState,
+    ) -> ControlFlow<SessionEnd> {
+        match frame {
+            None => {
+                return ControlFlow::Break(SessionEnd::Lost("server closed the connection".into()));
+            }
+            Some(Err(e)) => {
+                return ControlFlow::Break(SessionEnd::Lost(format!("read error: {e}")));
+            }
+            Some(Ok(Frame::Banner(_))) => {}
+            Some(Ok(Frame::Malformed(error))) => {
+                self.malformed(&error, &mut st.pending);
+                if let Some(tx) = events_tx {
+                    let server = self.config.server.clone();
+                    self.queue.push(tx, Incoming::Malformed { server, error });
+                }
+            }
+            Some(Ok(Frame::Message(m))) => {
+                if let Some(item) = self.dispatch(m, &mut st.pending, &mut st.ping)
+                    && let Some(tx) = events_tx
+                {
+                    self.queue.push(tx, item);
+                }
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// Handles a command from a [`Client`] handle; when every handle is
+    /// gone the session is cancelled.
+    async fn on_command(
+        &mut self,
+        cmd: Option<Command>,
+        framed: &mut AmiFramed,
+        st: &mut SessionState,
+    ) -> ControlFlow<SessionEnd> {
+        let Some(Command::Action { message, reply }) = cmd else {
+            self.cancel.cancel();
+            return ControlFlow::Continue(());
+        };
+        match self.write_actions(message, reply, framed, st).await {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(e) => ControlFlow::Break(SessionEnd::Lost(format!("write error: {e}"))),
+        }
+    }
+
+    /// Queues this action and any others already waiting, then writes them
+    /// with one flush (one syscall for a burst of concurrent actions
+    /// instead of one each).
+    async fn write_actions(
+        &mut self,
+        message: Message,
+        reply: Reply,
+        framed: &mut AmiFramed,
+        st: &mut SessionState,
+    ) -> Result<(), std::io::Error> {
+        let mut next = Some((message, reply));
+        while let Some((message, reply)) = next.take() {
+            if !reply.is_closed() {
+                let id = self.next_action_id();
+                let wire = with_action_id(&message, &id);
+                if let Err(e) = framed.feed(wire).await {
+                    let server = self.config.server.to_string();
+                    let _ = reply.send(Err(ActionError::ConnectionLost(server)));
+                    return Err(e);
+                }
+                st.pending.insert(id, Pending::new(reply));
+            }
+            if let Ok(Command::Action { message, reply }) = self.commands.try_recv() {
+                next = Some((message, reply));
+            }
+        }
+        SinkExt::<Message>::flush(framed).await
+    }
+
+    /// The keepalive timer: gives up on a connection whose Ping went
+    /// unanswered, else sends a Ping; and forgets actions whose caller
+    /// gave up (timed out).
+    async fn on_keepalive(
+        &mut self,
+        framed: &mut AmiFramed,
+        st: &mut SessionState,
+    ) -> ControlFlow<SessionEnd> {
+        if let Some((_, sent)) = &st.ping {
+            if sent.elapsed() > self.config.action_timeout {
+                return ControlFlow::Break(SessionEnd::Lost(format!(
+                    "no answer to keepalive Ping within {:?}",
+                    self.config.action_timeout
+                )));
+            }
+        } else {
+            let id = self.next_action_id();
+            let ping = Message::from_pairs([("Action", "Ping"), ("ActionID", id.as_str())]);
+            if let Err(e) = framed.send(ping).await {
+                return ControlFlow::Break(SessionEnd::Lost(format!("write error: {e}")));
+            }
+            st.ping = Some((id, Instant::now()));
+        }
+        st.pending.retain(|_, p| !p.reply.is_closed());
+        ControlFlow::Continue(())
     }
 
     /// Counts and logs (rate-limited) input the decoder gave up on, and

@@ -359,6 +359,8 @@ enum EventFilter {
 
 type Compiled = (bool, (CompiledRoute, EventFilter));
 
+/// Compiles one route; `None` when it has errors (reported in `cx`).
+/// Diagnostics come in the order of the route's sections.
 fn compile_route(
     cx: &mut Ctx<'_>,
     r: schema::Route,
@@ -366,167 +368,12 @@ fn compile_route(
     exchange_types: &mut HashMap<Arc<str>, (ExchangeType, String)>,
 ) -> Option<Compiled> {
     let before = cx.diags.len();
-    let name_span = r.name.span();
-    let what = |field: &str| format!("route {name:?}, `{field}`");
-
-    // Which events.
-    let mut filter = None;
-    let mut events_regex = None;
-    match (&r.events, &r.events_regex) {
-        (Some(_), Some(re)) => cx.err(
-            re.span(),
-            format!("route {name:?}: use `events` or `events_regex`, not both"),
-        ),
-        (None, None) => cx.err(
-            name_span.clone(),
-            format!("route {name:?}: says nothing about which events it takes: add `events = [\"Name\", …]` (or [\"*\"]) or `events_regex`"),
-        ),
-        (Some(ev), None) => {
-            let list = ev.get_ref();
-            if list.is_empty() {
-                cx.err(ev.span(), format!("{}: the list is empty", what("events")));
-            } else if list.iter().any(|e| e == "*") {
-                filter = Some(EventFilter::Any);
-            } else if let Some(bad) = list.iter().find(|e| e.trim().is_empty() || e.contains(char::is_whitespace)) {
-                cx.err(ev.span(), format!("{}: {bad:?} is not an event name", what("events")));
-            } else {
-                filter = Some(EventFilter::Names(list.clone()));
-            }
-        }
-        (None, Some(re)) => {
-            events_regex = cx.regex(&what("events_regex"), re.span(), re.get_ref());
-            filter = Some(EventFilter::Any);
-        }
-    }
-
-    let mut when = Vec::new();
-    for (field, re) in &r.when {
-        if let Some(regex) = cx.regex(
-            &format!("route {name:?}, `when.{field}`"),
-            re.span(),
-            re.get_ref(),
-        ) {
-            let has_names = regex.capture_names().flatten().next().is_some();
-            when.push(FieldMatch {
-                field: field.clone(),
-                regex,
-                has_names,
-            });
-        }
-    }
-
-    let exchange: Arc<str> = match &r.exchange {
-        Some(e) if !e.get_ref().trim().is_empty() => Arc::from(e.get_ref().trim()),
-        Some(e) => {
-            cx.err(
-                e.span(),
-                format!("{}: empty exchange name", what("exchange")),
-            );
-            Arc::from("")
-        }
-        None if r.drop => Arc::from(""),
-        None => {
-            cx.err(
-                name_span.clone(),
-                format!("route {name:?}: `exchange` is missing (or set `drop = true`)"),
-            );
-            Arc::from("")
-        }
-    };
-    if !exchange.is_empty() {
-        match exchange_types.get(&exchange) {
-            Some((t, by)) if *t != r.exchange_type => {
-                let span = r.exchange.as_ref().map_or(name_span.clone(), |e| e.span());
-                cx.err(
-                    span,
-                    format!(
-                        "route {name:?}: exchange {exchange:?} is declared `{}` here but `{}` by route {by:?}",
-                        r.exchange_type.as_str(),
-                        t.as_str()
-                    ),
-                );
-            }
-            Some(_) => {}
-            None => {
-                exchange_types.insert(exchange.clone(), (r.exchange_type, name.to_string()));
-            }
-        }
-    }
-
-    let routing_key = match &r.routing_key {
-        Some(k) => cx.key_template(&what("routing_key"), k.span(), k.get_ref()),
-        None if r.drop => None,
-        None if matches!(
-            r.exchange_type,
-            ExchangeType::Fanout | ExchangeType::Headers
-        ) =>
-        {
-            None
-        }
-        None => {
-            cx.err(
-                name_span.clone(),
-                format!("route {name:?}: `routing_key` is missing"),
-            );
-            None
-        }
-    };
-
-    let p = &r.properties;
-    let kind = p
-        .kind
-        .as_ref()
-        .and_then(|t| cx.template(&what("properties.type"), t.span(), t.get_ref()));
-    let message_id = p
-        .message_id
-        .as_ref()
-        .and_then(|t| cx.template(&what("properties.message_id"), t.span(), t.get_ref()));
-    let mut headers = Vec::new();
-    for (k, t) in &p.headers {
-        if let Some(t) = cx.template(
-            &format!("route {name:?}, `properties.headers.{k}`"),
-            t.span(),
-            t.get_ref(),
-        ) {
-            headers.push((Arc::from(k.as_str()), t));
-        }
-    }
-    if let Some(pr) = p.priority
-        && pr > 9
-    {
-        cx.err(name_span.clone(), format!("route {name:?}: `properties.priority` is {pr}; use 0–9 (RabbitMQ priority queues support at most a few levels)"));
-    }
-
-    let b = &r.body;
-    let mut targets: Vec<String> = Vec::new();
-    for (from, to) in &b.rename {
-        // Two renames to one name, or a rename onto a field the route
-        // explicitly includes, would write one JSON key twice.
-        let clash = targets.iter().any(|t| t.eq_ignore_ascii_case(to))
-            || (!from.eq_ignore_ascii_case(to)
-                && !b.rename.keys().any(|k| k.eq_ignore_ascii_case(to))
-                && b.include
-                    .as_ref()
-                    .is_some_and(|inc| inc.iter().any(|i| i.eq_ignore_ascii_case(to))));
-        if clash {
-            cx.err(
-                name_span.clone(),
-                format!("route {name:?}: `body.rename` maps {from:?} to {to:?}, which is already a field name in the body (JSON keys must be unique)"),
-            );
-        }
-        targets.push(to.clone());
-    }
-    let body = BodySpec {
-        format: b.format,
-        include: b.include.clone(),
-        exclude: b.exclude.clone(),
-        rename: b
-            .rename
-            .iter()
-            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
-            .collect(),
-    };
-
+    let (filter, events_regex) = route_events(cx, &r, name);
+    let when = route_when(cx, &r, name);
+    let exchange = route_exchange(cx, &r, name, exchange_types);
+    let routing_key = route_key(cx, &r, name);
+    let props = route_props(cx, &r, name);
+    let body = route_body(cx, &r, name);
     if cx.diags.len() != before {
         return None;
     }
@@ -544,19 +391,210 @@ fn compile_route(
                 exchange,
                 routing_key,
                 body,
-                props: PropsSpec {
-                    persistent: p.persistent.unwrap_or(true),
-                    priority: p.priority,
-                    expiration_ms: p.expiration_ms,
-                    content_type: Arc::from(
-                        p.content_type.as_deref().unwrap_or("application/json"),
-                    ),
-                    kind,
-                    message_id,
-                    headers,
-                },
+                props,
             },
             filter,
         ),
     ))
+}
+
+/// How a route's field is named in messages.
+fn what(name: &str, field: &str) -> String {
+    format!("route {name:?}, `{field}`")
+}
+
+/// Which events a route takes: `events` (names or `*`) or `events_regex`.
+fn route_events(
+    cx: &mut Ctx<'_>,
+    r: &schema::Route,
+    name: &str,
+) -> (Option<EventFilter>, Option<Regex>) {
+    match (&r.events, &r.events_regex) {
+        (Some(_), Some(re)) => cx.err(
+            re.span(),
+            format!("route {name:?}: use `events` or `events_regex`, not both"),
+        ),
+        (None, None) => cx.err(
+            r.name.span(),
+            format!("route {name:?}: says nothing about which events it takes: add `events = [\"Name\", …]` (or [\"*\"]) or `events_regex`"),
+        ),
+        (Some(ev), None) => {
+            let list = ev.get_ref();
+            if list.is_empty() {
+                cx.err(ev.span(), format!("{}: the list is empty", what(name, "events")));
+            } else if list.iter().any(|e| e == "*") {
+                return (Some(EventFilter::Any), None);
+            } else if let Some(bad) = list.iter().find(|e| e.trim().is_empty() || e.contains(char::is_whitespace)) {
+                cx.err(ev.span(), format!("{}: {bad:?} is not an event name", what(name, "events")));
+            } else {
+                return (Some(EventFilter::Names(list.clone())), None);
+            }
+        }
+        (None, Some(re)) => {
+            let regex = cx.regex(&what(name, "events_regex"), re.span(), re.get_ref());
+            return (Some(EventFilter::Any), regex);
+        }
+    }
+    (None, None)
+}
+
+/// The route's `when` conditions (field regexes).
+fn route_when(cx: &mut Ctx<'_>, r: &schema::Route, name: &str) -> Vec<FieldMatch> {
+    let mut when = Vec::new();
+    for (field, re) in &r.when {
+        if let Some(regex) = cx.regex(
+            &format!("route {name:?}, `when.{field}`"),
+            re.span(),
+            re.get_ref(),
+        ) {
+            let has_names = regex.capture_names().flatten().next().is_some();
+            when.push(FieldMatch {
+                field: field.clone(),
+                regex,
+                has_names,
+            });
+        }
+    }
+    when
+}
+
+/// The route's exchange (empty for `drop` routes); one exchange keeps one
+/// type across all routes (`exchange_types` remembers the first).
+fn route_exchange(
+    cx: &mut Ctx<'_>,
+    r: &schema::Route,
+    name: &str,
+    exchange_types: &mut HashMap<Arc<str>, (ExchangeType, String)>,
+) -> Arc<str> {
+    let exchange: Arc<str> = match &r.exchange {
+        Some(e) if !e.get_ref().trim().is_empty() => Arc::from(e.get_ref().trim()),
+        Some(e) => {
+            cx.err(
+                e.span(),
+                format!("{}: empty exchange name", what(name, "exchange")),
+            );
+            Arc::from("")
+        }
+        None if r.drop => Arc::from(""),
+        None => {
+            cx.err(
+                r.name.span(),
+                format!("route {name:?}: `exchange` is missing (or set `drop = true`)"),
+            );
+            Arc::from("")
+        }
+    };
+    if !exchange.is_empty() {
+        match exchange_types.get(&exchange) {
+            Some((t, by)) if *t != r.exchange_type => {
+                let span = r.exchange.as_ref().map_or(r.name.span(), |e| e.span());
+                cx.err(
+                    span,
+                    format!(
+                        "route {name:?}: exchange {exchange:?} is declared `{}` here but `{}` by route {by:?}",
+                        r.exchange_type.as_str(),
+                        t.as_str()
+                    ),
+                );
+            }
+            Some(_) => {}
+            None => {
+                exchange_types.insert(exchange.clone(), (r.exchange_type, name.to_string()));
+            }
+        }
+    }
+    exchange
+}
+
+/// The routing key template: required unless the route drops or the
+/// exchange type ignores keys.
+fn route_key(cx: &mut Ctx<'_>, r: &schema::Route, name: &str) -> Option<Template> {
+    match &r.routing_key {
+        Some(k) => cx.key_template(&what(name, "routing_key"), k.span(), k.get_ref()),
+        None if r.drop => None,
+        None if matches!(
+            r.exchange_type,
+            ExchangeType::Fanout | ExchangeType::Headers
+        ) =>
+        {
+            None
+        }
+        None => {
+            cx.err(
+                r.name.span(),
+                format!("route {name:?}: `routing_key` is missing"),
+            );
+            None
+        }
+    }
+}
+
+/// The AMQP message properties.
+fn route_props(cx: &mut Ctx<'_>, r: &schema::Route, name: &str) -> PropsSpec {
+    let p = &r.properties;
+    let kind = p
+        .kind
+        .as_ref()
+        .and_then(|t| cx.template(&what(name, "properties.type"), t.span(), t.get_ref()));
+    let message_id = p
+        .message_id
+        .as_ref()
+        .and_then(|t| cx.template(&what(name, "properties.message_id"), t.span(), t.get_ref()));
+    let mut headers = Vec::new();
+    for (k, t) in &p.headers {
+        if let Some(t) = cx.template(
+            &format!("route {name:?}, `properties.headers.{k}`"),
+            t.span(),
+            t.get_ref(),
+        ) {
+            headers.push((Arc::from(k.as_str()), t));
+        }
+    }
+    if let Some(pr) = p.priority
+        && pr > 9
+    {
+        cx.err(r.name.span(), format!("route {name:?}: `properties.priority` is {pr}; use 0–9 (RabbitMQ priority queues support at most a few levels)"));
+    }
+    PropsSpec {
+        persistent: p.persistent.unwrap_or(true),
+        priority: p.priority,
+        expiration_ms: p.expiration_ms,
+        content_type: Arc::from(p.content_type.as_deref().unwrap_or("application/json")),
+        kind,
+        message_id,
+        headers,
+    }
+}
+
+/// The body spec; renames must not write one JSON key twice.
+fn route_body(cx: &mut Ctx<'_>, r: &schema::Route, name: &str) -> BodySpec {
+    let b = &r.body;
+    let mut targets: Vec<String> = Vec::new();
+    for (from, to) in &b.rename {
+        // Two renames to one name, or a rename onto a field the route
+        // explicitly includes, would write one JSON key twice.
+        let clash = targets.iter().any(|t| t.eq_ignore_ascii_case(to))
+            || (!from.eq_ignore_ascii_case(to)
+                && !b.rename.keys().any(|k| k.eq_ignore_ascii_case(to))
+                && b.include
+                    .as_ref()
+                    .is_some_and(|inc| inc.iter().any(|i| i.eq_ignore_ascii_case(to))));
+        if clash {
+            cx.err(
+                r.name.span(),
+                format!("route {name:?}: `body.rename` maps {from:?} to {to:?}, which is already a field name in the body (JSON keys must be unique)"),
+            );
+        }
+        targets.push(to.clone());
+    }
+    BodySpec {
+        format: b.format,
+        include: b.include.clone(),
+        exclude: b.exclude.clone(),
+        rename: b
+            .rename
+            .iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+            .collect(),
+    }
 }

@@ -594,3 +594,34 @@ mod overlays {
         assert!(overlay_files(&[]).is_err());
     }
 }
+
+/// A route with a mistake in every section reports all of them, in the
+/// order of the sections (compile_route checks them one after another).
+#[test]
+fn route_errors_come_in_section_order() {
+    let e = load(
+        r#"
+[[route]]
+name = "all wrong"
+events = []
+when = { Channel = "(" }
+properties = { type = "{unclosed", priority = 12 }
+body = { rename = { A = "X", B = "X" } }
+"#,
+    )
+    .unwrap_err();
+    let got: Vec<&str> = e.0.iter().map(|d| d.message.as_str()).collect();
+    let want = [
+        "`events`: the list is empty",
+        "`when.Channel`",
+        "`exchange` is missing",
+        "`routing_key` is missing",
+        "`properties.type`",
+        "`properties.priority` is 12",
+        "`body.rename` maps \"B\" to \"X\"",
+    ];
+    assert_eq!(got.len(), want.len(), "{got:#?}");
+    for (g, w) in got.iter().zip(want) {
+        assert!(g.contains(w), "expected {w:?} in {g:?}; all: {got:#?}");
+    }
+}

@@ -591,120 +591,131 @@ impl Session {
         let lower = action.to_ascii_lowercase();
         tracing::debug!(peer = %self.peer, action = %action, "action");
         let mut out = Vec::new();
-        let mut next = Next::Continue;
-        match lower.as_str() {
-            "login" if self.authenticated => {
-                out.push(Out::Send(response(
-                    "Success",
-                    id,
-                    &[("Message", b"Already authenticated")],
-                )));
-            }
-            "login" => {
-                if self.login_ok(m) {
-                    self.authenticated = true;
-                    let mask = m
-                        .get("Events")
-                        .and_then(|e| EventMask::from_header(&e))
-                        .map(|m| m.bits())
-                        .unwrap_or(ALL_CLASSES);
-                    tracing::info!(peer = %self.peer, user = %m.get("Username").unwrap_or_default(), mask = format_args!("{mask:#x}"), "logged in");
-                    out.push(Out::Send(response(
-                        "Success",
-                        id,
-                        &[("Message", b"Authentication accepted")],
-                    )));
-                    out.push(Out::Start(mask));
-                } else {
-                    tracing::info!(peer = %self.peer, user = %m.get("Username").unwrap_or_default(), "authentication failed");
-                    tokio::time::sleep(self.shared.auth_fail_delay).await;
-                    out.push(Out::Send(response(
-                        "Error",
-                        id,
-                        &[("Message", b"Authentication failed")],
-                    )));
-                    out.push(Out::Close);
-                    next = Next::Close;
-                }
-            }
+        let next = match lower.as_str() {
+            "login" => self.login(m, id, &mut out).await,
             "challenge" => {
-                if m.get("AuthType")
-                    .is_some_and(|a| a.trim().eq_ignore_ascii_case("md5"))
-                {
-                    let ch = self
-                        .challenge
-                        .get_or_insert_with(|| rand::random_range(0..i32::MAX as u32).to_string());
-                    let r = response("Success", id, &[("Challenge", ch.as_bytes())]);
-                    out.push(Out::Send(r));
-                } else {
-                    out.push(Out::Send(response(
-                        "Error",
-                        id,
-                        &[("Message", b"Must specify AuthType")],
-                    )));
-                }
+                out.push(Out::Send(self.challenge(m, id)));
+                Next::Continue
             }
             "logoff" => {
-                out.push(Out::Send(response(
-                    "Goodbye",
-                    id,
-                    &[("Message", b"Thanks for all the fish.")],
-                )));
+                let bye: &[u8] = b"Thanks for all the fish.";
+                out.push(Out::Send(response("Goodbye", id, &[("Message", bye)])));
                 out.push(Out::Close);
-                next = Next::Close;
+                Next::Close
             }
             _ if !self.authenticated => {
-                out.push(Out::Send(response(
-                    "Error",
-                    id,
-                    &[("Message", b"Permission denied")],
-                )));
+                let denied: &[u8] = b"Permission denied";
+                out.push(Out::Send(response("Error", id, &[("Message", denied)])));
+                Next::Continue
             }
             "ping" => {
-                let now = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .unwrap_or_default();
-                let ts = format!("{}.{:06}", now.as_secs(), now.subsec_micros());
-                out.push(Out::Send(response(
-                    "Success",
-                    id,
-                    &[("Ping", b"Pong"), ("Timestamp", ts.as_bytes())],
-                )));
+                out.push(Out::Send(pong(id)));
+                Next::Continue
             }
-            "events" => match m
-                .get("EventMask")
-                .and_then(|v| EventMask::from_header(&v))
-                .map(|m| m.bits())
-            {
-                Some(mask) => {
-                    let state: &[u8] = if mask > 0 { b"On" } else { b"Off" };
-                    out.push(Out::Send(response("Success", id, &[("Events", state)])));
-                    out.push(Out::Mask(mask));
-                }
-                None => out.push(Out::Send(response(
-                    "Error",
-                    id,
-                    &[("Message", b"Invalid event mask")],
-                ))),
-            },
-            _ => match self.shared.canned.as_ref().and_then(|c| c.answer(m)) {
-                Some(answer) => out.push(Out::Send(answer)),
-                None => {
-                    let msg = format!(
-                        "Invalid/unknown command: {action}. Use Action: ListCommands to show available commands."
-                    );
-                    out.push(Out::Send(response(
-                        "Error",
-                        id,
-                        &[("Message", msg.as_bytes())],
-                    )));
-                }
-            },
-        }
+            "events" => {
+                events(m, id, &mut out);
+                Next::Continue
+            }
+            _ => {
+                out.push(Out::Send(self.other(m, id, &action)));
+                Next::Continue
+            }
+        };
         for o in out {
             send(tx, o).await?;
         }
         Ok(next)
+    }
+
+    /// `Login`: accepted (starts the events), refused after the configured
+    /// delay (closes the session), or a no-op when already logged in.
+    async fn login(&mut self, m: &Message, id: Option<&[u8]>, out: &mut Vec<Out>) -> Next {
+        if self.authenticated {
+            let msg: &[u8] = b"Already authenticated";
+            out.push(Out::Send(response("Success", id, &[("Message", msg)])));
+            return Next::Continue;
+        }
+        if self.login_ok(m) {
+            self.authenticated = true;
+            let mask = m
+                .get("Events")
+                .and_then(|e| EventMask::from_header(&e))
+                .map(|m| m.bits())
+                .unwrap_or(ALL_CLASSES);
+            tracing::info!(peer = %self.peer, user = %m.get("Username").unwrap_or_default(), mask = format_args!("{mask:#x}"), "logged in");
+            let msg: &[u8] = b"Authentication accepted";
+            out.push(Out::Send(response("Success", id, &[("Message", msg)])));
+            out.push(Out::Start(mask));
+            Next::Continue
+        } else {
+            tracing::info!(peer = %self.peer, user = %m.get("Username").unwrap_or_default(), "authentication failed");
+            tokio::time::sleep(self.shared.auth_fail_delay).await;
+            let msg: &[u8] = b"Authentication failed";
+            out.push(Out::Send(response("Error", id, &[("Message", msg)])));
+            out.push(Out::Close);
+            Next::Close
+        }
+    }
+
+    /// `Challenge` (MD5 only): one challenge per session, kept for the
+    /// `Login` that follows.
+    fn challenge(&mut self, m: &Message, id: Option<&[u8]>) -> Vec<u8> {
+        if m.get("AuthType")
+            .is_some_and(|a| a.trim().eq_ignore_ascii_case("md5"))
+        {
+            let ch = self
+                .challenge
+                .get_or_insert_with(|| rand::random_range(0..i32::MAX as u32).to_string());
+            response("Success", id, &[("Challenge", ch.as_bytes())])
+        } else {
+            let msg: &[u8] = b"Must specify AuthType";
+            response("Error", id, &[("Message", msg)])
+        }
+    }
+
+    /// Any other action: the canned answer, else Asterisk's error.
+    fn other(&self, m: &Message, id: Option<&[u8]>, action: &str) -> Vec<u8> {
+        match self.shared.canned.as_ref().and_then(|c| c.answer(m)) {
+            Some(answer) => answer,
+            None => {
+                let msg = format!(
+                    "Invalid/unknown command: {action}. Use Action: ListCommands to show available commands."
+                );
+                response("Error", id, &[("Message", msg.as_bytes())])
+            }
+        }
+    }
+}
+
+/// `Ping`: `Pong` with the current time, as Asterisk answers.
+fn pong(id: Option<&[u8]>) -> Vec<u8> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let ts = format!("{}.{:06}", now.as_secs(), now.subsec_micros());
+    response(
+        "Success",
+        id,
+        &[("Ping", b"Pong"), ("Timestamp", ts.as_bytes())],
+    )
+}
+
+/// `Events`: a new event mask (`Out::Mask`), or an error for a bad one.
+fn events(m: &Message, id: Option<&[u8]>, out: &mut Vec<Out>) {
+    match m
+        .get("EventMask")
+        .and_then(|v| EventMask::from_header(&v))
+        .map(|m| m.bits())
+    {
+        Some(mask) => {
+            let state: &[u8] = if mask > 0 { b"On" } else { b"Off" };
+            out.push(Out::Send(response("Success", id, &[("Events", state)])));
+            out.push(Out::Mask(mask));
+        }
+        None => {
+            let msg: &[u8] = b"Invalid event mask";
+            out.push(Out::Send(response("Error", id, &[("Message", msg)])));
+        }
     }
 }
 
