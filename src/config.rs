@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::ami::client::Backoff;
 use crate::ami::{AuthType, ClientConfig, Credentials, EventMask, Limits, ServerSpec};
+use crate::backoff::Backoff;
 use crate::mapping::load::line_col;
 
 mod amqp_url;

@@ -7,6 +7,7 @@
 pub mod actions;
 pub mod ami;
 pub mod amqp;
+pub mod backoff;
 pub mod bridge;
 pub mod config;
 pub mod logs;

@@ -15,6 +15,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use futures::StreamExt;
 
 use crate::ami::{Frame, Kind, Limits};
+use crate::amqp::connect::{CLI_CLOSE_TIMEOUT, close_bounded, connect_cli, is_not_found};
 use crate::config::Config;
 use crate::mapping::load::{overlay_files, show_dirs};
 use crate::mapping::{EventCtx, LoadError, Outgoing, load_dirs, load_files};
@@ -251,7 +252,7 @@ async fn wait_for_exchange(
             .await
         {
             Ok(()) => return Ok(ch),
-            Err(e) if e.to_string().contains("NOT_FOUND") => {
+            Err(e) if is_not_found(&e) => {
                 if !said {
                     eprintln!(
                         "ami2amqp: exchange {exchange:?} does not exist yet; waiting for the bridge to declare it (it does when it connects)"
@@ -283,9 +284,7 @@ pub async fn tail(
     use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
     use lapin::types::FieldTable;
     let short = crate::amqp::publisher::short;
-    let conn = lapin::Connection::connect(url, lapin::ConnectionProperties::default())
-        .await
-        .map_err(|e| format!("cannot connect to {}: {e}", crate::config::redact_url(url)))?;
+    let conn = connect_cli(url).await?;
     let deadline = duration.map(|d| tokio::time::Instant::now() + d);
     let ch = wait_for_exchange(&conn, exchange, deadline).await?;
     let q = ch
@@ -369,6 +368,6 @@ pub async fn tail(
         writeln!(out, "{line}").map_err(|e| e.to_string())?;
         let _ = out.flush();
     }
-    let _ = conn.close(200, short("bye")).await;
+    close_bounded(&conn, "bye", CLI_CLOSE_TIMEOUT).await;
     Ok(n)
 }

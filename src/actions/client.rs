@@ -10,11 +10,12 @@
 use std::time::Duration;
 
 use futures::StreamExt;
+use lapin::BasicProperties;
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions};
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Connection, ConnectionProperties};
 use serde_json::Value;
 
+use crate::amqp::connect::{CLI_CLOSE_TIMEOUT, close_bounded, connect_cli};
 use crate::amqp::publisher::short;
 use crate::config::redact_url;
 
@@ -59,9 +60,7 @@ pub async fn call(
     timeout: Duration,
     user_id: Option<&str>,
 ) -> Result<Value, String> {
-    let conn = Connection::connect(url, ConnectionProperties::default())
-        .await
-        .map_err(|e| format!("cannot connect to {}: {e}", redact_url(url)))?;
+    let conn = connect_cli(url).await?;
     let ch = conn.create_channel().await.map_err(|e| e.to_string())?;
     let mut replies = ch
         .basic_consume(
@@ -112,7 +111,7 @@ pub async fn call(
             "no reply within {wait:?}: is a bridge running and consuming exchange {exchange:?}?"
         )
     })?;
-    let _ = conn.close(200, short("bye")).await;
+    close_bounded(&conn, "bye", CLI_CLOSE_TIMEOUT).await;
     r
 }
 

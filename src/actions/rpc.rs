@@ -46,7 +46,7 @@ use lapin::options::{
     ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{BasicProperties, Channel, Connection, ExchangeKind};
 use serde::Deserialize;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -54,9 +54,11 @@ use tokio_util::sync::CancellationToken;
 use super::allow::{ANONYMOUS, AllowEntry, AllowList, Decision};
 use super::limits::{Labels, PerUser};
 use super::request::{self, ErrorKind, Reply, Request};
-use crate::ami::client::{ActionError, Backoff};
+use crate::ami::client::ActionError;
 use crate::ami::{Pool, PoolError};
+use crate::amqp::connect::{Reconnect, close_bounded, connect};
 use crate::amqp::publisher::short;
+use crate::backoff::Backoff;
 use crate::config::redact_url;
 use crate::logs::{Throttle, clip};
 
@@ -182,6 +184,11 @@ enum Source {
     Expired,
 }
 
+/// How long the action path waits for a connection to open, and for one
+/// to close (lapin may never finish closing a connection that died).
+const CONNECT_LIMIT: Duration = Duration::from_secs(10);
+const CLOSE_LIMIT: Duration = Duration::from_secs(2);
+
 struct Ctx {
     cfg: ActionsConfig,
     allow: AllowList,
@@ -216,10 +223,9 @@ pub async fn run(
         labels,
         health,
     });
-    let mut attempt = 0u32;
-    let mut url_index = 0usize;
+    let mut urls = Reconnect::new(urls, backoff);
     loop {
-        let url = urls[url_index % urls.len()].clone();
+        let url = urls.url().to_string();
         // The session watches `cancel` itself: racing it here as well
         // dropped the session in the middle of closing its connection
         // (lapin then logged `invalid channel state: Closing` at shutdown).
@@ -232,16 +238,15 @@ pub async fn run(
             Err(e) => {
                 // A session that got going starts the backoff over.
                 if ctx.health.borrow().is_ok() {
-                    attempt = 0;
+                    urls.succeeded();
                 }
-                attempt = attempt.saturating_add(1);
-                url_index = url_index.wrapping_add(1);
+                urls.failed();
                 ctx.health.send_replace(PathHealth::Down(e.clone()));
                 tracing::warn!(url = %redact_url(&url), error = %e, "action path: AMQP unavailable; retrying");
             }
         }
         tokio::select! {
-            _ = tokio::time::sleep(backoff.delay(attempt.saturating_sub(1))) => {}
+            _ = tokio::time::sleep(urls.delay()) => {}
             _ = cancel.cancelled() => return Ok(()),
         }
     }
@@ -420,21 +425,13 @@ async fn session(ctx: &Arc<Ctx>, url: &str, cancel: &CancellationToken) -> Resul
         let next = tokio::select! {
             n = all.next() => n,
             _ = replies.broken.cancelled() => {
-                let _ = tokio::time::timeout(
-                    Duration::from_secs(2),
-                    replies.conn.close(200, short("ami2amqp: reply channel broken")),
-                )
-                .await;
+                close_bounded(&replies.conn, "ami2amqp: reply channel broken", CLOSE_LIMIT).await;
                 return Err("replies cannot be published (reply channel broken)".into());
             }
             _ = cancel.cancelled() => {
                 // Bounded: lapin may never finish closing a connection that
                 // died under it (see src/amqp/publisher.rs).
-                let _ = tokio::time::timeout(
-                    Duration::from_secs(2),
-                    replies.conn.close(200, short("ami2amqp stopping")),
-                )
-                .await;
+                close_bounded(&replies.conn, "ami2amqp stopping", CLOSE_LIMIT).await;
                 return Ok(());
             }
         };
@@ -453,13 +450,9 @@ async fn session(ctx: &Arc<Ctx>, url: &str, cancel: &CancellationToken) -> Resul
 /// Connects, declares the topology and starts the consumers; returns the
 /// connection with the channel for replies, and the merged requests.
 async fn set_up(ctx: &Arc<Ctx>, url: &str) -> Result<(Replies, Requests), String> {
-    let conn = tokio::time::timeout(
-        Duration::from_secs(10),
-        Connection::connect(url, ConnectionProperties::default()),
-    )
-    .await
-    .map_err(|_| "connect timed out".to_string())?
-    .map_err(|e| format!("connect: {e}"))?;
+    let conn = connect(url, CONNECT_LIMIT)
+        .await
+        .map_err(|e| e.to_string())?;
     let ch = conn.create_channel().await.map_err(|e| e.to_string())?;
     let queues = declare(ctx, &ch).await?;
     ch.basic_qos(ctx.cfg.prefetch.max(1), BasicQosOptions::default())

@@ -2,6 +2,7 @@
 //! publisher that drains it with publisher confirms.
 
 mod confirm;
+pub mod connect;
 pub mod publisher;
 pub mod record;
 mod scan;

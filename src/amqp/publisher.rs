@@ -65,16 +65,15 @@ use lapin::options::{
     QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{
-    BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind, PublisherConfirm,
-};
+use lapin::{BasicProperties, Channel, Connection, ExchangeKind, PublisherConfirm};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::confirm::{Advance, ConfirmWindow, Confirmation, Id, Resolved};
+use super::connect::{AmqpError, Reconnect, close_bounded, connect};
 use super::record::Record;
 use super::spool::{ReadRecord, Spool};
-use crate::ami::client::Backoff;
+use crate::backoff::Backoff;
 use crate::config::redact_url;
 use crate::mapping::schema::ExchangeType;
 
@@ -249,7 +248,6 @@ pub async fn run(
         state,
         cancel,
         counters: HashMap::new(),
-        url_index: 0,
         declared: HashSet::new(),
     };
     p.run().await;
@@ -263,7 +261,6 @@ struct Publisher {
     state: watch::Sender<BrokerState>,
     cancel: CancellationToken,
     counters: HashMap<Arc<str>, Counters>,
-    url_index: usize,
     /// Exchanges declared (or found) on the current connection. A record
     /// for any other exchange (a mapping reload added it) has it declared
     /// before it is published, instead of a 404 that closes the channel.
@@ -320,13 +317,13 @@ impl Publisher {
     }
 
     async fn run(&mut self) {
-        let mut attempt = 0u32;
+        let mut urls = Reconnect::new(self.cfg.urls.clone(), self.cfg.backoff);
         loop {
             if self.cancel.is_cancelled() {
                 break;
             }
             self.state.send_replace(BrokerState::Connecting);
-            let url = self.cfg.urls[self.url_index % self.cfg.urls.len()].clone();
+            let url = urls.url().to_string();
             let cancel = self.cancel.clone();
             let connected = tokio::select! {
                 r = tokio::time::timeout(CONNECT_TIMEOUT, self.connect(&url)) => {
@@ -337,40 +334,15 @@ impl Publisher {
             let Some(connected) = connected else { break };
             let reason = match connected {
                 Ok((conn, channel)) => {
-                    attempt = 0;
-                    tracing::info!(url = %redact_url(&url), "AMQP connected");
-                    self.state.send_replace(BrokerState::Up {
-                        url: redact_url(&url),
-                    });
-                    let end = self.session(&conn, &channel).await;
-                    if let SessionEnd::Failed(reason) = &end {
-                        // Say so at once: closing a broken connection may
-                        // take up to CLOSE_TIMEOUT.
-                        self.state.send_replace(BrokerState::Down {
-                            reason: reason.clone(),
-                        });
-                    }
-                    // lapin may never complete the close of a connection
-                    // that died under it (see the module docs).
-                    if tokio::time::timeout(
-                        CLOSE_TIMEOUT,
-                        conn.close(200, short("ami2amqp stopping")),
-                    )
-                    .await
-                    .is_err()
-                    {
-                        tracing::warn!(url = %redact_url(&url), timeout = ?CLOSE_TIMEOUT,
-                            "AMQP connection did not close in time; dropped");
-                    }
-                    match end {
+                    urls.succeeded();
+                    match self.connected(&url, conn, channel).await {
                         SessionEnd::Done => break,
                         SessionEnd::Failed(r) => r,
                     }
                 }
                 Err(e) => {
-                    attempt = attempt.saturating_add(1);
                     // Next time, try the next URL (cluster fail-over).
-                    self.url_index = self.url_index.wrapping_add(1);
+                    urls.failed();
                     e
                 }
             };
@@ -381,27 +353,49 @@ impl Publisher {
             self.state.send_replace(BrokerState::Down {
                 reason: reason.clone(),
             });
-            let delay = self.cfg.backoff.delay(attempt.saturating_sub(1));
             tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
+                _ = tokio::time::sleep(urls.delay()) => {}
                 _ = self.cancel.cancelled() => break,
             }
         }
         let _ = self.spool.ack(0, 0, true);
     }
 
+    /// Runs one session on a fresh connection, then closes it (bounded).
+    async fn connected(&mut self, url: &str, conn: Connection, channel: Channel) -> SessionEnd {
+        tracing::info!(url = %redact_url(url), "AMQP connected");
+        self.state.send_replace(BrokerState::Up {
+            url: redact_url(url),
+        });
+        let end = self.session(&conn, &channel).await;
+        if let SessionEnd::Failed(reason) = &end {
+            // Say so at once: closing a broken connection may
+            // take up to CLOSE_TIMEOUT.
+            self.state.send_replace(BrokerState::Down {
+                reason: reason.clone(),
+            });
+        }
+        // lapin may never complete the close of a connection
+        // that died under it (see the module docs).
+        if !close_bounded(&conn, "ami2amqp stopping", CLOSE_TIMEOUT).await {
+            tracing::warn!(url = %redact_url(url), timeout = ?CLOSE_TIMEOUT,
+                "AMQP connection did not close in time; dropped");
+        }
+        end
+    }
+
     async fn connect(&mut self, url: &str) -> Result<(Connection, Channel), String> {
-        let conn = tokio::time::timeout(
-            Duration::from_secs(10),
-            Connection::connect(url, ConnectionProperties::default()),
-        )
-        .await
-        .map_err(|_| "connect timed out".to_string())?
-        .map_err(|e| format!("connect: {e}"))?;
+        self.connect_and_declare(url)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn connect_and_declare(&mut self, url: &str) -> Result<(Connection, Channel), AmqpError> {
+        let conn = connect(url, Duration::from_secs(10)).await?;
         let ch = conn
             .create_channel()
             .await
-            .map_err(|e| format!("channel: {e}"))?;
+            .map_err(AmqpError::op("channel"))?;
         if self.cfg.declare_exchanges {
             self.declare_all(&conn, &ch).await?;
         }
@@ -410,18 +404,18 @@ impl Publisher {
         } else {
             conn.create_channel()
                 .await
-                .map_err(|e| format!("channel: {e}"))?
+                .map_err(AmqpError::op("channel"))?
         };
         ch.confirm_select(ConfirmSelectOptions::default())
             .await
-            .map_err(|e| format!("confirm.select: {e}"))?;
+            .map_err(AmqpError::op("confirm.select"))?;
         Ok((conn, ch))
     }
 
     /// Declares the alternate exchange and queue, then every exchange of
     /// the mapping set (durable). An exchange that already exists with other
     /// arguments is left as it is (and logged).
-    async fn declare_all(&mut self, conn: &Connection, ch: &Channel) -> Result<(), String> {
+    async fn declare_all(&mut self, conn: &Connection, ch: &Channel) -> Result<(), AmqpError> {
         self.declared.clear();
         let durable = ExchangeDeclareOptions {
             durable: true,
@@ -437,7 +431,7 @@ impl Publisher {
                 FieldTable::default(),
             )
             .await
-            .map_err(|e| format!("declare alternate exchange {ae}: {e}"))?;
+            .map_err(AmqpError::op(format!("declare alternate exchange {ae}")))?;
             ch.queue_declare(
                 short(&ae),
                 QueueDeclareOptions {
@@ -447,7 +441,7 @@ impl Publisher {
                 FieldTable::default(),
             )
             .await
-            .map_err(|e| format!("declare queue {ae}: {e}"))?;
+            .map_err(AmqpError::op(format!("declare queue {ae}")))?;
             ch.queue_bind(
                 short(&ae),
                 short(&ae),
@@ -456,7 +450,7 @@ impl Publisher {
                 FieldTable::default(),
             )
             .await
-            .map_err(|e| format!("bind queue {ae}: {e}"))?;
+            .map_err(AmqpError::op(format!("bind queue {ae}")))?;
         }
         for (name, t) in (self.exchanges)() {
             if always_exists(&name) || !self.declared.insert(name.clone()) {
@@ -476,7 +470,7 @@ impl Publisher {
         ch: Channel,
         name: &str,
         t: ExchangeType,
-    ) -> Result<Channel, String> {
+    ) -> Result<Channel, AmqpError> {
         let durable = ExchangeDeclareOptions {
             durable: true,
             ..Default::default()
@@ -500,7 +494,7 @@ impl Publisher {
         let ch = conn
             .create_channel()
             .await
-            .map_err(|e| format!("channel: {e}"))?;
+            .map_err(AmqpError::op("channel"))?;
         ch.exchange_declare(
             short(name),
             kind_of(t),
@@ -511,7 +505,7 @@ impl Publisher {
             FieldTable::default(),
         )
         .await
-        .map_err(|e| format!("exchange {name}: {e}"))?;
+        .map_err(AmqpError::op(format!("exchange {name}")))?;
         Ok(ch)
     }
 
@@ -523,7 +517,7 @@ impl Publisher {
         &mut self,
         conn: &Connection,
         recs: &[(u64, Option<Record>)],
-    ) -> Result<(), String> {
+    ) -> Result<(), AmqpError> {
         if !self.cfg.declare_exchanges {
             return Ok(());
         }
@@ -543,7 +537,7 @@ impl Publisher {
         let mut ch = conn
             .create_channel()
             .await
-            .map_err(|e| format!("channel: {e}"))?;
+            .map_err(AmqpError::op("channel"))?;
         for name in missing {
             self.declared.insert(name.clone());
             let Some((_, t)) = known.iter().find(|(n, _)| *n == name) else {

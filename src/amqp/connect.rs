@@ -1,0 +1,243 @@
+//! The one place that opens and closes AMQP connections.
+//!
+//! The publisher, the action service, `tail` and `action` all connect with
+//! [`connect`] (bounded by a timeout), close with [`close_bounded`] (lapin
+//! may never finish closing a connection that died under it), and the two
+//! long-running users walk the configured URLs with [`Reconnect`]
+//! (rotation on failure, exponential backoff with jitter).
+//!
+//! Errors are [`AmqpError`], which keeps the `lapin::Error` so callers can
+//! ask for the AMQP reply code ([`AmqpError::reply_code`]) instead of
+//! searching error texts.
+
+use std::time::Duration;
+
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+use lapin::{Connection, ConnectionProperties, ErrorKind};
+
+use super::publisher::short;
+use crate::backoff::Backoff;
+use crate::config::redact_url;
+
+/// Why talking to the broker failed; the texts are the log/health texts.
+#[derive(Debug, thiserror::Error)]
+pub enum AmqpError {
+    /// The TCP connect, TLS and AMQP handshake took longer than allowed.
+    #[error("connect timed out")]
+    ConnectTimeout,
+    /// The broker refused the connection, or it broke during the handshake.
+    #[error("connect: {0}")]
+    Connect(#[source] lapin::Error),
+    /// An operation on an open connection failed; `what` says which.
+    #[error("{what}: {source}")]
+    Op {
+        what: String,
+        #[source]
+        source: lapin::Error,
+    },
+}
+
+impl AmqpError {
+    /// Wraps `source` as the failure of operation `what`.
+    pub fn op(what: impl Into<String>) -> impl FnOnce(lapin::Error) -> AmqpError {
+        let what = what.into();
+        move |source| AmqpError::Op { what, source }
+    }
+
+    /// The lapin error underneath, if any.
+    pub fn lapin(&self) -> Option<&lapin::Error> {
+        match self {
+            AmqpError::ConnectTimeout => None,
+            AmqpError::Connect(e) | AmqpError::Op { source: e, .. } => Some(e),
+        }
+    }
+
+    /// The AMQP reply code the broker closed with (404 = NOT_FOUND, …).
+    pub fn reply_code(&self) -> Option<u16> {
+        self.lapin().and_then(reply_code)
+    }
+}
+
+/// The AMQP reply code of a protocol error (the broker closed the channel
+/// or connection with it); `None` for I/O, state and other errors.
+pub fn reply_code(e: &lapin::Error) -> Option<u16> {
+    match e.kind() {
+        ErrorKind::ProtocolError(p) => Some(p.get_id()),
+        _ => None,
+    }
+}
+
+/// True when the broker answered 404 NOT_FOUND (no such exchange/queue).
+pub fn is_not_found(e: &lapin::Error) -> bool {
+    matches!(e.kind(), ErrorKind::ProtocolError(p)
+        if matches!(p.kind(), AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)))
+}
+
+/// Opens a connection to `url`, giving up after `timeout`.
+pub async fn connect(url: &str, timeout: Duration) -> Result<Connection, AmqpError> {
+    tokio::time::timeout(
+        timeout,
+        Connection::connect(url, ConnectionProperties::default()),
+    )
+    .await
+    .map_err(|_| AmqpError::ConnectTimeout)?
+    .map_err(AmqpError::Connect)
+}
+
+/// How long the command-line tools (`tail`, `action`) wait for a
+/// connection to open, and for it to close when they are done.
+pub const CLI_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+pub const CLI_CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// [`connect`] for the command-line tools: the error names the (redacted)
+/// URL, as `cannot connect to amqp://user:***@host:5672/%2F: …`.
+pub async fn connect_cli(url: &str) -> Result<Connection, String> {
+    connect(url, CLI_CONNECT_TIMEOUT).await.map_err(|e| {
+        let why = match &e {
+            AmqpError::Connect(l) => l.to_string(),
+            other => other.to_string(),
+        };
+        format!("cannot connect to {}: {why}", redact_url(url))
+    })
+}
+
+/// Closes `conn` with `reason`, waiting at most `limit`: lapin may never
+/// complete the close of a connection that died under it. Returns whether
+/// the close finished (successfully or not) in time.
+pub async fn close_bounded(conn: &Connection, reason: &str, limit: Duration) -> bool {
+    tokio::time::timeout(limit, conn.close(200, short(reason)))
+        .await
+        .is_ok()
+}
+
+/// Which URL to try next and how long to wait first: a failed attempt
+/// moves to the next URL (cluster fail-over) and doubles the wait; a
+/// session that got going starts the backoff over.
+#[derive(Clone, Debug)]
+pub struct Reconnect {
+    urls: Vec<String>,
+    index: usize,
+    attempt: u32,
+    backoff: Backoff,
+}
+
+impl Reconnect {
+    /// `urls` must not be empty (the configuration checks that).
+    pub fn new(urls: Vec<String>, backoff: Backoff) -> Reconnect {
+        Reconnect {
+            urls,
+            index: 0,
+            attempt: 0,
+            backoff,
+        }
+    }
+
+    /// The URL to connect to now; `""` if the list is empty.
+    pub fn url(&self) -> &str {
+        match self.urls.len() {
+            0 => "",
+            n => &self.urls[self.index % n],
+        }
+    }
+
+    /// A session got going: the next wait is the shortest again.
+    pub fn succeeded(&mut self) {
+        self.attempt = 0;
+    }
+
+    /// An attempt failed: try the next URL, after a longer wait.
+    pub fn failed(&mut self) {
+        self.attempt = self.attempt.saturating_add(1);
+        self.index = self.index.wrapping_add(1);
+    }
+
+    /// How long to wait before the next attempt (with jitter).
+    pub fn delay(&self) -> Duration {
+        self.backoff.delay(self.attempt.saturating_sub(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lapin::protocol::AMQPError;
+
+    fn protocol(code: u16, text: &str) -> lapin::Error {
+        let e = AMQPError::from_id(code, short(text)).expect("a known reply code");
+        ErrorKind::ProtocolError(e).into()
+    }
+
+    #[test]
+    fn not_found_is_the_reply_code_not_the_text() {
+        let nf = protocol(404, "NOT_FOUND - no exchange 'x' in vhost '/'");
+        assert!(is_not_found(&nf));
+        assert_eq!(reply_code(&nf), Some(404));
+        // An error whose text merely mentions NOT_FOUND is not one.
+        let io: lapin::Error = std::io::Error::other("peer said NOT_FOUND").into();
+        assert!(!is_not_found(&io), "{io}");
+        assert_eq!(reply_code(&io), None);
+        let denied = protocol(403, "ACCESS_REFUSED - NOT_FOUND in a name");
+        assert!(!is_not_found(&denied));
+        assert_eq!(reply_code(&denied), Some(403));
+    }
+
+    #[test]
+    fn error_texts_stay_the_log_texts() {
+        assert_eq!(AmqpError::ConnectTimeout.to_string(), "connect timed out");
+        let e = AmqpError::op("channel")(protocol(404, "NOT_FOUND - x"));
+        assert!(e.to_string().starts_with("channel: "), "{e}");
+        assert_eq!(e.reply_code(), Some(404));
+        assert_eq!(AmqpError::ConnectTimeout.reply_code(), None);
+    }
+
+    #[test]
+    fn reconnect_rotates_on_failure_and_resets_after_a_session() {
+        let b = Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(1),
+            jitter: 0.0,
+        };
+        let mut r = Reconnect::new(vec!["amqp://a".into(), "amqp://b".into()], b);
+        assert_eq!(r.url(), "amqp://a");
+        assert_eq!(r.delay(), Duration::from_millis(100));
+        r.failed();
+        assert_eq!(
+            (r.url(), r.delay()),
+            ("amqp://b", Duration::from_millis(100))
+        );
+        r.failed();
+        assert_eq!(
+            (r.url(), r.delay()),
+            ("amqp://a", Duration::from_millis(200))
+        );
+        for _ in 0..10 {
+            r.failed();
+        }
+        assert_eq!(r.delay(), Duration::from_secs(1));
+        // A session that got going: same URL, shortest wait again.
+        let before = r.url().to_string();
+        r.succeeded();
+        assert_eq!(
+            (r.url(), r.delay()),
+            (before.as_str(), Duration::from_millis(100))
+        );
+        assert_eq!(Reconnect::new(vec![], b).url(), "");
+    }
+
+    #[tokio::test]
+    async fn connect_gives_up_after_the_timeout() {
+        // A listener that accepts TCP but never speaks AMQP.
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!(
+            "amqp://guest:guest@127.0.0.1:{}/%2f",
+            l.local_addr().expect("addr").port()
+        );
+        let t = std::time::Instant::now();
+        let r = connect(&url, Duration::from_millis(300)).await;
+        assert!(matches!(r, Err(AmqpError::ConnectTimeout)), "{r:?}");
+        assert!(t.elapsed() < Duration::from_secs(5));
+        drop(l);
+    }
+}
