@@ -339,6 +339,33 @@ fn kind(r: &Value) -> &str {
     r["error"]["kind"].as_str().unwrap_or("none")
 }
 
+/// One fake Asterisk (server "fake") behind one running bridge with
+/// `actions_keys` and `allow` (see [`Setup::with`]), and a caller that has
+/// seen the bridge ready.
+struct OneFake {
+    fake: Fake,
+    setup: Setup,
+    _bridge: Proc,
+    c: Caller,
+    ex: String,
+}
+
+async fn one_fake(url: &str, actions_keys: &str, allow: &str) -> OneFake {
+    let (fake, fake_addr) = Fake::start().await;
+    let setup = Setup::with(&[("fake", &fake_addr)], url, actions_keys, allow);
+    let bridge = setup.start("bridge");
+    let ex = setup.exchange.clone();
+    let mut c = Caller::new(url).await;
+    wait_ready(&mut c, &ex, "fake", &setup, "bridge").await;
+    OneFake {
+        fake,
+        setup,
+        _bridge: bridge,
+        c,
+        ex,
+    }
+}
+
 async fn wait_ready(c: &mut Caller, ex: &str, server: &str, setup: &Setup, tag: &str) {
     // Publishing to an exchange that does not exist yet closes the channel:
     // wait until the bridge has declared it.
@@ -937,17 +964,18 @@ async fn replies_go_only_to_direct_reply_to_or_allowed_queues() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_user_cannot_starve_another() {
     let url = shared_amqp_url();
-    let (fake, fake_addr) = Fake::start().await;
-    let setup = Setup::with(
-        &[("fake", &fake_addr)],
+    let OneFake {
+        fake,
+        setup: _setup,
+        _bridge,
+        mut c,
+        ex,
+    } = one_fake(
         &url,
         "prefetch = 8\nmax_in_flight_per_user = 3\nmax_timeout_ms = 4000",
         "[[actions.allow]]\nuser = \"anonymous\"\nactions = [\"Ping\"]\n",
-    );
-    let _bridge = setup.start("bridge");
-    let ex = setup.exchange.clone();
-    let mut c = Caller::new(&url).await;
-    wait_ready(&mut c, &ex, "fake", &setup, "bridge").await;
+    )
+    .await;
     let t0 = std::time::Instant::now();
     for i in 0..20 {
         c.send(
@@ -1004,12 +1032,13 @@ async fn one_user_cannot_starve_another() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replies_tell_whether_sent_and_metric_labels_stay_bounded() {
     let url = shared_amqp_url();
-    let (fake, fake_addr) = Fake::start().await;
-    let setup = Setup::new(&[("fake", &fake_addr)], &url);
-    let _bridge = setup.start("bridge");
-    let ex = setup.exchange.clone();
-    let mut c = Caller::new(&url).await;
-    wait_ready(&mut c, &ex, "fake", &setup, "bridge").await;
+    let OneFake {
+        fake,
+        setup,
+        _bridge,
+        mut c,
+        ex,
+    } = one_fake(&url, "", "").await;
     for exp in [0u64, 1] {
         let sleeps = fake.saw("Sleep").len();
         let corr = unique("tiny");
@@ -1078,12 +1107,13 @@ async fn replies_tell_whether_sent_and_metric_labels_stay_bounded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn denied_requests_log_clipped_rate_limited_lines() {
     let url = shared_amqp_url();
-    let (_fake, fake_addr) = Fake::start().await;
-    let setup = Setup::new(&[("fake", &fake_addr)], &url);
-    let _bridge = setup.start("bridge");
-    let ex = setup.exchange.clone();
-    let mut c = Caller::new(&url).await;
-    wait_ready(&mut c, &ex, "fake", &setup, "bridge").await;
+    let OneFake {
+        fake: _fake,
+        setup,
+        _bridge,
+        mut c,
+        ex,
+    } = one_fake(&url, "", "").await;
     let big = "x".repeat(200_000);
     for i in 0..30 {
         let body = json!({"Action": "Originate", "Context": format!("default-{i}-{big}")});
@@ -1113,17 +1143,13 @@ async fn denied_requests_log_clipped_rate_limited_lines() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_list_over_the_reply_bound_is_too_large() {
     let url = shared_amqp_url();
-    let (_fake, fake_addr) = Fake::start().await;
-    let setup = Setup::with(
-        &[("fake", &fake_addr)],
-        &url,
-        "max_reply_bytes = 100000",
-        "",
-    );
-    let _bridge = setup.start("bridge");
-    let ex = setup.exchange.clone();
-    let mut c = Caller::new(&url).await;
-    wait_ready(&mut c, &ex, "fake", &setup, "bridge").await;
+    let OneFake {
+        fake: _fake,
+        setup: _setup,
+        _bridge,
+        mut c,
+        ex,
+    } = one_fake(&url, "max_reply_bytes = 100000", "").await;
     let r = c
         .call(&ex, "fake", json!({"Action": "BigList", "Count": 100}))
         .await;
@@ -1160,17 +1186,13 @@ async fn a_list_over_the_reply_bound_is_too_large() {
 async fn a_refused_reply_does_not_break_the_action_path() {
     let broker = common::broker::PrivateBroker::start_with_config("max_message_size = 65536\n");
     let url = broker.amqp_url();
-    let (_fake, fake_addr) = Fake::start().await;
-    let setup = Setup::with(
-        &[("fake", &fake_addr)],
-        &url,
-        "max_reply_bytes = 10000000",
-        "",
-    );
-    let _bridge = setup.start("bridge");
-    let ex = setup.exchange.clone();
-    let mut c = Caller::new(&url).await;
-    wait_ready(&mut c, &ex, "fake", &setup, "bridge").await;
+    let OneFake {
+        fake: _fake,
+        setup,
+        _bridge,
+        mut c,
+        ex,
+    } = one_fake(&url, "max_reply_bytes = 10000000", "").await;
     let health = || {
         setup
             .http_get("bridge", "/healthz")
