@@ -81,8 +81,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ami2amqp::ami::{AmiCodec, Frame, Kind, Limits, Message};
-use ami2amqp::amqp::publisher::{properties, short};
-use ami2amqp::amqp::record::Record;
+use ami2amqp::amqp::Record;
+use ami2amqp::amqp::{properties, short};
 use ami2amqp::mapping::EventCtx;
 use ami2amqp::trace::replay::EventStream;
 use bytes::BytesMut;
@@ -1609,7 +1609,7 @@ fn smoke() -> Res<usize> {
 fn stage_costs(mappings: &Path) -> Res<Vec<(&'static str, f64)>> {
     use std::hint::black_box;
     let stream = load_stream(false)?;
-    let data = ami2amqp::trace::file::read_trace(repo().join(TRACE)).map_err(|e| e.to_string())?;
+    let data = ami2amqp::trace::read_trace(repo().join(TRACE)).map_err(|e| e.to_string())?;
     let router = ami2amqp::mapping::load_dir(mappings).map_err(|e| e.to_string())?;
     let n = stream.events.len() as f64;
     let best = |f: &mut dyn FnMut()| {

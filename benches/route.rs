@@ -28,7 +28,7 @@ fn thread_cpu() -> Duration {
 fn main() {
     let repo = env!("CARGO_MANIFEST_DIR");
     let quick = !std::env::args().any(|a| a == "--bench");
-    let data = ami2amqp::trace::file::read_trace(format!("{repo}/tests/traces/calls_busy.ami.zst"))
+    let data = ami2amqp::trace::read_trace(format!("{repo}/tests/traces/calls_busy.ami.zst"))
         .expect("read calls_busy");
     let data = if quick {
         data[..data.len() / 50].to_vec()

@@ -106,10 +106,6 @@ impl RouterTask {
         }
     }
 
-    pub fn stats(&self) -> RouterStats {
-        self.stats
-    }
-
     /// A number that changes whenever the mapping set does (the event
     /// labels depend on the names it maps).
     fn labels_generation(&mut self, router: &Arc<crate::mapping::router::Router>) -> usize {

@@ -4,15 +4,22 @@
 //! and benchmarks drive the same code the bridge runs. See ARCHITECTURE.md
 //! for the bird's-eye view.
 
+//! The public surface is deliberate and small: the modules below that are
+//! `pub` are what the binary, the integration tests and the benchmarks
+//! call, and each of them lists what it exposes with `pub use`; everything
+//! else is private to the crate, so rustc reports code nothing uses.
+
 pub mod actions;
 pub mod ami;
 pub mod amqp;
-pub mod backoff;
-pub mod bridge;
+mod backoff;
+mod bridge;
 pub mod config;
-pub mod logs;
+mod logs;
 pub mod mapping;
-pub mod memory;
-pub mod metrics;
+mod memory;
+mod metrics;
 pub mod tools;
 pub mod trace;
+
+pub use bridge::{Bridge, BridgeError};

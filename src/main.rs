@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use ami2amqp::ami::login::{AuthType, Credentials, EventMask};
+use ami2amqp::ami::{AuthType, Credentials, EventMask};
 use ami2amqp::trace::replay::{Account, Pace, ReplayConfig, ReplayServer};
 use ami2amqp::trace::{inspect, record};
 
@@ -118,7 +118,7 @@ async fn run(a: RunArgs) -> Result<(), BoxError> {
     });
     // The signal handler is in place before start, so a signal during
     // start stops the bridge once it is up rather than killing it.
-    let bridge = ami2amqp::bridge::Bridge::start(cfg).await?;
+    let bridge = ami2amqp::Bridge::start(cfg).await?;
     cancel.cancelled().await;
     bridge.shutdown().await;
     Ok(())

@@ -274,6 +274,7 @@ impl EventCounters {
         }
     }
 
+    #[cfg(test)]
     /// How many distinct `event` labels this server has used.
     pub fn labels(&self) -> usize {
         self.by_label.len()

@@ -9,7 +9,7 @@ mod fake_ami;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ami2amqp::ami::client::{ActionError, Backoff};
+use ami2amqp::ami::{ActionError, Backoff};
 use ami2amqp::ami::{
     AuthType, Client, ClientConfig, ConnState, Credentials, EventMask, Incoming, Message, Pool,
     PoolError, ServerSpec,
@@ -65,7 +65,7 @@ async fn plain_and_md5_login_receive_every_event_in_order() {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let (_r, addr) = replay(&args);
     let expected: Vec<String> =
-        ami2amqp::ami::codec::decode_all(&std::fs::read(&t).unwrap(), Default::default())
+        ami2amqp::ami::decode_all(&std::fs::read(&t).unwrap(), Default::default())
             .into_iter()
             .filter_map(|f| match f {
                 ami2amqp::ami::Frame::Message(m) if m.kind() == ami2amqp::ami::Kind::Event => {

@@ -343,7 +343,7 @@ fn default_set_routes_every_trace_event() {
 fn every_documented_event_has_an_exact_name_route() {
     // Which names do the files list, outside fallback and `"*"` routes?
     let mut named = BTreeSet::new();
-    for f in ami2amqp::mapping::load::mapping_files(&root().join("mappings")).unwrap() {
+    for f in ami2amqp::mapping::mapping_files(&root().join("mappings")).unwrap() {
         let text = std::fs::read_to_string(&f).unwrap();
         let v: toml::Table = toml::from_str(&text).unwrap();
         for r in v["route"].as_array().unwrap() {

@@ -18,10 +18,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
-use ami2amqp::ami::codec::decode_all;
+use ami2amqp::ami::decode_all;
 use ami2amqp::ami::{Frame, Limits, Message};
-use ami2amqp::mapping::template::{FILTERS, Lookup, Template};
 use ami2amqp::mapping::{EventCtx, load_dirs, load_str};
+use ami2amqp::mapping::{FILTERS, Lookup, Template};
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -269,7 +269,7 @@ fn the_first_example_and_the_walkthrough_do_what_the_guide_says() {
     // Section 12: the default set plus the walkthrough's file.
     let ops = &find("name = \"ops: failed calls\"").text;
     let mut sources: Vec<(PathBuf, String)> =
-        ami2amqp::mapping::load::mapping_files(&root().join("mappings"))
+        ami2amqp::mapping::mapping_files(&root().join("mappings"))
             .unwrap()
             .into_iter()
             .map(|p| {
@@ -335,7 +335,7 @@ fn every_preset_loads_as_an_overlay_on_the_default_set() {
         let dirs = [root().join("mappings"), d.clone()];
         let r = load_dirs(&dirs).unwrap_or_else(|e| panic!("{}:\n{e}", d.display()));
         assert!(r.len() > 40, "{}: {} routes", d.display(), r.len());
-        for f in ami2amqp::mapping::load::mapping_files(&d).unwrap() {
+        for f in ami2amqp::mapping::mapping_files(&d).unwrap() {
             let text = std::fs::read_to_string(&f).unwrap();
             assert!(
                 text.starts_with("# Preset \""),
@@ -356,7 +356,7 @@ fn presets_hold_no_copy_of_a_default_file() {
         |p: &Path| -> toml::Table { toml::from_str(&std::fs::read_to_string(p).unwrap()).unwrap() };
     let mut files = 0;
     for d in preset_dirs() {
-        for f in ami2amqp::mapping::load::mapping_files(&d).unwrap() {
+        for f in ami2amqp::mapping::mapping_files(&d).unwrap() {
             files += 1;
             let default = root().join("mappings").join(f.file_name().unwrap());
             if default.exists() {

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use ami2amqp::mapping::reload::{Mappings, ReloadOutcome};
+use ami2amqp::mapping::{Mappings, ReloadOutcome};
 use tokio::sync::mpsc;
 
 #[tokio::test]

@@ -13,10 +13,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ami2amqp::ami::codec::decode_all;
-use ami2amqp::ami::login::{AuthType, Credentials, EventMask, login};
+use ami2amqp::ami::decode_all;
 use ami2amqp::ami::{AmiCodec, Frame, Kind, Limits, Message};
-use ami2amqp::trace::file::read_trace;
+use ami2amqp::ami::{AuthType, Credentials, EventMask, login};
+use ami2amqp::trace::read_trace;
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};

@@ -25,7 +25,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use ami2amqp::ami::codec::decode_all;
+use ami2amqp::ami::decode_all;
 use ami2amqp::ami::{AmiCodec, Frame, Kind, Limits, Message};
 use bytes::BytesMut;
 use tokio_util::codec::Decoder;

@@ -49,12 +49,14 @@ impl PerUser {
         })
     }
 
+    #[cfg(test)]
     /// Requests `user` has in flight.
     pub fn in_flight(&self, user: &str) -> usize {
         let m = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         m.get(user).copied().unwrap_or(0)
     }
 
+    #[cfg(test)]
     /// Users with an entry (for tests: entries go when their count is 0).
     pub fn users(&self) -> usize {
         self.counts.lock().unwrap_or_else(|p| p.into_inner()).len()
@@ -132,6 +134,7 @@ impl Labels {
             .unwrap_or_else(|| OTHER_ACTION.to_string())
     }
 
+    #[cfg(test)]
     /// How many values the action label can take (for tests).
     pub fn action_values(&self) -> usize {
         self.actions.len() + 1

@@ -4,10 +4,11 @@
 //! allow-list that decides who may do what, [`rpc`] the consumer that ties
 //! them to the AMI pool.
 
-pub mod allow;
+pub(crate) mod allow;
 pub mod client;
-pub mod limits;
-pub mod request;
-pub mod rpc;
+pub(crate) mod limits;
+pub(crate) mod request;
+pub(crate) mod rpc;
 
-pub use rpc::{ActionsConfig, PathHealth};
+pub use rpc::ActionsConfig;
+pub(crate) use rpc::PathHealth;

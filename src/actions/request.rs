@@ -67,6 +67,7 @@ impl ErrorKind {
         }
     }
 
+    #[cfg(test)]
     /// Every kind, for metrics and tests.
     pub const ALL: [ErrorKind; 9] = [
         ErrorKind::BadRequest,

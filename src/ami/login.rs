@@ -19,8 +19,8 @@ use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::Framed;
 
+pub use ami_proto::EventMask;
 use ami_proto::{AmiCodec, Frame, Kind, LoginProof, Message, challenge_action, login_action};
-pub use ami_proto::{EventMask, md5_key};
 
 use crate::logs::{Throttle, clip, clip_bytes};
 

@@ -11,27 +11,27 @@
 //! names [`codec`] and [`message`], so the rest of the crate says
 //! `crate::ami::Message` whichever crate defines it.
 
-pub mod documented;
+pub(crate) mod documented;
 
 /// The framing, from `ami-proto`.
-pub mod codec {
+pub(crate) mod codec {
     pub use ami_proto::{
-        AmiCodec, BANNER_PREFIX, DecodeAll, Frame, Limits, Malformed, MalformedKind, decode_all,
+        AmiCodec, BANNER_PREFIX, Frame, Limits, Malformed, MalformedKind, decode_all,
     };
 }
 
 /// The message model, from `ami-proto`.
-pub mod message {
+pub(crate) mod message {
     pub use ami_proto::{Kind, Message, MessageBuilder, bytes_to_text};
 }
 
-pub use codec::{AmiCodec, Frame, Limits, Malformed, MalformedKind};
+pub use codec::{AmiCodec, Frame, Limits, Malformed, MalformedKind, decode_all};
 pub use message::{Kind, Message, MessageBuilder, bytes_to_text};
-pub mod login;
-pub use login::{AuthType, Credentials, EventMask, LoginError};
-pub mod client;
+pub(crate) mod login;
+pub use login::{AuthType, Credentials, EventMask, LoginError, login};
+pub(crate) mod client;
 pub use client::{
     ActionError, ActionResult, Backoff, Client, ClientConfig, ConnState, Incoming, ServerEvent,
 };
-pub mod pool;
+pub(crate) mod pool;
 pub use pool::{Pool, PoolError, ServerSpec};

@@ -2,9 +2,13 @@
 //! publisher that drains it with publisher confirms.
 
 mod confirm;
-pub mod connect;
-pub mod publisher;
-pub mod record;
+pub(crate) mod connect;
+pub(crate) mod publisher;
+pub(crate) mod record;
 mod scan;
-pub mod spool;
+pub(crate) mod spool;
 mod syncer;
+
+// What the benchmarks use to build the same messages the bridge publishes.
+pub use publisher::{properties, short};
+pub use record::Record;

@@ -161,12 +161,6 @@ pub struct Recovered {
     pub cursor_reset: bool,
 }
 
-/// Why an append did not store everything.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Refused {
-    pub records: usize,
-}
-
 fn seg_path(dir: &Path, base: u64) -> PathBuf {
     dir.join(format!("{base:020}.seg"))
 }
@@ -421,10 +415,6 @@ impl Spool {
         self.shared.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn config(&self) -> &SpoolConfig {
-        &self.cfg
-    }
-
     /// Bytes and records waiting (appended, not yet confirmed).
     pub fn pending(&self) -> (u64, u64) {
         let s = self.lock();
@@ -442,6 +432,7 @@ impl Spool {
         self.lock().end
     }
 
+    #[cfg(test)]
     /// Bytes the segment files take on disk.
     pub fn disk_bytes(&self) -> u64 {
         let s = self.lock();
@@ -561,12 +552,14 @@ impl Spool {
         self.syncer.write_cursor(acked);
     }
 
+    #[cfg(test)]
     /// Waits until the disk work queued so far (fsyncs, cursor, deletions)
     /// is done.
     pub fn flush(&self) {
         self.syncer.flush();
     }
 
+    #[cfg(test)]
     /// How many segment fsyncs the spool has done (`spool_fsyncs_total`).
     pub fn fsyncs(&self) -> u64 {
         self.syncer.fsyncs()
@@ -648,6 +641,7 @@ fn is_disk_full(e: &io::Error) -> bool {
 
 impl SpoolWriter {
     /// Stages one record; call [`SpoolWriter::commit`] to write the batch.
+    #[cfg(test)]
     pub fn stage(&mut self, payload: &[u8]) {
         self.stage_with(|b| b.extend_from_slice(payload));
     }

@@ -144,6 +144,7 @@ impl Syncer {
         self.queue(|j| j.cursor = Some(j.cursor.map_or(value, |c| c.max(value))));
     }
 
+    #[cfg(test)]
     /// How many segment fsyncs have been done.
     pub fn fsyncs(&self) -> u64 {
         self.state.fsyncs.load(Ordering::Relaxed)

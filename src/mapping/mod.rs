@@ -7,13 +7,15 @@
 //! errors, [`router`] the compiled, indexed rules that map one event to
 //! zero or more [`Outgoing`] messages.
 
-pub mod load;
-pub mod reload;
-pub mod router;
-pub mod schema;
-pub mod template;
+pub(crate) mod load;
+pub(crate) mod reload;
+pub(crate) mod router;
+pub(crate) mod schema;
+pub(crate) mod template;
 
-pub use load::{Diagnostic, LoadError, load_dir, load_dirs, load_files, load_str};
+pub use load::{Diagnostic, LoadError, load_dir, load_dirs, load_files, load_str, mapping_files};
+pub use reload::{Mappings, ReloadOutcome};
 pub use router::{EventCtx, MessageProps, Outgoing, RouteError, RouteOutcome, Router};
+pub use template::{FILTERS, Lookup, Template};
 #[cfg(test)]
 mod tests;

@@ -20,7 +20,7 @@
 //! deciding).
 
 use std::fs::File;
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use ami_proto::DecodeAll;
@@ -47,28 +47,6 @@ pub fn read_trace(path: impl AsRef<Path>) -> io::Result<Vec<u8>> {
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("bad zstd data: {e}")))
     } else {
         Ok(data)
-    }
-}
-
-/// Opens a trace for streaming reads, decompressing on the fly when it is
-/// zstd. For files too large to hold in memory.
-pub fn open_trace(path: impl AsRef<Path>) -> io::Result<Box<dyn Read + Send>> {
-    let mut f = File::open(path.as_ref())?;
-    let mut magic = [0u8; 4];
-    let mut n = 0;
-    while n < magic.len() {
-        let r = f.read(&mut magic[n..])?;
-        if r == 0 {
-            break;
-        }
-        n += r;
-    }
-    let head = io::Cursor::new(magic[..n].to_vec());
-    let chained = head.chain(f);
-    if magic[..n] == ZSTD_MAGIC {
-        Ok(Box::new(zstd::stream::read::Decoder::new(chained)?))
-    } else {
-        Ok(Box::new(chained))
     }
 }
 
@@ -258,10 +236,6 @@ impl TraceWriter {
         })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     pub fn write_all(&mut self, data: &[u8]) -> Result<(), TraceError> {
         let r = match &mut self.inner {
             WriterInner::Plain(w) => w.write_all(data),
@@ -348,12 +322,6 @@ mod tests {
         std::fs::write(&hidden, &z).expect("write");
         assert_eq!(read_trace(&named).expect("read"), plain);
         assert_eq!(read_trace(&hidden).expect("read"), plain);
-        let mut s = String::new();
-        open_trace(&hidden)
-            .expect("open")
-            .read_to_string(&mut s)
-            .expect("read");
-        assert_eq!(s.as_bytes(), &plain[..]);
     }
 
     #[test]

@@ -43,11 +43,13 @@
 //!   stream (and its timing) to disk.
 //! - [`inspect`]: counts what a trace contains.
 
-pub mod file;
+pub(crate) mod file;
 pub mod inspect;
 pub mod record;
 pub mod replay;
-pub mod responses;
+pub(crate) mod responses;
+
+pub use file::read_trace;
 
 use std::path::PathBuf;
 

@@ -164,15 +164,6 @@ impl CannedResponses {
         self.by_action.values().map(Vec::len).sum()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.by_action.is_empty()
-    }
-
-    /// The file the answers were loaded from.
-    pub fn source(&self) -> &Path {
-        &self.source
-    }
-
     /// Action names with answers (lowercase, sorted).
     pub fn actions(&self) -> Vec<&str> {
         let mut v: Vec<&str> = self.by_action.keys().map(String::as_str).collect();
