@@ -10,6 +10,7 @@ pub mod amqp;
 pub mod backoff;
 pub mod bridge;
 pub mod config;
+pub mod internal_events;
 pub mod logs;
 pub mod mapping;
 pub mod memory;
