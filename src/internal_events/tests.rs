@@ -164,3 +164,183 @@ fn the_recorder_gets_a_help_line_for_every_metric() {
         assert!(page.contains(&kind), "no {kind:?} in\n{page}");
     }
 }
+
+/// Each event increments the metric, with the labels, that its call site
+/// incremented before the events were gathered here (README.md's table).
+#[test]
+fn events_count_under_their_documented_names_and_labels() {
+    use super::{actions::*, ami::*, amqp::*, mapping::*, spool::*};
+    let recorder = crate::metrics::builder().unwrap().build_recorder();
+    let handle = recorder.handle();
+    let io = std::io::Error::other("disk says no");
+    let malformed = ami_proto::Malformed {
+        kind: ami_proto::MalformedKind::NotKeyValue { line: 2 },
+        excerpt: Default::default(),
+        action_id: None,
+    };
+    let response = ami_proto::Message::from_pairs([("Response", "Success")]);
+    let no_event = ami_proto::Message::from_pairs([("Foo", "Bar")]);
+    let mut since_logged = 0;
+    metrics::with_local_recorder(&recorder, || {
+        ReplyChannelReopened.emit();
+        ReplyToRefused {
+            user: "u",
+            reply_to: "q",
+        }
+        .emit();
+        let denied = ActionDenied {
+            user: "u",
+            server: "pbx",
+            action: "Originate",
+            reason: "no",
+        };
+        denied.emit();
+        ActionAllowed.emit();
+        ActionBusy.emit();
+        ReplyTooLarge.emit();
+        let answered = ActionAnswered {
+            server: "pbx",
+            action: "Ping".into(),
+            result: "timeout",
+            error: Some("slow"),
+        };
+        answered.emit();
+        ReplyFailed {
+            server: "pbx",
+            reply_to: "q",
+            error: "closed",
+        }
+        .emit();
+        AmiDisconnected {
+            server: "pbx",
+            role: "action-1",
+            address: "a:5038",
+            reason: "eof",
+        }
+        .emit();
+        let role = "events";
+        AmiMalformed {
+            server: "pbx",
+            role,
+            error: &malformed,
+        }
+        .emit();
+        AmiIgnored {
+            server: "pbx",
+            role,
+            message: &response,
+            kind: response.kind(),
+        }
+        .emit();
+        AmiIgnored {
+            server: "pbx",
+            role,
+            message: &no_event,
+            kind: no_event.kind(),
+        }
+        .emit();
+        let spooled = AmqpUnavailable {
+            url: "amqp://h",
+            reason: "refused",
+            spooled_messages: 1,
+            spooled_bytes: 2,
+        };
+        spooled.emit();
+        UndecodableRecord { error: &"bad" }.emit();
+        SpoolFullRefused {
+            records: 3,
+            max_bytes: 9,
+            since_logged: &mut since_logged,
+        }
+        .emit();
+        SpoolRefusedWhileHeld {
+            records: 2,
+            reason: "disk_full",
+            held: 1,
+        }
+        .emit();
+        SpoolWriteFailed {
+            error: &io,
+            reason: "disk_full",
+            held: 1,
+            first: true,
+        }
+        .emit();
+        SpoolLostAtShutdown {
+            records: 4,
+            reason: "write_error",
+        }
+        .emit();
+        SpoolDroppedOldest {
+            records: 5,
+            bytes: 10,
+            reason: "full_drop_oldest",
+        }
+        .emit();
+        SpoolSegmentMissing {
+            segment: Path::new("/s/0.seg"),
+            error: &io,
+        }
+        .emit();
+        SpoolRollFailed { error: &io }.emit();
+        SpoolSyncFailed {
+            what: "fdatasync",
+            error: &io,
+        }
+        .emit();
+        MappingReloaded {
+            dirs: &"m",
+            routes: 3,
+        }
+        .emit();
+        MappingReloadRejected {
+            dirs: &"m",
+            error: &"bad",
+        }
+        .emit();
+        let e = MappingError {
+            server: "pbx",
+            event: "Hangup",
+            seq: 1,
+            route: "r1",
+            error: &"x",
+            total: 1,
+        };
+        e.emit();
+    });
+    let page = handle.render();
+    let series: BTreeSet<&str> = page
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    for want in [
+        "actions_reply_channel_reopened_total 1",
+        "actions_dropped_total{reason=\"reply_to\"} 1",
+        "actions_authz_total{decision=\"deny\"} 1",
+        "actions_authz_total{decision=\"allow\"} 1",
+        "actions_busy_total 1",
+        "actions_too_large_total 1",
+        "actions_total{server=\"pbx\",action=\"Ping\",result=\"timeout\"} 1",
+        "actions_reply_failures_total 1",
+        "ami_reconnects_total{server=\"pbx\",role=\"action-1\"} 1",
+        "ami_parse_errors_total{server=\"pbx\"} 1",
+        "ami_ignored_messages_total{server=\"pbx\",kind=\"response\"} 1",
+        "ami_ignored_messages_total{server=\"pbx\",kind=\"no_event\"} 1",
+        "amqp_reconnects_total 1",
+        "spool_corrupt_records_total 1",
+        "spool_dropped_total{reason=\"full_refuse_new\"} 3",
+        "spool_dropped_total{reason=\"disk_full\"} 2",
+        "spool_dropped_total{reason=\"shutdown\"} 4",
+        "spool_dropped_total{reason=\"full_drop_oldest\"} 5",
+        "spool_write_errors_total 2",
+        "spool_missing_segments_total 1",
+        "spool_sync_errors_total 1",
+        "mapping_reloads_total{result=\"applied\"} 1",
+        "mapping_reloads_total{result=\"rejected\"} 1",
+        "mapping_errors_total{route=\"r1\"} 1",
+    ] {
+        assert!(series.contains(want), "no {want:?} in\n{page}");
+    }
+    assert_eq!(series.len(), 24, "{page}");
+    assert!(since_logged == 0 || since_logged == 3, "{since_logged}");
+}
