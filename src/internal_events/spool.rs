@@ -17,7 +17,7 @@ const TARGET: &str = "ami2amqp::amqp::spool";
 
 /// The spool is full and `on_full = refuse_new`: a batch is refused.
 /// Logged once per 10 s while it lasts, with the records refused since the
-/// last line (`unrefused_logged` carries them between calls).
+/// last line (`since_logged` carries them between calls).
 pub struct SpoolFullRefused<'a> {
     pub records: u64,
     pub max_bytes: u64,
