@@ -162,15 +162,19 @@ impl RouterTask {
         let outcome = router.route(&ctx, &mut self.scratch);
         if outcome.matched == 0 {
             self.stats.unmatched += 1;
-            metrics::counter!("events_unmatched_total").increment(1);
+            metrics::counter!(crate::internal_events::catalog::EVENTS_UNMATCHED_TOTAL).increment(1);
         }
         for e in &outcome.errors {
             self.stats.mapping_errors += 1;
-            metrics::counter!("mapping_errors_total", "route" => e.route.to_string()).increment(1);
-            if self.stats.mapping_errors <= 10 || self.stats.mapping_errors.is_multiple_of(1000) {
-                tracing::warn!(server = %ev.server, event = %crate::logs::clip(&name), seq, error = %crate::logs::clip(&e.to_string()),
-                    total = self.stats.mapping_errors, "mapping error: message not produced");
+            crate::internal_events::mapping::MappingError {
+                server: &ev.server,
+                event: &name,
+                seq,
+                route: &e.route,
+                error: e,
+                total: self.stats.mapping_errors,
             }
+            .emit();
         }
         let at = micros(ev.received_at);
         for msg in self.scratch.drain(..) {
@@ -298,8 +302,7 @@ impl RouterTask {
             if let Err(e) = self.handle_batch(&mut batch) {
                 // Write failures are held and retried by the writer; what
                 // is left here is rolling a segment (creating a file).
-                metrics::counter!("spool_write_errors_total").increment(1);
-                tracing::error!(error = %e, "cannot write to the spool; retrying in 1 s");
+                crate::internal_events::spool::SpoolRollFailed { error: &e }.emit();
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
@@ -460,9 +463,12 @@ async fn start_metrics(
 ) -> Result<(Option<PrometheusHandle>, Option<TcpListener>), BridgeError> {
     let handle = crate::metrics::install();
     // What recovery found, now that the counters are recorded.
-    metrics::counter!("spool_corrupt_records_total").increment(recovered.corrupt_records);
-    metrics::counter!("spool_corrupt_bytes_total").increment(recovered.corrupt_bytes);
-    metrics::counter!("spool_missing_segments_total").increment(recovered.missing_segments);
+    metrics::counter!(crate::internal_events::catalog::SPOOL_CORRUPT_RECORDS_TOTAL)
+        .increment(recovered.corrupt_records);
+    metrics::counter!(crate::internal_events::catalog::SPOOL_CORRUPT_BYTES_TOTAL)
+        .increment(recovered.corrupt_bytes);
+    metrics::counter!(crate::internal_events::catalog::SPOOL_MISSING_SEGMENTS_TOTAL)
+        .increment(recovered.missing_segments);
     if let Some(h) = handle.clone() {
         // Histograms keep their samples until upkeep folds them in (a
         // scrape does it too): without this, memory grows when nobody

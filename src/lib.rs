@@ -15,6 +15,7 @@ pub mod amqp;
 mod backoff;
 mod bridge;
 pub mod config;
+mod internal_events;
 mod logs;
 pub mod mapping;
 mod memory;
@@ -23,3 +24,6 @@ pub mod tools;
 pub mod trace;
 
 pub use bridge::{Bridge, BridgeError};
+/// Every metric the bridge exports, with its type and help text (what
+/// `/metrics` serves; the tests check the docs against it).
+pub use internal_events::catalog::{Kind as MetricKind, METRICS, Metric};

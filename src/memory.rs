@@ -67,11 +67,13 @@ pub async fn keep_trim() {
             tracing::debug!(before = rss, after, "returned free memory to the system");
             baseline = after;
             previous = after;
-            metrics::gauge!("process_resident_memory_bytes").set(after as f64);
+            metrics::gauge!(crate::internal_events::catalog::PROCESS_RESIDENT_MEMORY_BYTES)
+                .set(after as f64);
         } else {
             // Follow shrinking too, so the next growth is measured from here.
             baseline = baseline.min(rss);
-            metrics::gauge!("process_resident_memory_bytes").set(rss as f64);
+            metrics::gauge!(crate::internal_events::catalog::PROCESS_RESIDENT_MEMORY_BYTES)
+                .set(rss as f64);
         }
     }
 }

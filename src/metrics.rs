@@ -32,29 +32,37 @@ use tokio_util::sync::CancellationToken;
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
-/// Installs the Prometheus recorder (once per process) and returns its
-/// handle; `None` if another recorder was installed first.
+/// Installs the Prometheus recorder (once per process), registers the
+/// metrics' help texts with it and returns its handle; `None` if another
+/// recorder was installed first.
 pub fn install() -> Option<PrometheusHandle> {
     HANDLE
         .get_or_init(|| {
-            const BUCKETS: &[f64] = &[
-                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
-                30.0, 60.0,
-            ];
-            let b = PrometheusBuilder::new()
-                .set_buckets_for_metric(
-                    metrics_exporter_prometheus::Matcher::Suffix("latency_seconds".into()),
-                    BUCKETS,
-                )
-                .ok()?
-                .set_buckets_for_metric(
-                    metrics_exporter_prometheus::Matcher::Full("spool_sync_seconds".into()),
-                    BUCKETS,
-                )
-                .ok()?;
-            b.install_recorder().ok()
+            let handle = builder()?.install_recorder().ok()?;
+            crate::internal_events::catalog::describe();
+            Some(handle)
         })
         .clone()
+}
+
+/// The recorder's configuration: histogram buckets for the latencies.
+pub(crate) fn builder() -> Option<PrometheusBuilder> {
+    use crate::internal_events::catalog::SPOOL_SYNC_SECONDS;
+    const BUCKETS: &[f64] = &[
+        0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0,
+        60.0,
+    ];
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Suffix("latency_seconds".into()),
+            BUCKETS,
+        )
+        .ok()?
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full(SPOOL_SYNC_SECONDS.into()),
+            BUCKETS,
+        )
+        .ok()
 }
 
 /// The health of the bridge, computed on request.
@@ -265,7 +273,7 @@ impl EventCounters {
             .by_label
             .entry(label.clone())
             .or_insert_with(|| {
-                metrics::counter!("ami_events_total", "server" => server.to_string(), "event" => label.to_string())
+                metrics::counter!(crate::internal_events::catalog::AMI_EVENTS_TOTAL, "server" => server.to_string(), "event" => label.to_string())
             })
             .clone();
         c.increment(1);

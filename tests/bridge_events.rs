@@ -37,6 +37,27 @@ fn assert_same(arrived: &[lapin::message::Delivery], expected: &[serde_json::Val
     }
 }
 
+/// Every metric family on a /metrics page is a declared one, with its
+/// declared type and a `# HELP` line giving its declared help text.
+fn assert_described(page: &str) {
+    use ami2amqp::METRICS;
+    let families: Vec<&str> = page
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .collect();
+    assert!(families.len() >= 2, "{page}");
+    for family in families {
+        let (name, kind) = family.split_once(' ').unwrap();
+        let m = METRICS
+            .iter()
+            .find(|m| m.name == name)
+            .unwrap_or_else(|| panic!("{name} is not declared"));
+        assert_eq!(kind, m.kind.as_str(), "{name}");
+        let help = format!("# HELP {name} {}\n", m.help);
+        assert!(page.contains(&help), "no {help:?} in\n{page}");
+    }
+}
+
 async fn run_trace(name: &str) {
     let url = shared_amqp_url();
     let (_replay, addr) = replay(&[
@@ -85,6 +106,7 @@ async fn run_trace(name: &str) {
     let (_, metrics) = setup.http_get("/metrics").unwrap();
     assert!(metrics.contains("amqp_confirmed_total"), "{metrics}");
     assert!(metrics.contains("ami_events_total"), "{metrics}");
+    assert_described(&metrics);
     bridge.signal("TERM");
     let mut bridge = bridge;
     assert_eq!(

@@ -393,14 +393,7 @@ impl Replies {
     async fn channel(&self) -> Result<Channel, String> {
         let mut ch = self.ch.lock().await;
         if !ch.status().connected() {
-            metrics::counter!("actions_reply_channel_reopened_total").increment(1);
-            static T: Throttle = Throttle::new(Duration::from_secs(10));
-            if let Some(suppressed) = T.allow() {
-                tracing::warn!(
-                    suppressed,
-                    "action path: the broker closed the reply channel (a reply it refused?); reopening it"
-                );
-            }
+            crate::internal_events::actions::ReplyChannelReopened.emit();
             match self.conn.create_channel().await {
                 Ok(c) => *ch = c,
                 Err(e) => {
@@ -495,16 +488,11 @@ fn result_label(r: &Reply) -> &'static str {
 /// Acks a request whose reply cannot go anywhere safe (its `reply_to` is
 /// not allowed for the user): not executed, not answered, not redelivered.
 async fn refuse_reply_to(d: &Delivery, user: Option<&str>, reply_to: &str) {
-    metrics::counter!("actions_dropped_total", "reason" => "reply_to").increment(1);
-    static T: Throttle = Throttle::new(Duration::from_secs(10));
-    if let Some(suppressed) = T.allow() {
-        tracing::warn!(
-            user = %clip(user.unwrap_or(super::allow::ANONYMOUS)),
-            reply_to = %clip(reply_to),
-            suppressed,
-            "action request dropped: reply_to is neither direct reply-to nor allowed for this user; not executed"
-        );
+    crate::internal_events::actions::ReplyToRefused {
+        user: user.unwrap_or(super::allow::ANONYMOUS),
+        reply_to,
     }
+    .emit();
     ack(d).await;
 }
 
@@ -534,13 +522,16 @@ async fn handle(ctx: Arc<Ctx>, replies: Arc<Replies>, src: Source, d: Delivery) 
         .as_ref()
         .is_some_and(|e| e.kind == ErrorKind::TooLarge)
     {
-        metrics::counter!("actions_too_large_total").increment(1);
+        crate::internal_events::actions::ReplyTooLarge.emit();
     }
     let server_label = ctx.labels.server(&server);
-    metrics::counter!("actions_total", "server" => server_label.clone(), "action" => action_label, "result" => result_label(&reply)).increment(1);
-    if let Some(e) = &reply.error {
-        tracing::debug!(server = %server_label, kind = e.kind.as_str(), message = %clip(&e.message), "action answered with an error");
+    crate::internal_events::actions::ActionAnswered {
+        server: &server_label,
+        action: action_label,
+        result: result_label(&reply),
+        error: reply.error.as_ref().map(|e| e.message.as_str()),
     }
+    .emit();
     if let Some(rt) = reply_to {
         let mut p = BasicProperties::default()
             .with_content_type(short("application/json"))
@@ -551,11 +542,12 @@ async fn handle(ctx: Arc<Ctx>, replies: Arc<Replies>, src: Source, d: Delivery) 
         if let Err(e) = replies.publish(&rt, &body, p).await {
             // Not acked: the request is redelivered (to us or another
             // bridge) when this channel or connection goes away.
-            static T: Throttle = Throttle::new(Duration::from_secs(10));
-            if let Some(suppressed) = T.allow() {
-                tracing::warn!(server = %server_label, reply_to = %clip(&rt), error = %clip(&e), suppressed, "reply could not be published; the request stays unacked");
+            crate::internal_events::actions::ReplyFailed {
+                server: &server_label,
+                reply_to: &rt,
+                error: &e,
             }
-            metrics::counter!("actions_reply_failures_total").increment(1);
+            .emit();
             return;
         }
     }
@@ -623,19 +615,21 @@ async fn run_allowed(
     let who = user.filter(|u| !u.is_empty()).unwrap_or(ANONYMOUS);
     match ctx.allow.check(user, server, &req.message) {
         Decision::Deny(why) => {
-            metrics::counter!("actions_authz_total", "decision" => "deny").increment(1);
-            static T: Throttle = Throttle::new(Duration::from_secs(10));
-            if let Some(suppressed) = T.allow() {
-                tracing::warn!(user = %clip(who), server = %clip(server), action = %clip(&req.action), reason = %clip(&why), suppressed, "action denied");
+            crate::internal_events::actions::ActionDenied {
+                user: who,
+                server,
+                action: &req.action,
+                reason: &why,
             }
+            .emit();
             return Reply::error(server, Some(req), ErrorKind::Forbidden, why, inst);
         }
         Decision::Allow => {
-            metrics::counter!("actions_authz_total", "decision" => "allow").increment(1);
+            crate::internal_events::actions::ActionAllowed.emit();
         }
     }
     let Some(_slot) = ctx.per_user.try_acquire(who) else {
-        metrics::counter!("actions_busy_total").increment(1);
+        crate::internal_events::actions::ActionBusy.emit();
         let msg = format!(
             "user \"{}\" already has {} requests running ([actions] max_in_flight_per_user); not sent to Asterisk, retry later",
             clip(who),

@@ -52,7 +52,7 @@ use tokio_util::sync::CancellationToken;
 use super::codec::{AmiCodec, Frame, Limits, Malformed};
 use super::login::{Credentials, EventMask, LoginError, login_within};
 use super::message::{Kind, Message, MessageBuilder};
-use crate::logs::{Throttle, clip, clip_bytes};
+use crate::logs::clip;
 
 pub use crate::backoff::Backoff;
 
@@ -498,10 +498,13 @@ impl Supervisor {
                     e.to_string()
                 }
             };
-            tracing::warn!(server = %self.config.server, role = %self.config.role,
-                address = %self.config.address, reason = %clip(&reason), "AMI disconnected; will reconnect");
-            metrics::counter!("ami_reconnects_total", "server" => self.config.server.to_string(), "role" => self.config.role.clone())
-                .increment(1);
+            crate::internal_events::ami::AmiDisconnected {
+                server: &self.config.server,
+                role: &self.config.role,
+                address: &self.config.address,
+                reason: &reason,
+            }
+            .emit();
             self.set_state(ConnState::Disconnected {
                 reason: reason.clone(),
             });
@@ -778,13 +781,12 @@ impl Supervisor {
     /// answers the action it was the response to (if any) with an error
     /// rather than letting it wait for its timeout.
     fn malformed(&self, error: &Malformed, pending: &mut HashMap<String, Pending>) {
-        static MALFORMED: Throttle = Throttle::new(Duration::from_secs(10));
-        metrics::counter!("ami_parse_errors_total", "server" => self.config.server.to_string())
-            .increment(1);
-        if let Some(suppressed) = MALFORMED.allow() {
-            tracing::warn!(server = %self.config.server, role = %self.config.role, %error,
-                excerpt = %clip_bytes(&error.excerpt), suppressed, "malformed AMI input skipped");
+        crate::internal_events::ami::AmiMalformed {
+            server: &self.config.server,
+            role: &self.config.role,
+            error,
         }
+        .emit();
         let Some(id) = &error.action_id else { return };
         if let Some(p) = pending.get_mut(id) {
             let text = format!(
@@ -806,23 +808,13 @@ impl Supervisor {
     /// Counts (and logs, rate-limited) a message that is neither an event
     /// nor the answer to one of our actions.
     fn ignored(&self, m: &Message, kind: Kind) {
-        static NO_EVENT: Throttle = Throttle::new(Duration::from_secs(10));
-        let label = if kind == Kind::Response {
-            "response"
-        } else {
-            "no_event"
-        };
-        metrics::counter!("ami_ignored_messages_total", "server" => self.config.server.to_string(), "kind" => label)
-            .increment(1);
-        if kind == Kind::Response {
-            // The answer to an action whose caller gave up, or to our Logoff.
-            tracing::debug!(server = %self.config.server, message = %clip_bytes(m.raw()),
-                "response to no pending action ignored");
-        } else if let Some(suppressed) = NO_EVENT.allow() {
-            tracing::warn!(server = %self.config.server, role = %self.config.role,
-                message = %clip_bytes(m.raw()), suppressed,
-                "AMI message without `Event:` (and not a response) ignored");
+        crate::internal_events::ami::AmiIgnored {
+            server: &self.config.server,
+            role: &self.config.role,
+            message: m,
+            kind,
         }
+        .emit();
     }
 
     /// Routes one message: a response or list event to its pending action,

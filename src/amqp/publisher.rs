@@ -168,10 +168,10 @@ impl Counters {
     fn new(ex: &str) -> Counters {
         let l = ex.to_string();
         Counters {
-            published: metrics::counter!("amqp_published_total", "exchange" => l.clone()),
-            confirmed: metrics::counter!("amqp_confirmed_total", "exchange" => l.clone()),
-            nacked: metrics::counter!("amqp_nacked_total", "exchange" => l.clone()),
-            returned: metrics::counter!("amqp_returned_total", "exchange" => l),
+            published: metrics::counter!(crate::internal_events::catalog::AMQP_PUBLISHED_TOTAL, "exchange" => l.clone()),
+            confirmed: metrics::counter!(crate::internal_events::catalog::AMQP_CONFIRMED_TOTAL, "exchange" => l.clone()),
+            nacked: metrics::counter!(crate::internal_events::catalog::AMQP_NACKED_TOTAL, "exchange" => l.clone()),
+            returned: metrics::counter!(crate::internal_events::catalog::AMQP_RETURNED_TOTAL, "exchange" => l),
         }
     }
 }
@@ -222,7 +222,7 @@ impl<'c> Session<'c> {
             confirms: FuturesUnordered::new(),
             batch: Vec::with_capacity(window.max(1)),
             stopping: None,
-            latency: metrics::histogram!("publish_latency_seconds"),
+            latency: metrics::histogram!(crate::internal_events::catalog::PUBLISH_LATENCY_SECONDS),
             watchdog,
         }
     }
@@ -346,10 +346,14 @@ impl Publisher {
                     e
                 }
             };
-            metrics::counter!("amqp_reconnects_total").increment(1);
             let (bytes, msgs) = self.spool.pending();
-            tracing::warn!(url = %redact_url(&url), %reason, spooled_messages = msgs, spooled_bytes = bytes,
-                "AMQP unavailable; events wait in the spool");
+            crate::internal_events::amqp::AmqpUnavailable {
+                url: &redact_url(&url),
+                reason: &reason,
+                spooled_messages: msgs,
+                spooled_bytes: bytes,
+            }
+            .emit();
             self.state.send_replace(BrokerState::Down {
                 reason: reason.clone(),
             });
@@ -775,8 +779,7 @@ fn decode_batch(batch: &mut Vec<ReadRecord>) -> Vec<(u64, Option<Record>)> {
         .map(|rr| match Record::decode(&rr.payload) {
             Ok(r) => (rr.end, Some(r)),
             Err(e) => {
-                tracing::error!(error = %e, "undecodable spool record skipped");
-                metrics::counter!("spool_corrupt_records_total").increment(1);
+                crate::internal_events::amqp::UndecodableRecord { error: &e }.emit();
                 (rr.end, None)
             }
         })

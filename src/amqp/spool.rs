@@ -441,8 +441,8 @@ impl Spool {
 
     fn update_gauges(&self) {
         let (b, r) = self.pending();
-        metrics::gauge!("spool_bytes").set(b as f64);
-        metrics::gauge!("spool_messages").set(r as f64);
+        metrics::gauge!(crate::internal_events::catalog::SPOOL_BYTES).set(b as f64);
+        metrics::gauge!(crate::internal_events::catalog::SPOOL_MESSAGES).set(r as f64);
     }
 
     /// The writing end (one per spool: the router task).
@@ -487,7 +487,6 @@ impl Spool {
             written: VecDeque::new(),
             older: Vec::new(),
             refused_since_log: 0,
-            last_refused_log: None,
             staged: 0,
             held: None,
         })
@@ -575,8 +574,10 @@ impl Spool {
         s.holes.push((start, end));
         s.pending_records = s.pending_records.saturating_sub(lost);
         drop(s);
-        metrics::counter!("spool_corrupt_records_total").increment(lost);
-        metrics::counter!("spool_corrupt_bytes_total").increment(end - start);
+        metrics::counter!(crate::internal_events::catalog::SPOOL_CORRUPT_RECORDS_TOTAL)
+            .increment(lost);
+        metrics::counter!(crate::internal_events::catalog::SPOOL_CORRUPT_BYTES_TOTAL)
+            .increment(end - start);
         self.update_gauges();
     }
 
@@ -605,7 +606,6 @@ pub struct SpoolWriter {
     /// Earlier segments with data not yet fsynced, and their end offsets.
     older: Vec<(Arc<File>, u64)>,
     refused_since_log: u64,
-    last_refused_log: Option<Instant>,
     /// Records staged and not yet written.
     staged: usize,
     /// A batch the disk refused, at the start of `buf`, waiting for
@@ -727,42 +727,28 @@ impl SpoolWriter {
     fn refuse_full(&mut self, refused: usize) {
         self.buf.clear();
         self.staged = 0;
-        metrics::counter!("spool_dropped_total", "reason" => "full_refuse_new")
-            .increment(refused as u64);
-        self.refused_since_log += refused as u64;
         // One line every 10 s while it lasts, not one per batch.
-        if self
-            .last_refused_log
-            .is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
-        {
-            tracing::error!(
-                records = self.refused_since_log,
-                max_bytes = self.spool.cfg.max_bytes,
-                "spool full: new messages refused (on_full = refuse_new); is the broker reachable?"
-            );
-            self.refused_since_log = 0;
-            self.last_refused_log = Some(Instant::now());
+        crate::internal_events::spool::SpoolFullRefused {
+            records: refused as u64,
+            max_bytes: self.spool.cfg.max_bytes,
+            since_logged: &mut self.refused_since_log,
         }
+        .emit();
     }
 
     /// While a batch the disk refused is held: drops what was staged after
     /// it (counted) and returns how many records that was.
     fn refuse_after_held(&mut self, h: Held) -> usize {
-        static LOG: Throttle = Throttle::new(Duration::from_secs(10));
         let new = self.staged.saturating_sub(h.records);
         self.buf.truncate(h.bytes);
         self.staged = h.records;
         if new > 0 {
-            metrics::counter!("spool_dropped_total", "reason" => h.reason).increment(new as u64);
-            if let Some(suppressed) = LOG.allow() {
-                tracing::error!(
-                    records = new,
-                    reason = h.reason,
-                    held = h.records,
-                    suppressed,
-                    "spool cannot be written: new messages refused while the earlier batch waits for the disk"
-                );
+            crate::internal_events::spool::SpoolRefusedWhileHeld {
+                records: new as u64,
+                reason: h.reason,
+                held: h.records,
             }
+            .emit();
         }
         new
     }
@@ -811,14 +797,12 @@ impl SpoolWriter {
     /// Keeps the staged batch for [`SpoolWriter::retry`] and says so (in
     /// the log, in `/healthz`).
     fn hold(&mut self, reason: &'static str, e: &io::Error) {
-        static LOG: Throttle = Throttle::new(Duration::from_secs(10));
         let first = self.held.is_none();
         self.held = Some(Held {
             bytes: self.buf.len(),
             records: self.staged,
             reason,
         });
-        metrics::counter!("spool_write_errors_total").increment(1);
         {
             let mut s = self.spool.lock();
             let since = s
@@ -832,11 +816,13 @@ impl SpoolWriter {
                 since,
             });
         }
-        let suppressed = LOG.allow();
-        if first || suppressed.is_some() {
-            tracing::error!(error = %e, reason, held = self.staged, suppressed = suppressed.unwrap_or(0),
-                "cannot write to the spool; the batch is kept in memory and retried every second, new messages are refused meanwhile");
+        crate::internal_events::spool::SpoolWriteFailed {
+            error: e,
+            reason,
+            held: self.staged,
+            first,
         }
+        .emit();
     }
 
     /// Writes a batch the disk refused, if there is one (the router task
@@ -863,13 +849,11 @@ impl SpoolWriter {
         };
         self.buf.clear();
         self.staged = 0;
-        metrics::counter!("spool_dropped_total", "reason" => "shutdown")
-            .increment(h.records as u64);
-        tracing::error!(
-            records = h.records,
-            reason = h.reason,
-            "messages that could not be written to the spool are lost at shutdown"
-        );
+        crate::internal_events::spool::SpoolLostAtShutdown {
+            records: h.records as u64,
+            reason: h.reason,
+        }
+        .emit();
         h.records as u64
     }
 
@@ -1023,13 +1007,12 @@ impl SpoolWriter {
         self.spool
             .syncer
             .remove(seg_path(&self.spool.cfg.dir, dropped.0.base));
-        metrics::counter!("spool_dropped_total", "reason" => reason).increment(dropped.1);
-        tracing::error!(
-            records = dropped.1,
-            bytes = dropped.0.len,
+        crate::internal_events::spool::SpoolDroppedOldest {
+            records: dropped.1,
+            bytes: dropped.0.len,
             reason,
-            "spool full: oldest messages dropped (on_full = drop_oldest)"
-        );
+        }
+        .emit();
         self.spool.write_cursor();
         Ok(())
     }
@@ -1193,12 +1176,11 @@ impl SpoolReader {
     /// A segment file cannot be opened (deleted under the bridge): what
     /// it held is lost; counted as a missing segment.
     fn segment_gone(&mut self, path: &Path, e: &io::Error, seg_end: u64) {
-        static LOG: Throttle = Throttle::new(Duration::from_secs(10));
-        metrics::counter!("spool_missing_segments_total").increment(1);
-        if let Some(suppressed) = LOG.allow() {
-            tracing::error!(segment = %path.display(), error = %e, suppressed,
-                "spool segment cannot be read: the messages it held are lost");
+        crate::internal_events::spool::SpoolSegmentMissing {
+            segment: path,
+            error: e,
         }
+        .emit();
         self.spool.add_hole(self.pos, seg_end, 0);
         self.holes.push((self.pos, seg_end));
         self.pos = seg_end;

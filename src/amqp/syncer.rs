@@ -222,7 +222,7 @@ fn worker(state: &State, cursor: File, cursor_path: PathBuf) {
                 failed("fdatasync of a spool segment", &e);
             }
             state.fsyncs.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!("spool_fsyncs_total").increment(1);
+            metrics::counter!(crate::internal_events::catalog::SPOOL_FSYNCS_TOTAL).increment(1);
         }
         if let Some(v) = value
             && written.is_none_or(|w| v > w)
@@ -247,7 +247,8 @@ fn worker(state: &State, cursor: File, cursor_path: PathBuf) {
                 failed(&format!("deleting {}", p.display()), &e);
             }
         }
-        metrics::histogram!("spool_sync_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!(crate::internal_events::catalog::SPOOL_SYNC_SECONDS)
+            .record(started.elapsed().as_secs_f64());
         let mut j = state.lock();
         j.done = upto;
         let finished = j.stop && j.queued == j.done;
@@ -260,8 +261,7 @@ fn worker(state: &State, cursor: File, cursor_path: PathBuf) {
 }
 
 fn failed(what: &str, e: &io::Error) {
-    metrics::counter!("spool_sync_errors_total").increment(1);
-    tracing::error!(error = %e, "spool: {what} failed");
+    crate::internal_events::spool::SpoolSyncFailed { what, error: e }.emit();
 }
 
 #[cfg(test)]

@@ -67,14 +67,19 @@ impl Mappings {
             Ok(r) => {
                 let routes = r.len();
                 self.current.store(Arc::new(r));
-                metrics::counter!("mapping_reloads_total", "result" => "applied").increment(1);
-                tracing::info!(dirs = %show_dirs(&self.dirs), routes, "mapping set reloaded");
+                crate::internal_events::mapping::MappingReloaded {
+                    dirs: &show_dirs(&self.dirs),
+                    routes,
+                }
+                .emit();
                 ReloadOutcome::Applied { routes }
             }
             Err(e) => {
-                metrics::counter!("mapping_reloads_total", "result" => "rejected").increment(1);
-                tracing::error!(dirs = %show_dirs(&self.dirs),
-                    "mapping set NOT reloaded, the previous set stays in force:\n{e}");
+                crate::internal_events::mapping::MappingReloadRejected {
+                    dirs: &show_dirs(&self.dirs),
+                    error: &e,
+                }
+                .emit();
                 ReloadOutcome::Rejected(e)
             }
         }
