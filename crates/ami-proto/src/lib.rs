@@ -37,6 +37,7 @@
 
 mod codec;
 mod events;
+mod filter;
 mod limits;
 mod login;
 mod message;
@@ -44,6 +45,7 @@ mod whole;
 
 pub use codec::{AmiCodec, BANNER_PREFIX, Frame, Malformed, MalformedKind};
 pub use events::{ALL_CLASSES, CLASSES, EventMask, mask_allows, privilege_bits};
+pub use filter::{EventFilter, FilterError, FilterSet};
 pub use limits::{Limits, REQUEST_MAX_LINE, REQUEST_MAX_LINES, RequestError, check_request};
 pub use login::{LoginProof, challenge_action, login_action, md5_key};
 pub use message::{Kind, Message, MessageBuilder, bytes_to_text};
