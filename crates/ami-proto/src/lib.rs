@@ -41,6 +41,7 @@ mod filter;
 mod limits;
 mod login;
 mod message;
+mod server;
 mod whole;
 
 pub use codec::{AmiCodec, BANNER_PREFIX, Frame, Malformed, MalformedKind};
@@ -49,4 +50,5 @@ pub use filter::{EventFilter, FilterError, FilterSet};
 pub use limits::{Limits, REQUEST_MAX_LINE, REQUEST_MAX_LINES, RequestError, check_request};
 pub use login::{LoginProof, challenge_action, login_action, md5_key};
 pub use message::{Kind, Message, MessageBuilder, bytes_to_text};
+pub use server::{Account, Accounts, Boot, ServerSession, Step};
 pub use whole::{DecodeAll, decode_all};
