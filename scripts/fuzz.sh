@@ -2,6 +2,7 @@
 # Fuzzes the parsers of hostile bytes, one cargo-fuzz target each:
 #   decode      AMI bytes through the decoder (fuzz/fuzz_targets/decode.rs)
 #   spool_scan  a damaged spool segment through recovery (fuzz/fuzz_targets/spool_scan.rs)
+#   filter      Filter actions (criteria, pattern) and events through the event filters (fuzz/fuzz_targets/filter.rs)
 #
 #   scripts/fuzz.sh                         # every target, 60 s each, with AddressSanitizer
 #   FUZZ_TARGETS=decode scripts/fuzz.sh     # one target
@@ -21,7 +22,7 @@ root="$PWD"
 
 seconds="${FUZZ_SECONDS:-60}"
 sanitizer="${FUZZ_SANITIZER:-address}"
-targets="${FUZZ_TARGETS:-decode spool_scan}"
+targets="${FUZZ_TARGETS:-decode spool_scan filter}"
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
     echo "fuzz.sh: installing cargo-fuzz" >&2

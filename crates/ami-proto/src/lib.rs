@@ -8,6 +8,11 @@
 //! with the MD5 challenge key ([`login_action`], [`md5_key`]), the
 //! `Events:` mask and event classes as Asterisk reads them ([`EventMask`]),
 //! and decoding a whole buffer at once ([`decode_all`], [`DecodeAll`]).
+//! For the server end of a session (an AMI-compatible listener, a fake
+//! Asterisk): [`ServerSession`] (login, `Events`, `Filter`, `Ping`,
+//! `Logoff` answered as Asterisk 22 answers them), the event filters
+//! ([`EventFilter`], [`FilterSet`]) and the action → write-class table a
+//! server's `ListCommands` gives ([`ActionClasses`]).
 //!
 //! What is not: sockets, timeouts, reconnects, action correlation, logging
 //! and metrics. Those belong to the programs that speak AMI (the bridge's
@@ -36,15 +41,21 @@
 //! ```
 
 mod codec;
+mod commands;
 mod events;
+mod filter;
 mod limits;
 mod login;
 mod message;
+mod server;
 mod whole;
 
 pub use codec::{AmiCodec, BANNER_PREFIX, Frame, Malformed, MalformedKind};
+pub use commands::{ActionClasses, Permit};
 pub use events::{ALL_CLASSES, CLASSES, EventMask, mask_allows, privilege_bits};
+pub use filter::{EventFilter, FilterError, FilterSet};
 pub use limits::{Limits, REQUEST_MAX_LINE, REQUEST_MAX_LINES, RequestError, check_request};
 pub use login::{LoginProof, challenge_action, login_action, md5_key};
 pub use message::{Kind, Message, MessageBuilder, bytes_to_text};
+pub use server::{Account, Accounts, Boot, ServerSession, Step};
 pub use whole::{DecodeAll, decode_all};
