@@ -10,9 +10,12 @@
 //! Run with `cargo bench --bench actions` (RabbitMQ on AMQP_URL or
 //! 127.0.0.1:5672; `make bench` makes sure one runs).
 
+//!
+//! The processes (the replay, the bridge) are started with the integration
+//! tests' helpers (`tests/common`, included as a module as the tests do).
+
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -22,23 +25,13 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::procs::{Proc, bin, free_port, replay, repo, trace};
 
 fn url() -> String {
     std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }
 
 struct Result {
@@ -173,48 +166,37 @@ fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1000.0)
 }
 
-#[tokio::main]
-async fn main() {
-    let bin = env!("CARGO_BIN_EXE_ami2amqp");
-    let repo = env!("CARGO_MANIFEST_DIR");
-    let url = url();
-    let quick = !std::env::args().any(|a| a == "--bench");
-    let (n1, n64) = if quick { (50, 500) } else { (2000, 20000) };
+/// The bridge under test, with its fake Asterisk and its temp dir (dropped
+/// in this order: the bridge is killed first).
+struct Bridge {
+    _bridge: Proc,
+    _dir: tempfile::TempDir,
+    _replay: Proc,
+    /// The action exchange (unique to this run).
+    exchange: String,
+}
 
-    // The AMI server.
-    let mut replay = Command::new(bin)
-        .args([
-            "replay",
-            "--listen",
-            "127.0.0.1:0",
-            "--username",
-            "bridge",
-            "--secret",
-            "bridgepass",
-        ])
-        .arg(format!("{repo}/tests/traces/login_plain.ami"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("replay");
-    let mut line = String::new();
-    BufReader::new(replay.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("address");
-    let _replay = Kill(replay);
-    let addr = line.trim().trim_start_matches("listening on ").to_string();
-
-    // The bridge.
+/// Starts `ami2amqp replay` as the AMI server and the bridge with `Ping`
+/// allowed for `guest`.
+fn start_bridge(url: &str) -> Bridge {
+    let (replay, addr) = replay(&[
+        "--username",
+        "bridge",
+        "--secret",
+        "bridgepass",
+        &trace("login_plain.ami").display().to_string(),
+    ]);
     let dir = tempfile::tempdir().expect("tempdir");
     let ex = format!("ami.actions.bench{}", std::process::id());
     let cfg = format!(
-        "[amqp]\nurl = \"{url}\"\n[[server]]\nname = \"pbx1\"\naddress = \"{addr}\"\nusername = \"bridge\"\nsecret = \"bridgepass\"\naction_connections = 2\n[mappings]\ndir = \"{repo}/mappings\"\n[spool]\ndir = \"{}\"\n[metrics]\nlisten = \"127.0.0.1:{}\"\n[actions]\nexchange = \"{ex}\"\nqueue_prefix = \"{ex}.\"\nunrouted = \"{ex}.unrouted\"\nexpired = \"{ex}.expired\"\nmax_in_flight_per_user = 64\n[[actions.allow]]\nuser = \"guest\"\nactions = [\"Ping\"]\n",
+        "[amqp]\nurl = \"{url}\"\n[[server]]\nname = \"pbx1\"\naddress = \"{addr}\"\nusername = \"bridge\"\nsecret = \"bridgepass\"\naction_connections = 2\n[mappings]\ndir = \"{}/mappings\"\n[spool]\ndir = \"{}\"\n[metrics]\nlisten = \"127.0.0.1:{}\"\n[actions]\nexchange = \"{ex}\"\nqueue_prefix = \"{ex}.\"\nunrouted = \"{ex}.unrouted\"\nexpired = \"{ex}.expired\"\nmax_in_flight_per_user = 64\n[[actions.allow]]\nuser = \"guest\"\nactions = [\"Ping\"]\n",
+        repo().display(),
         dir.path().join("spool").display(),
         free_port()
     );
     let cfg_path = dir.path().join("c.toml");
     std::fs::write(&cfg_path, cfg).expect("config");
-    let bridge = Command::new(bin)
+    let child = Command::new(bin())
         .args(["run", "--config"])
         .arg(&cfg_path)
         .env("RUST_LOG", "warn")
@@ -222,12 +204,22 @@ async fn main() {
         .stderr(Stdio::null())
         .spawn()
         .expect("bridge");
-    let _bridge = Kill(bridge);
-    // Wait until it answers.
-    let mut ok = false;
+    Bridge {
+        _bridge: Proc {
+            child,
+            name: "bridge".into(),
+        },
+        _dir: dir,
+        _replay: replay,
+        exchange: ex,
+    }
+}
+
+/// Waits until the bridge answers a `Ping` (its action exchange declared).
+async fn wait_answering(url: &str, ex: &str) -> bool {
     for _ in 0..100 {
         let r = tokio::time::timeout(Duration::from_millis(800), async {
-            let conn = Connection::connect(&url, ConnectionProperties::default())
+            let conn = Connection::connect(url, ConnectionProperties::default())
                 .await
                 .ok()?;
             let ch = conn.create_channel().await.ok()?;
@@ -236,23 +228,33 @@ async fn main() {
                 ..Default::default()
             };
             ch.exchange_declare(
-                ex.as_str().into(),
+                ex.into(),
                 lapin::ExchangeKind::Direct,
                 passive,
                 FieldTable::default(),
             )
             .await
             .ok()?;
-            Some(drive(&url, &ex, "pbx1", 1, 1).await)
+            Some(drive(url, ex, "pbx1", 1, 1).await)
         })
         .await;
         if matches!(r, Ok(Some(_))) {
-            ok = true;
-            break;
+            return true;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert!(ok, "bridge did not answer");
+    false
+}
+
+#[tokio::main]
+async fn main() {
+    let url = url();
+    let quick = !std::env::args().any(|a| a == "--bench");
+    let (n1, n64) = if quick { (50, 500) } else { (2000, 20000) };
+
+    let bridge = start_bridge(&url);
+    let ex = bridge.exchange.clone();
+    assert!(wait_answering(&url, &ex).await, "bridge did not answer");
 
     // The echo service.
     let q = format!("bench.echo.{}", std::process::id());
@@ -284,6 +286,13 @@ async fn main() {
             rows.push((name, w, r));
         }
     }
+    summary(&rows);
+    echo.abort();
+    drop(bridge);
+}
+
+/// The targets line: bridge/echo throughput at 64 in flight, bridge p99 at 1.
+fn summary(rows: &[(&str, usize, Result)]) {
     let bridge64 = rows
         .iter()
         .find(|(n, w, _)| n.starts_with("bridge") && *w == 64)
@@ -304,5 +313,4 @@ async fn main() {
         bridge64 / echo64,
         ms(bridge1)
     );
-    echo.abort();
 }

@@ -115,10 +115,34 @@ pub struct BridgeSetup {
 
 /// A free TCP port on loopback.
 pub fn free_port() -> u16 {
+    try_free_port().expect("free port")
+}
+
+/// [`free_port`] for callers that report errors instead of panicking (the
+/// benches).
+pub fn try_free_port() -> std::io::Result<u16> {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
-        .expect("free port")
+}
+
+/// Copies the default mappings (`mappings/*.toml`) into `dir/mappings`
+/// with the exchange `ami.events` renamed to `exchange`; returns the new
+/// directory. Tests and the bridge bench use it to get an exchange of
+/// their own.
+pub fn copy_mappings(dir: &Path, exchange: &str) -> std::io::Result<PathBuf> {
+    let mappings = dir.join("mappings");
+    std::fs::create_dir(&mappings)?;
+    for e in std::fs::read_dir(repo().join("mappings"))? {
+        let p = e?.path();
+        if p.extension().is_some_and(|x| x == "toml") {
+            let t = std::fs::read_to_string(&p)?;
+            let t = t.replace("\"ami.events\"", &format!("\"{exchange}\""));
+            let name = p.file_name().ok_or(std::io::ErrorKind::InvalidInput)?;
+            std::fs::write(mappings.join(name), t)?;
+        }
+    }
+    Ok(mappings)
 }
 
 impl BridgeSetup {
@@ -128,16 +152,7 @@ impl BridgeSetup {
         let dir = tempfile::tempdir().expect("tempdir");
         let server = unique("pbx");
         let exchange = unique("ami.test.");
-        let mappings = dir.path().join("mappings");
-        std::fs::create_dir(&mappings).expect("mkdir");
-        for e in std::fs::read_dir(repo().join("mappings")).expect("mappings dir") {
-            let p = e.expect("entry").path();
-            if p.extension().is_some_and(|x| x == "toml") {
-                let t = std::fs::read_to_string(&p).expect("read mapping");
-                let t = t.replace("\"ami.events\"", &format!("\"{exchange}\""));
-                std::fs::write(mappings.join(p.file_name().expect("name")), t).expect("write");
-            }
-        }
+        let mappings = copy_mappings(dir.path(), &exchange).expect("copy the mappings");
         let metrics = format!("127.0.0.1:{}", free_port());
         let config = dir.path().join("ami2amqp.toml");
         let text = format!(
@@ -309,16 +324,9 @@ pub struct Sink {
     pub rx: tokio::sync::mpsc::UnboundedReceiver<lapin::message::Delivery>,
 }
 
-/// Declares `exchange` exactly as the bridge does (durable topic with the
-/// `ami.unroutable` alternate exchange), then `queue` (durable, or
-/// exclusive with a server-chosen name when `queue` is empty) bound to it
-/// with `binding`. Returns the queue's name.
-pub async fn bound_queue(
-    ch: &lapin::Channel,
-    exchange: &str,
-    queue: &str,
-    binding: &str,
-) -> lapin::types::ShortString {
+/// Declares `exchange` exactly as the bridge does: a durable topic
+/// exchange with the `ami.unroutable` alternate exchange.
+pub async fn declare_exchange(ch: &lapin::Channel, exchange: &str) -> lapin::Result<()> {
     let mut args = FieldTable::default();
     args.insert(
         "alternate-exchange".into(),
@@ -334,7 +342,20 @@ pub async fn bound_queue(
         args,
     )
     .await
-    .expect("declare exchange");
+}
+
+/// Declares `exchange` as [`declare_exchange`] does, then `queue` (durable, or
+/// exclusive with a server-chosen name when `queue` is empty) bound to it
+/// with `binding`. Returns the queue's name.
+pub async fn bound_queue(
+    ch: &lapin::Channel,
+    exchange: &str,
+    queue: &str,
+    binding: &str,
+) -> lapin::types::ShortString {
+    declare_exchange(ch, exchange)
+        .await
+        .expect("declare exchange");
     let q = ch
         .queue_declare(
             queue.into(),

@@ -1,0 +1,105 @@
+//! Measuring a process from outside: CPU time, context switches and memory
+//! from `/proc`, `perf` attached on request, and the bridge's HTTP
+//! endpoints (`/healthz`, `/metrics`).
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::setup::Setup;
+use crate::trace::env_or;
+
+pub(crate) fn clk_tck() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// utime + stime of a process (all its threads, dead ones included), in
+/// clock ticks.
+pub(crate) fn cpu_ticks(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+/// Context switches (voluntary + involuntary) of all live threads.
+pub(crate) fn ctx_switches(pid: u32) -> u64 {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    dir.filter_map(|e| e.ok())
+        .filter_map(|e| std::fs::read_to_string(e.path().join("status")).ok())
+        .flat_map(|st| {
+            st.lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum()
+}
+
+/// `perf record` attached to `pid` (scenario a only, with BENCH_PERF).
+pub(crate) fn start_perf(
+    s: &Setup,
+    scenario: &str,
+    side: &str,
+    pid: u32,
+) -> Option<tokio::process::Child> {
+    let prefix = s.perf.as_ref().filter(|_| scenario == "a")?;
+    tokio::process::Command::new("perf")
+        .args(env_or("BENCH_PERF_ARGS", "record -F 999").split_whitespace())
+        .args([
+            "-o",
+            &format!("{prefix}.{side}.data"),
+            "-p",
+            &pid.to_string(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()
+}
+
+pub(crate) async fn stop_perf(p: Option<tokio::process::Child>) {
+    if let Some(mut p) = p {
+        if let Some(ppid) = p.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-INT", &ppid.to_string()])
+                .status();
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(60), p.wait()).await;
+    }
+}
+
+/// A `kB` line of /proc/<pid>/status (VmHWM, VmRSS), in bytes.
+pub(crate) fn vm_bytes(pid: u32, key: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+}
+
+pub(crate) async fn http_get(addr: &str, path: &str) -> Option<String> {
+    let fut = async {
+        let mut s = TcpStream::connect(addr).await.ok()?;
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .ok()?;
+        let mut r = Vec::new();
+        s.read_to_end(&mut r).await.ok()?;
+        let r = String::from_utf8_lossy(&r).into_owned();
+        r.split_once("\r\n\r\n").map(|x| x.1.to_string())
+    };
+    tokio::time::timeout(Duration::from_secs(3), fut)
+        .await
+        .ok()
+        .flatten()
+}
