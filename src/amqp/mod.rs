@@ -1,6 +1,7 @@
 //! The RabbitMQ side: the spool every message passes through, and the
 //! publisher that drains it with publisher confirms.
 
+pub mod config;
 mod confirm;
 pub mod connect;
 pub mod publisher;

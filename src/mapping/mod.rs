@@ -7,6 +7,7 @@
 //! errors, [`router`] the compiled, indexed rules that map one event to
 //! zero or more [`Outgoing`] messages.
 
+pub mod config;
 pub mod load;
 pub mod reload;
 pub mod router;
