@@ -320,4 +320,54 @@ mod tests {
         let t = format!("{MIN}events = \"off\"\n");
         assert_eq!(parse(&t).unwrap().servers[0].events.mask(), EventMask::Off);
     }
+
+    /// Semantic errors about names, addresses and URLs point at the value
+    /// (its `toml::Spanned` position), like type errors do.
+    #[test]
+    fn semantic_errors_carry_the_value_position() {
+        let two = format!("{MIN}{MIN}");
+        let e = parse(&two).unwrap_err();
+        assert_eq!(
+            e.0,
+            "c.toml:7:8: server[1].name: server name \"pbx1\" is used twice"
+        );
+        let e = parse(&MIN.replace("127.0.0.1:5038", "pbx")).unwrap_err();
+        assert_eq!(
+            e.0,
+            "c.toml:3:11: server[0].address: \"pbx\" must be host:port (AMI listens on host:5038 by default)"
+        );
+        let t = format!("{MIN}[amqp]\nurls = [\"amqp://h/\",\n  \"http://u:pw@h/\"]\n");
+        let e = parse(&t).unwrap_err();
+        assert!(
+            e.0.starts_with("c.toml:8:3: amqp.urls[1]: cannot be used: must start with amqp://"),
+            "{e}"
+        );
+        let e = parse(&format!("{MIN}[metrics]\nlisten = \"h:0\"\n")).unwrap_err();
+        assert!(
+            e.0.starts_with("c.toml:7:10: metrics.listen: \"h:0\" has port"),
+            "{e}"
+        );
+        // Inline tables too.
+        let t = "server = [{ name = \"a\", address = \"x\", username = \"u\", secret = \"s\" }]\n";
+        let e = parse(t).unwrap_err();
+        assert!(e.0.starts_with("c.toml:1:35: server[0].address:"), "{e}");
+    }
+
+    /// `name`, `address` and `username` have no default: a server without
+    /// one is an error naming the key, with every other problem of the file.
+    #[test]
+    fn required_server_keys() {
+        let e = parse(&MIN.replace("name = \"pbx1\"\n", "")).unwrap_err();
+        assert!(e.0.contains("server[0]: missing field `name`"), "{e}");
+        let t = MIN.replace("username = \"bridge\"\n", "") + "[spool]\nmax_bytes = 0\n";
+        let e = parse(&t).unwrap_err();
+        assert!(e.0.contains("server[0]: missing field `username`"), "{e}");
+        assert!(e.0.contains("spool.max_bytes: 0 is out of range"), "{e}");
+        // Written but empty is the name rule's error, not "missing".
+        let e = parse(&MIN.replace("\"pbx1\"", "\"\"")).unwrap_err();
+        assert!(
+            e.0.starts_with("c.toml:2:8: server[0].name: server name \"\" must be"),
+            "{e}"
+        );
+    }
 }

@@ -47,3 +47,97 @@ pub fn example() -> Result<String, String> {
     render(&mut out, "[actions]", &ActionsConfig::default())?;
     Ok(out.trim_end().to_string() + "\n")
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::path::Path;
+
+    use serde::Serialize;
+
+    use super::super::doc::{Documented, serialized_keys};
+    use super::super::{Config, EventsCfg};
+    use super::*;
+
+    fn table<T: Serialize>(v: &T) -> toml::Table {
+        toml::Table::try_from(v).unwrap()
+    }
+
+    #[test]
+    fn the_example_parses_and_equals_the_defaults() {
+        let text = example().unwrap();
+        let c = Config::parse(&text, Path::new("example.toml")).unwrap();
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        assert_eq!(table(&c.amqp), table(&AmqpConfig::default()));
+        assert_eq!(table(&c.mappings), table(&MappingsConfig::default()));
+        assert_eq!(table(&c.spool), table(&SpoolSettings::default()));
+        assert_eq!(table(&c.metrics), table(&MetricsConfig::default()));
+        assert_eq!(table(&c.bridge), table(&BridgeConfig::default()));
+        assert_eq!(table(&c.status), table(&StatusConfig::default()));
+        assert_eq!(table(&c.actions), table(&ActionsConfig::default()));
+        assert_eq!(c.servers.len(), 1);
+        assert_eq!(table(&c.servers[0]), table(&example_server()));
+        // Every optional server key is at its default.
+        let mut d = table(&ServerConfig::default());
+        let mut s = table(&c.servers[0]);
+        for k in ["name", "address", "username", "secret_env"] {
+            d.remove(k);
+            s.remove(k);
+        }
+        assert_eq!(s, d);
+        // The top-level sections of the example are the Config's.
+        let top: BTreeSet<String> = serialized_keys(&Config::default())
+            .unwrap()
+            .into_iter()
+            .collect();
+        let written: BTreeSet<String> = toml::from_str::<toml::Table>(&text)
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
+        assert_eq!(top, written);
+    }
+
+    /// Every key a section serializes is a documented field, and every
+    /// field has a doc comment.
+    fn documented<T: Documented + Default>() {
+        let keys: BTreeSet<&str> = T::KEYS.iter().map(|(k, _)| *k).collect();
+        for k in serialized_keys(&T::default()).unwrap() {
+            assert!(keys.contains(k.as_str()), "{k} has no doc entry");
+        }
+        assert!(!T::DOC.trim().is_empty());
+        for (k, doc) in T::KEYS {
+            assert!(!doc.trim().is_empty(), "{k} has no doc comment");
+        }
+    }
+
+    #[test]
+    fn every_key_is_documented() {
+        documented::<AmqpConfig>();
+        documented::<ServerConfig>();
+        documented::<MappingsConfig>();
+        documented::<SpoolSettings>();
+        documented::<MetricsConfig>();
+        documented::<BridgeConfig>();
+        documented::<StatusConfig>();
+        documented::<ActionsConfig>();
+        // The keys a default does not serialize are documented too.
+        let server: Vec<&str> = ServerConfig::KEYS.iter().map(|(k, _)| *k).collect();
+        assert!(server.contains(&"secret") && server.contains(&"secret_file"));
+        assert_eq!(AmqpConfig::KEYS[0].0, "url");
+    }
+
+    #[test]
+    fn secrets_are_never_printed() {
+        let s = ServerConfig {
+            secret: Some("s3cret-value".into()),
+            events: EventsCfg::List(vec!["call".into()]),
+            ..example_server()
+        };
+        let mut out = String::new();
+        render(&mut out, "[[server]]", &s).unwrap();
+        assert!(!out.contains("s3cret-value"), "{out}");
+        assert!(out.contains("# secret = (not set)"), "{out}");
+        assert!(out.contains("events = [\"call\"]"), "{out}");
+    }
+}
