@@ -166,9 +166,9 @@ enum ConfigCommand {
     /// The values come from the code's defaults and the comments from the
     /// same text docs/config.md is checked against. One example
     /// `[[server]]` (pbx1, reading its secret from the environment variable
-    /// AMI2AMQP_PBX1_SECRET) is included: edit it, then
-    /// `ami2amqp check --config FILE` accepts the file as it is. Secrets are
-    /// never printed.
+    /// AMI2AMQP_PBX1_SECRET) is included: edit it to name your Asterisk
+    /// (or set that variable), and `ami2amqp check --config FILE` accepts
+    /// the file. Secrets are never printed.
     Example,
 }
 
