@@ -7,6 +7,12 @@
 //! server list has a default, so a minimal file is five lines (one
 //! `[[server]]` with name, address, username and secret).
 //!
+//! Each section's struct lives beside the component it configures (re-exported
+//! here), with its defaults in its one `Default` and the method that builds
+//! the component's runtime settings. [`example`] prints them all as
+//! `ami2amqp config example`, comments taken from their doc comments
+//! ([`doc`]); tests/config_docs.rs holds docs/config.md to that output.
+//!
 //! Validation happens here, before anything connects: a typo in a key is a
 //! `file:line:col` error (unknown keys are rejected, never ignored), and
 //! secrets are resolved (`secret`, `secret_file` or `secret_env`) so that a

@@ -162,3 +162,44 @@ impl ServerConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_applies_the_rules() {
+        let s = ServerConfig {
+            name: Spanned::new(1..2, "pbx1".into()),
+            address: Spanned::new(3..4, "h:5038".into()),
+            username: Spanned::new(5..6, "u".into()),
+            keepalive_s: 0,
+            action_timeout_s: 0,
+            connect_timeout_s: 0,
+            reconnect_initial_ms: 100,
+            reconnect_max_ms: 900,
+            action_connections: 3,
+            events: EventsCfg::One("off".into()),
+            ..ServerConfig::default()
+        };
+        let limits = Limits {
+            max_line: 2048,
+            ..Limits::default()
+        };
+        let spec = s.spec("sec".into(), limits, 1 << 20, 4096);
+        let c = &spec.client;
+        assert_eq!(spec.action_connections, 3);
+        assert_eq!((&*c.server, c.address.as_str()), ("pbx1", "h:5038"));
+        assert_eq!(c.credentials.secret, "sec");
+        assert_eq!(c.events, EventMask::Off);
+        // 0 disables the keepalive; the timeouts are at least a second.
+        assert_eq!(c.keepalive, Duration::ZERO);
+        assert_eq!(c.action_timeout, Duration::from_secs(1));
+        assert_eq!(c.connect_timeout, Duration::from_secs(1));
+        assert_eq!(c.backoff.initial, Duration::from_millis(100));
+        assert_eq!(c.backoff.max, Duration::from_millis(900));
+        assert_eq!(c.backoff.jitter, 0.2);
+        assert_eq!(c.limits.max_line, 2048);
+        assert_eq!((c.max_buffered_bytes, c.max_list_bytes), (1 << 20, 4096));
+    }
+}
