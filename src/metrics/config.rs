@@ -29,3 +29,16 @@ impl MetricsConfig {
         Some(self.listen.get_ref().as_str()).filter(|l| !l.is_empty())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_listen_disables_the_listener() {
+        let c = |t: &str| toml::from_str::<MetricsConfig>(t).unwrap();
+        assert_eq!(c("").listen(), Some("127.0.0.1:9187"));
+        assert_eq!(c("listen = \"\"").listen(), None);
+        assert_eq!(c("listen = \"[::1]:1\"").listen(), Some("[::1]:1"));
+    }
+}
