@@ -72,6 +72,7 @@ pub fn comment(out: &mut String, text: &str) {
 }
 
 /// The keys `value` serializes to, in no particular order.
+#[cfg(test)]
 pub fn serialized_keys<T: Serialize>(value: &T) -> Result<Vec<String>, String> {
     let t = toml::Table::try_from(value).map_err(|e| e.to_string())?;
     Ok(t.keys().cloned().collect())
