@@ -17,6 +17,8 @@
 //! spool and fsyncs it; the publisher waits (bounded) for the confirms in
 //! flight; whatever is not confirmed stays in the spool for the next start.
 
+pub(crate) mod config;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -27,9 +29,9 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::ami::{ConnState, Incoming, Pool, ServerEvent};
-use crate::amqp::publisher::{self, BrokerState, ExchangeSource, PublisherConfig};
+use crate::amqp::publisher::{self, BrokerState, ExchangeSource};
 use crate::amqp::record::Record;
-use crate::amqp::spool::{Recovered, Spool, SpoolConfig, SpoolWriter};
+use crate::amqp::spool::{Recovered, Spool, SpoolWriter};
 use crate::config::Config;
 use crate::mapping::reload::Mappings;
 use crate::mapping::router::{EventCtx, MessageProps, Outgoing, json_str, rfc3339_millis};
@@ -420,28 +422,12 @@ pub struct Bridge {
     metrics_cancel: CancellationToken,
 }
 
-/// The spool's runtime settings from the config.
-fn spool_config(cfg: &Config) -> SpoolConfig {
-    SpoolConfig {
-        dir: cfg.spool.dir.clone(),
-        max_bytes: cfg.spool.max_bytes,
-        // drop_oldest frees whole segments: keep them a quarter of the
-        // limit at most so it never throws away most of the spool at once.
-        segment_bytes: cfg
-            .spool
-            .segment_bytes
-            .min((cfg.spool.max_bytes / 4).max(64 << 10)),
-        on_full: cfg.spool.on_full,
-        fsync_interval: Duration::from_millis(cfg.spool.fsync_interval_ms),
-    }
-}
-
 /// Opens the spool (recovering a previous run's messages) and its writing
 /// end; what recovery found is logged and, once `record_recovered` is
 /// called, counted.
 fn open_spool(cfg: &Config) -> Result<(Spool, SpoolWriter, Recovered), BridgeError> {
     let (spool, recovered) =
-        Spool::open(spool_config(cfg)).map_err(|e| BridgeError(format!("spool: {e}")))?;
+        Spool::open(cfg.spool.runtime()).map_err(|e| BridgeError(format!("spool: {e}")))?;
     if recovered.records > 0 {
         tracing::info!(
             records = recovered.records,
@@ -482,12 +468,12 @@ async fn start_metrics(
         });
     }
     tokio::spawn(crate::memory::keep_trim());
-    if cfg.metrics.listen.is_empty() {
+    let Some(listen) = cfg.metrics.listen() else {
         return Ok((handle, None));
-    }
-    let l = TcpListener::bind(&cfg.metrics.listen)
+    };
+    let l = TcpListener::bind(listen)
         .await
-        .map_err(|e| BridgeError(format!("metrics listen {}: {e}", cfg.metrics.listen)))?;
+        .map_err(|e| BridgeError(format!("metrics listen {listen}: {e}")))?;
     Ok((handle, Some(l)))
 }
 
@@ -516,16 +502,8 @@ fn start_publisher(
     cancel: CancellationToken,
 ) -> (tokio::task::JoinHandle<()>, watch::Receiver<BrokerState>) {
     let (broker_tx, broker_rx) = watch::channel(BrokerState::Connecting);
-    let pub_cfg = PublisherConfig {
-        urls: cfg.amqp.urls(),
-        confirm_window: cfg.amqp.confirm_window,
-        backoff: cfg.amqp.backoff(),
-        declare_exchanges: cfg.amqp.declare_exchanges,
-        alternate_exchange: cfg.amqp.alternate_exchange.clone(),
-        shutdown_timeout: Duration::from_secs(cfg.amqp.shutdown_timeout_s),
-    };
     let task = tokio::spawn(publisher::run(
-        pub_cfg,
+        cfg.amqp.publisher(),
         spool.clone(),
         exchange_source(mappings, &cfg.status.exchange),
         broker_tx,

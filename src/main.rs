@@ -66,6 +66,7 @@ enum LogFormat {
 enum Command {
     Run(RunArgs),
     Check(CheckArgs),
+    Config(ConfigArgs),
     Map(MapArgs),
     Tail(TailArgs),
     Action(ActionArgs),
@@ -79,6 +80,7 @@ impl Command {
         match self {
             Command::Run(a) => run(a).await,
             Command::Check(a) => check(a),
+            Command::Config(a) => config(a),
             Command::Map(a) => map(a),
             Command::Tail(a) => tail(a).await,
             Command::Action(a) => action(a).await,
@@ -146,6 +148,40 @@ fn check(a: CheckArgs) -> Result<(), BoxError> {
     match ami2amqp::tools::check(a.config.as_deref(), &a.mappings, &mut out) {
         0 => Ok(()),
         _ => Err("invalid configuration or mappings (see above)".into()),
+    }
+}
+
+/// Print configuration files generated from the code.
+#[derive(Args, Debug)]
+struct ConfigArgs {
+    #[command(subcommand)]
+    what: ConfigCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCommand {
+    /// Print a complete, commented config file: every key at its default
+    /// value, each with its description.
+    ///
+    /// The values come from the code's defaults and the comments from the
+    /// same text docs/config.md is checked against. One example
+    /// `[[server]]` (pbx1, reading its secret from the environment variable
+    /// AMI2AMQP_PBX1_SECRET) is included: edit it to name your Asterisk
+    /// (or set that variable), and `ami2amqp check --config FILE` accepts
+    /// the file. Secrets are never printed.
+    Example,
+}
+
+fn config(a: ConfigArgs) -> Result<(), BoxError> {
+    match a.what {
+        ConfigCommand::Example => {
+            let text = ami2amqp::config::example()?;
+            let mut out = std::io::stdout().lock();
+            match out.write_all(text.as_bytes()) {
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+                r => Ok(r?),
+            }
+        }
     }
 }
 

@@ -17,6 +17,8 @@
 //! Label values come from bounded sets; for the one label AMI input
 //! decides, the event name, [`EventCounters`] maps names to labels.
 
+pub(crate) mod config;
+
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 

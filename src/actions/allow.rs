@@ -38,7 +38,7 @@ pub const ANONYMOUS: &str = "anonymous";
 pub const RESERVED: &[&str] = &["login", "logoff", "challenge", "events"];
 
 /// One `[[actions.allow]]` entry as written in the config.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AllowEntry {
     /// The AMQP user (`user_id`), `anonymous`, or `*` for any user.

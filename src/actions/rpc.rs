@@ -47,7 +47,7 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ExchangeKind};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -59,91 +59,59 @@ use crate::ami::{Pool, PoolError};
 use crate::amqp::connect::{Reconnect, close_bounded, connect};
 use crate::amqp::publisher::short;
 use crate::backoff::Backoff;
+use crate::config::doc::documented;
 use crate::config::redact_url;
 use crate::logs::{Throttle, clip};
 
-/// `[actions]` in the config file (docs/actions.md).
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ActionsConfig {
-    /// Consume action requests at all.
-    #[serde(default = "d_true")]
-    pub enabled: bool,
-    #[serde(default = "d_exchange")]
-    pub exchange: String,
-    /// Per-server queues are `<queue_prefix><server>`.
-    #[serde(default = "d_prefix")]
-    pub queue_prefix: String,
-    #[serde(default = "d_unrouted")]
-    pub unrouted: String,
-    #[serde(default = "d_expired")]
-    pub expired: String,
-    /// Timeout of an action when the request sets none.
-    #[serde(default = "d_timeout")]
-    pub default_timeout_ms: u64,
-    /// The longest timeout a request may ask for (`_timeout_ms` or
-    /// `expiration`); longer ones are cut to this.
-    #[serde(default = "d_max_timeout")]
-    pub max_timeout_ms: u64,
-    /// Requests handled at once per queue.
-    #[serde(default = "d_prefetch")]
-    pub prefetch: u16,
-    /// Requests one user may have running at once (all servers together);
-    /// more are answered `busy` at once.
-    #[serde(default = "d_per_user")]
-    pub max_in_flight_per_user: usize,
-    /// The largest reply body; a larger one (a long event list) is answered
-    /// `too_large`. Keep it below the broker's `max_message_size`.
-    #[serde(default = "d_max_reply")]
-    pub max_reply_bytes: usize,
-    #[serde(default)]
-    pub allow: Vec<AllowEntry>,
-}
-
-fn d_true() -> bool {
-    true
-}
-fn d_exchange() -> String {
-    "ami.actions".into()
-}
-fn d_prefix() -> String {
-    "ami.actions.".into()
-}
-fn d_unrouted() -> String {
-    "ami.actions.unrouted".into()
-}
-fn d_expired() -> String {
-    "ami.actions.expired".into()
-}
-fn d_timeout() -> u64 {
-    10_000
-}
-fn d_max_timeout() -> u64 {
-    60_000
-}
-fn d_prefetch() -> u16 {
-    64
-}
-fn d_per_user() -> usize {
-    16
-}
-fn d_max_reply() -> usize {
-    16 * 1024 * 1024
+documented! {
+    /// The action path (AMQP -> AMI): docs/actions.md. The allow-list is
+    /// deny-by-default: with no [[actions.allow]] entry every request is
+    /// answered `forbidden`.
+    #[derive(Debug, Deserialize, Serialize)]
+    #[serde(default, deny_unknown_fields)]
+    pub struct ActionsConfig {
+        /// Consume action requests at all.
+        pub enabled: bool,
+        /// The exchange applications send action requests to.
+        pub exchange: String,
+        /// Per-server queues are <queue_prefix><server>.
+        pub queue_prefix: String,
+        /// Alternate exchange + queue for requests naming an unknown server.
+        pub unrouted: String,
+        /// Dead-letter exchange + queue for requests that expired unread.
+        pub expired: String,
+        /// Timeout of an action when the request sets none, in milliseconds.
+        pub default_timeout_ms: u64,
+        /// The longest timeout a request may ask for (`_timeout_ms` or
+        /// `expiration`); longer ones are cut to this.
+        pub max_timeout_ms: u64,
+        /// Requests handled at once per queue.
+        pub prefetch: u16,
+        /// Requests one user may have running at once (all servers together);
+        /// more are answered `busy` at once.
+        pub max_in_flight_per_user: usize,
+        /// The largest reply body; a larger one (a long event list) is answered
+        /// `too_large`. Keep it below the broker's `max_message_size`.
+        pub max_reply_bytes: usize,
+        /// Who may run which action where: [[actions.allow]] entries
+        /// (docs/actions.md); none by default.
+        pub allow: Vec<AllowEntry>,
+    }
 }
 
 impl Default for ActionsConfig {
     fn default() -> Self {
         ActionsConfig {
             enabled: true,
-            exchange: d_exchange(),
-            queue_prefix: d_prefix(),
-            unrouted: d_unrouted(),
-            expired: d_expired(),
-            default_timeout_ms: d_timeout(),
-            max_timeout_ms: d_max_timeout(),
-            prefetch: d_prefetch(),
-            max_in_flight_per_user: d_per_user(),
-            max_reply_bytes: d_max_reply(),
+            exchange: "ami.actions".into(),
+            queue_prefix: "ami.actions.".into(),
+            unrouted: "ami.actions.unrouted".into(),
+            expired: "ami.actions.expired".into(),
+            default_timeout_ms: 10_000,
+            max_timeout_ms: 60_000,
+            prefetch: 64,
+            max_in_flight_per_user: 16,
+            max_reply_bytes: 16 * 1024 * 1024,
             allow: Vec::new(),
         }
     }

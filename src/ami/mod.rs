@@ -11,6 +11,7 @@
 //! names [`codec`] and [`message`], so the rest of the crate says
 //! `crate::ami::Message` whichever crate defines it.
 
+pub(crate) mod config;
 pub(crate) mod documented;
 
 /// The framing, from `ami-proto`.
@@ -34,4 +35,5 @@ pub use client::{
     ActionError, ActionResult, Backoff, Client, ClientConfig, ConnState, Incoming, ServerEvent,
 };
 pub(crate) mod pool;
+pub use config::{EventsCfg, ServerConfig};
 pub use pool::{Pool, PoolError, ServerSpec};

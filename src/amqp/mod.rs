@@ -1,6 +1,7 @@
 //! The RabbitMQ side: the spool every message passes through, and the
 //! publisher that drains it with publisher confirms.
 
+pub(crate) mod config;
 mod confirm;
 pub(crate) mod connect;
 pub(crate) mod publisher;

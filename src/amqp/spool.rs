@@ -92,8 +92,10 @@ use tokio::sync::Notify;
 use super::scan::{self, HEADER, MAX_RECORD};
 use super::syncer::Syncer;
 
-use crate::config::OnFull;
 use crate::logs::Throttle;
+
+mod config;
+pub use config::{OnFull, SpoolSettings};
 
 /// Spool settings.
 #[derive(Clone, Debug)]

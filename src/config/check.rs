@@ -16,8 +16,11 @@
 use std::fmt::Display;
 use std::path::Path;
 
-use super::Config;
+use toml::Spanned;
+
 use super::amqp_url::parse_amqp_url;
+use super::{Config, ServerConfig};
+use crate::ami::config::is_written;
 
 /// A problem at a key path such as `bridge.max_line_bytes` or
 /// `server[1].name`.
@@ -25,6 +28,9 @@ use super::amqp_url::parse_amqp_url;
 pub struct Problem {
     pub key: String,
     pub msg: String,
+    /// The byte offset of the value in the file, when the value carries
+    /// its position (`toml::Spanned`); otherwise [`locate`] finds it.
+    pub at: Option<usize>,
 }
 
 #[derive(Debug, Default)]
@@ -46,6 +52,17 @@ impl Findings {
         self.errors.push(Problem {
             key: key.into(),
             msg: msg.into(),
+            at: None,
+        });
+    }
+
+    /// An error about a value that knows where it was written (nothing
+    /// when it was not written: a default has no position).
+    fn err_at<T>(&mut self, key: impl Into<String>, v: &Spanned<T>, msg: impl Into<String>) {
+        self.errors.push(Problem {
+            key: key.into(),
+            msg: msg.into(),
+            at: is_written(v).then(|| v.span().start),
         });
     }
 
@@ -53,6 +70,7 @@ impl Findings {
         self.warnings.push(Problem {
             key: key.into(),
             msg: msg.into(),
+            at: None,
         });
     }
 
@@ -105,66 +123,99 @@ fn servers(cfg: &Config, f: &mut Findings) {
     let mut seen = std::collections::HashSet::new();
     for (i, s) in cfg.servers.iter().enumerate() {
         let k = |key: &str| format!("server[{i}].{key}");
-        server_name(cfg, &k("name"), &s.name, f);
-        if !s.name.is_empty() && !seen.insert(s.name.as_str()) {
-            f.err(k("name"), format!("server name {:?} is used twice", s.name));
+        if !required(s, i, f) {
+            continue;
         }
-        if let Err(e) = host_port(&s.address) {
-            f.err(
+        server_name(cfg, &k("name"), &s.name, f);
+        if !s.name().is_empty() && !seen.insert(s.name()) {
+            f.err_at(
+                k("name"),
+                &s.name,
+                format!("server name {:?} is used twice", s.name()),
+            );
+        }
+        if let Err(e) = host_port(s.address.get_ref()) {
+            f.err_at(
                 k("address"),
+                &s.address,
                 format!(
                     "\"{}\" {e} (AMI listens on host:5038 by default)",
-                    crate::logs::clip(&s.address)
+                    crate::logs::clip(s.address.get_ref())
                 ),
             );
         }
-        if s.username.is_empty() || s.username.chars().any(char::is_control) {
-            f.err(
+        let user = s.username.get_ref();
+        if user.is_empty() || user.chars().any(char::is_control) {
+            f.err_at(
                 k("username"),
+                &s.username,
                 "must be non-empty, without control characters",
             );
         }
         server_secret(s, &k, f);
-        f.range(
-            &k("action_connections"),
-            s.action_connections,
-            0,
-            16,
-            "0: the event connection carries actions",
-        );
-        f.range(
-            &k("keepalive_s"),
-            s.keepalive_s,
-            0,
-            3600,
-            "0 disables the keepalive Ping",
-        );
-        f.range(
-            &k("action_timeout_s"),
-            s.action_timeout_s,
-            1,
-            3600,
-            "seconds",
-        );
-        f.range(
-            &k("connect_timeout_s"),
-            s.connect_timeout_s,
-            1,
-            300,
-            "seconds",
-        );
-        reconnect(&k(""), s.reconnect_initial_ms, s.reconnect_max_ms, f);
+        server_numbers(s, &k, f);
     }
 }
 
+/// `name`, `address` and `username` have no default: each must be
+/// written (false when one is missing).
+fn required(s: &ServerConfig, i: usize, f: &mut Findings) -> bool {
+    let mut ok = true;
+    for (key, v) in [
+        ("name", &s.name),
+        ("address", &s.address),
+        ("username", &s.username),
+    ] {
+        if !is_written(v) {
+            f.err(format!("server[{i}]"), format!("missing field `{key}`"));
+            ok = false;
+        }
+    }
+    ok
+}
+
+fn server_numbers(s: &ServerConfig, k: &dyn Fn(&str) -> String, f: &mut Findings) {
+    f.range(
+        &k("action_connections"),
+        s.action_connections,
+        0,
+        16,
+        "0: the event connection carries actions",
+    );
+    f.range(
+        &k("keepalive_s"),
+        s.keepalive_s,
+        0,
+        3600,
+        "0 disables the keepalive Ping",
+    );
+    f.range(
+        &k("action_timeout_s"),
+        s.action_timeout_s,
+        1,
+        3600,
+        "seconds",
+    );
+    f.range(
+        &k("connect_timeout_s"),
+        s.connect_timeout_s,
+        1,
+        300,
+        "seconds",
+    );
+    reconnect(&k(""), s.reconnect_initial_ms, s.reconnect_max_ms, f);
+}
+
 /// A server name is a routing-key word and part of queue names.
-fn server_name(cfg: &Config, key: &str, name: &str, f: &mut Findings) {
+fn server_name(cfg: &Config, key: &str, spanned: &Spanned<String>, f: &mut Findings) {
+    let name = spanned.get_ref().as_str();
     let ok_chars = name
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
     if name.is_empty() || name.len() > MAX_SERVER_NAME || !ok_chars {
-        f.err(
+        f.err_at(
             key,
+            spanned,
             format!(
                 "server name \"{}\" must be 1 to {MAX_SERVER_NAME} characters of A-Z, a-z, 0-9, '-' and '_' (it is a routing-key word and part of queue names)",
                 crate::logs::clip(name)
@@ -174,21 +225,23 @@ fn server_name(cfg: &Config, key: &str, name: &str, f: &mut Findings) {
     }
     let queue = cfg.actions.queue_prefix.len() + name.len();
     if queue > SHORTSTR {
-        f.err(
+        f.err_at(
             key,
+            spanned,
             format!("the action queue name (actions.queue_prefix + name) would be {queue} bytes: AMQP names are at most {SHORTSTR}"),
         );
     }
     let status = cfg.status.routing_key.replace("{server}", name).len();
     if status > SHORTSTR {
-        f.err(
+        f.err_at(
             key,
+            spanned,
             format!("the status routing key (status.routing_key) would be {status} bytes: at most {SHORTSTR}"),
         );
     }
 }
 
-fn server_secret(s: &super::Server, k: &dyn Fn(&str) -> String, f: &mut Findings) {
+fn server_secret(s: &ServerConfig, k: &dyn Fn(&str) -> String, f: &mut Findings) {
     let n = [
         s.secret.is_some(),
         s.secret_file.is_some(),
@@ -202,7 +255,7 @@ fn server_secret(s: &super::Server, k: &dyn Fn(&str) -> String, f: &mut Findings
             k("secret"),
             format!(
                 "server {:?}: set exactly one of `secret`, `secret_file`, `secret_env`",
-                s.name
+                s.name()
             ),
         );
     }
@@ -268,10 +321,11 @@ fn amqp(cfg: &Config, f: &mut Findings) {
         .enumerate()
         .map(|(i, u)| (format!("amqp.urls[{i}]"), u));
     for (key, u) in urls.chain(list) {
-        if let Err(e) = parse_amqp_url(u) {
-            f.err(
+        if let Err(e) = parse_amqp_url(u.get_ref()) {
+            f.err_at(
                 key,
-                format!("cannot be used: {e} ({})", super::redact_url(u)),
+                u,
+                format!("cannot be used: {e} ({})", super::redact_url(u.get_ref())),
             );
         }
     }
@@ -337,12 +391,12 @@ fn spool(cfg: &Config, f: &mut Findings) {
 }
 
 fn others(cfg: &Config, f: &mut Findings) {
-    let l = &cfg.metrics.listen;
-    if !l.is_empty()
+    if let Some(l) = cfg.metrics.listen()
         && let Err(e) = host_port(l)
     {
-        f.err(
+        f.err_at(
             "metrics.listen",
+            &cfg.metrics.listen,
             format!(
                 "\"{}\" {e} (\"\" disables the listener)",
                 crate::logs::clip(l)

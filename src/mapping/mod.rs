@@ -7,6 +7,7 @@
 //! errors, [`router`] the compiled, indexed rules that map one event to
 //! zero or more [`Outgoing`] messages.
 
+pub(crate) mod config;
 pub(crate) mod load;
 pub(crate) mod reload;
 pub(crate) mod router;

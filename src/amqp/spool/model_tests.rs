@@ -26,7 +26,6 @@ use std::time::Duration;
 use proptest::prelude::*;
 
 use super::*;
-use crate::config::OnFull;
 
 #[derive(Debug, Clone)]
 enum Op {
