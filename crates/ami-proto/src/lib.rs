@@ -7,7 +7,8 @@
 //! Asterisk's own request limits, [`check_request`]), the login messages
 //! with the MD5 challenge key ([`login_action`], [`md5_key`]), the
 //! `Events:` mask and event classes as Asterisk reads them ([`EventMask`]),
-//! and decoding a whole buffer at once ([`decode_all`], [`DecodeAll`]).
+//! the event lists that answer list actions ([`EventLists`]), and decoding
+//! a whole buffer at once ([`decode_all`], [`DecodeAll`]).
 //!
 //! What is not: sockets, timeouts, reconnects, action correlation, logging
 //! and metrics. Those belong to the programs that speak AMI (the bridge's
@@ -38,6 +39,7 @@
 mod codec;
 mod events;
 mod limits;
+mod lists;
 mod login;
 mod message;
 mod whole;
@@ -45,6 +47,7 @@ mod whole;
 pub use codec::{AmiCodec, BANNER_PREFIX, Frame, Malformed, MalformedKind};
 pub use events::{ALL_CLASSES, CLASSES, EventMask, mask_allows, privilege_bits};
 pub use limits::{Limits, REQUEST_MAX_LINE, REQUEST_MAX_LINES, RequestError, check_request};
+pub use lists::{EventLists, ListStep};
 pub use login::{LoginProof, challenge_action, login_action, md5_key};
 pub use message::{Kind, Message, MessageBuilder, bytes_to_text};
 pub use whole::{DecodeAll, decode_all};
