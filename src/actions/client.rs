@@ -60,7 +60,7 @@ pub async fn call(
     timeout: Duration,
     user_id: Option<&str>,
 ) -> Result<Value, String> {
-    let conn = connect_cli(url).await?;
+    let conn = connect_cli(url).await.map_err(|e| e.to_string())?;
     let ch = conn.create_channel().await.map_err(|e| e.to_string())?;
     let mut replies = ch
         .basic_consume(

@@ -53,6 +53,7 @@ use super::codec::{AmiCodec, Frame, Limits, Malformed};
 use super::login::{Credentials, EventMask, LoginError, login_within};
 use super::message::{Kind, Message, MessageBuilder};
 use crate::logs::{Throttle, clip, clip_bytes};
+use ami_proto::{EventLists, ListStep};
 
 pub use crate::backoff::Backoff;
 
@@ -364,6 +365,32 @@ impl Pending {
     }
 }
 
+/// The actions sent and not yet answered, by ActionID, and which of them
+/// have an event list open.
+#[derive(Default)]
+struct Waiting {
+    actions: HashMap<String, Pending>,
+    lists: EventLists,
+}
+
+impl Waiting {
+    fn get_mut(&mut self, id: &str) -> Option<&mut Pending> {
+        self.actions.get_mut(id)
+    }
+
+    /// Forgets the actions whose caller gave up (timed out).
+    fn forget_abandoned(&mut self) {
+        let lists = &mut self.lists;
+        self.actions.retain(|id, p| {
+            let keep = !p.reply.is_closed();
+            if !keep {
+                lists.close(id.as_bytes());
+            }
+            keep
+        });
+    }
+}
+
 /// Owns the connection across reconnects.
 struct Supervisor {
     config: Arc<ClientConfig>,
@@ -426,8 +453,8 @@ type AmiFramed = Framed<TcpStream, AmiCodec>;
 /// The state of one logged-in session.
 #[derive(Default)]
 struct SessionState {
-    /// Actions sent and not yet answered, by ActionID.
-    pending: HashMap<String, Pending>,
+    /// Actions sent and not yet answered.
+    pending: Waiting,
     /// The keepalive Ping waiting for its answer: ActionID, when sent.
     ping: Option<(String, Instant)>,
     /// The "budget full" error was logged for the current episode.
@@ -626,7 +653,7 @@ impl Supervisor {
         };
 
         let server = self.config.server.to_string();
-        for (_, p) in st.pending.drain() {
+        for (_, p) in st.pending.actions.drain() {
             let _ = p
                 .reply
                 .send(Err(ActionError::ConnectionLost(server.clone())));
@@ -738,7 +765,7 @@ impl Supervisor {
                     let _ = reply.send(Err(ActionError::ConnectionLost(server)));
                     return Err(e);
                 }
-                st.pending.insert(id, Pending::new(reply));
+                st.pending.actions.insert(id, Pending::new(reply));
             }
             if let Ok(Command::Action { message, reply }) = self.commands.try_recv() {
                 next = Some((message, reply));
@@ -770,14 +797,14 @@ impl Supervisor {
             }
             st.ping = Some((id, Instant::now()));
         }
-        st.pending.retain(|_, p| !p.reply.is_closed());
+        st.pending.forget_abandoned();
         ControlFlow::Continue(())
     }
 
     /// Counts and logs (rate-limited) input the decoder gave up on, and
     /// answers the action it was the response to (if any) with an error
     /// rather than letting it wait for its timeout.
-    fn malformed(&self, error: &Malformed, pending: &mut HashMap<String, Pending>) {
+    fn malformed(&self, error: &Malformed, pending: &mut Waiting) {
         static MALFORMED: Throttle = Throttle::new(Duration::from_secs(10));
         metrics::counter!("ami_parse_errors_total", "server" => self.config.server.to_string())
             .increment(1);
@@ -830,44 +857,52 @@ impl Supervisor {
     fn dispatch(
         &self,
         m: Message,
-        pending: &mut HashMap<String, Pending>,
+        pending: &mut Waiting,
         ping: &mut Option<(String, Instant)>,
     ) -> Option<Incoming> {
         let kind = m.kind();
-        if (kind == Kind::Response || kind == Kind::Event)
-            && let Some(id) = m.action_id()
-        {
-            if ping.as_ref().is_some_and(|(p, _)| *p == *id) {
-                *ping = None;
-                return None;
-            }
-            if let Some(p) = pending.get_mut(id.as_ref()) {
-                let id = id.into_owned();
-                if kind == Kind::Response && p.response.is_none() {
-                    let is_list = m
-                        .get("EventList")
-                        .is_some_and(|v| v.eq_ignore_ascii_case("start"));
-                    let failed = m
-                        .get("Response")
-                        .is_some_and(|v| v.eq_ignore_ascii_case("Error"));
-                    p.response = Some(m);
-                    if !is_list || failed {
-                        finish(pending, &id);
-                    }
-                    return None;
-                }
-                if kind == Kind::Event {
-                    let complete = m
-                        .get("EventList")
-                        .is_some_and(|v| v.eq_ignore_ascii_case("Complete"));
-                    p.add_event(m, self.config.max_list_bytes);
-                    if complete {
-                        finish(pending, &id);
-                    }
-                    return None;
-                }
-            }
+        let id = match m.action_id() {
+            Some(id) if kind == Kind::Response || kind == Kind::Event => id.into_owned(),
+            _ => return self.unanswered(m, kind),
+        };
+        if ping.as_ref().is_some_and(|(p, _)| *p == id) {
+            *ping = None;
+            return None;
         }
+        let m = self.answer(m, kind, &id, pending)?;
+        self.unanswered(m, kind)
+    }
+
+    /// Gives a response or event carrying a pending action's `ActionID` to
+    /// that action (the response, then the events of its list, if it
+    /// opened one); returns the message when it is nobody's answer.
+    fn answer(&self, m: Message, kind: Kind, id: &str, pending: &mut Waiting) -> Option<Message> {
+        let Some(p) = pending.actions.get_mut(id) else {
+            return Some(m);
+        };
+        match kind {
+            Kind::Response if p.response.is_none() => {
+                let opened = matches!(pending.lists.observe(&m), ListStep::Opened(_));
+                p.response = Some(m);
+                if !opened {
+                    finish(pending, id);
+                }
+            }
+            Kind::Event => {
+                let last = matches!(pending.lists.observe(&m), ListStep::Item { last: true, .. });
+                p.add_event(m, self.config.max_list_bytes);
+                if last {
+                    finish(pending, id);
+                }
+            }
+            _ => return Some(m),
+        }
+        None
+    }
+
+    /// A message that answers no pending action: out as an event, or
+    /// counted as ignored.
+    fn unanswered(&self, m: Message, kind: Kind) -> Option<Incoming> {
         match kind {
             Kind::Event => Some(self.event(m, Instant::now(), SystemTime::now())),
             _ => {
@@ -878,8 +913,10 @@ impl Supervisor {
     }
 }
 
-fn finish(pending: &mut HashMap<String, Pending>, id: &str) {
-    if let Some(p) = pending.remove(id)
+/// Answers the action `id` (when its response came) and forgets it.
+fn finish(pending: &mut Waiting, id: &str) {
+    pending.lists.close(id.as_bytes());
+    if let Some(p) = pending.actions.remove(id)
         && let Some(response) = p.response
     {
         let _ = p.reply.send(Ok(ActionResult {

@@ -91,14 +91,26 @@ pub const CLI_CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// [`connect`] for the command-line tools: the error names the (redacted)
 /// URL, as `cannot connect to amqp://user:***@host:5672/%2F: …`.
-pub async fn connect_cli(url: &str) -> Result<Connection, String> {
-    connect(url, CLI_CONNECT_TIMEOUT).await.map_err(|e| {
-        let why = match &e {
-            AmqpError::Connect(l) => l.to_string(),
-            other => other.to_string(),
-        };
-        format!("cannot connect to {}: {why}", redact_url(url))
-    })
+pub async fn connect_cli(url: &str) -> Result<Connection, CliConnectError> {
+    connect(url, CLI_CONNECT_TIMEOUT)
+        .await
+        .map_err(|source| CliConnectError {
+            url: redact_url(url),
+            source,
+        })
+}
+
+/// A command-line tool could not connect; the text names the redacted URL
+/// and, for a refused connection, lapin's reason alone.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot connect to {url}: {}", match source {
+    AmqpError::Connect(l) => l.to_string(),
+    other => other.to_string(),
+})]
+pub struct CliConnectError {
+    /// The URL, redacted.
+    url: String,
+    source: AmqpError,
 }
 
 /// Closes `conn` with `reason`, waiting at most `limit`: lapin may never

@@ -43,7 +43,11 @@ fn list(id: &str, items: usize, upper: bool) -> Vec<(Message, Role)> {
     )];
     for i in 0..items {
         let n = i.to_string();
-        let m = Message::from_pairs([("Event", "CoreShowChannel"), ("ActionID", id), ("N", n.as_str())]);
+        let m = Message::from_pairs([
+            ("Event", "CoreShowChannel"),
+            ("ActionID", id),
+            ("N", n.as_str()),
+        ]);
         v.push((m, Role::Item(id.to_string())));
     }
     v.push((
@@ -82,7 +86,9 @@ fn interleave(mut queues: Vec<Vec<(Message, Role)>>, picks: &[usize]) -> Vec<(Me
     let mut out = Vec::new();
     let mut picks = picks.iter().copied().chain(std::iter::repeat(0));
     loop {
-        let live: Vec<usize> = (0..queues.len()).filter(|&i| !queues[i].is_empty()).collect();
+        let live: Vec<usize> = (0..queues.len())
+            .filter(|&i| !queues[i].is_empty())
+            .collect();
         if live.is_empty() {
             return out;
         }
