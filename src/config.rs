@@ -20,8 +20,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::ami::{AuthType, ClientConfig, Credentials, EventMask, Limits, ServerSpec};
-use crate::backoff::Backoff;
-use crate::mapping::load::line_col;
+use crate::support::backoff::Backoff;
+use crate::support::text::line_col;
 
 mod amqp_url;
 pub mod check;

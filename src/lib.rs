@@ -7,12 +7,12 @@
 pub mod actions;
 pub mod ami;
 pub mod amqp;
-pub mod backoff;
 pub mod bridge;
 pub mod config;
 pub mod logs;
 pub mod mapping;
 pub mod memory;
 pub mod metrics;
+pub mod support;
 pub mod tools;
 pub mod trace;

@@ -423,3 +423,45 @@ pub async fn tail(
     close_bounded(&conn, "bye", CLI_CLOSE_TIMEOUT).await;
     Ok(n)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn tail_says_which_step_failed_with_the_url_redacted() {
+        // A port nothing listens on: bind one, note it, close it.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let url = format!("amqp://guest:s3cret@127.0.0.1:{port}/%2f");
+        let mut out = Vec::new();
+        let e = tail(&url, "x", &[], false, Some(1), None, &mut out)
+            .await
+            .expect_err("nothing listens");
+        assert!(matches!(e, TailError::Connect(_)), "{e:?}");
+        let text = e.to_string();
+        let want = format!("cannot connect to amqp://guest:***@127.0.0.1:{port}/");
+        assert!(text.starts_with(&want), "{text}");
+        assert!(!text.contains("s3cret"), "{text}");
+    }
+
+    #[test]
+    fn map_names_the_trace_it_cannot_read_and_keeps_the_io_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let missing = dir.path().join("none.ami");
+        let mappings = [PathBuf::from("mappings")];
+        let e = map_traces(&mappings, "pbx", std::slice::from_ref(&missing), |_| Ok(()))
+            .expect_err("no such trace");
+        let MapError::Trace { path, source } = &e else {
+            panic!("{e:?}")
+        };
+        assert_eq!(path, &missing);
+        assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
+        assert!(
+            e.to_string().starts_with(&missing.display().to_string()),
+            "{e}"
+        );
+    }
+}

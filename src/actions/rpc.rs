@@ -58,9 +58,9 @@ use crate::ami::client::ActionError;
 use crate::ami::{Pool, PoolError};
 use crate::amqp::connect::{AmqpError, Reconnect, close_bounded, connect};
 use crate::amqp::publisher::short;
-use crate::backoff::Backoff;
 use crate::config::redact_url;
 use crate::logs::{Throttle, clip};
+use crate::support::backoff::Backoff;
 
 /// `[actions]` in the config file (docs/actions.md).
 #[derive(Debug, Deserialize)]
@@ -698,4 +698,30 @@ fn action_error(server: &str, req: &Request, e: ActionError, inst: &str) -> Repl
         ActionError::ConnectionLost(_) | ActionError::Stopped => (ErrorKind::Unavailable, true),
     };
     Reply::error(server, Some(req), kind, e.to_string(), inst).ran(ran)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_errors_are_typed_and_keep_the_health_texts() {
+        let e = SessionError::from(AmqpError::ConnectTimeout);
+        assert_eq!(e.to_string(), "connect timed out");
+        let io: lapin::Error = std::io::Error::other("reset").into();
+        let e = SessionError::from(AmqpError::op("declare q")(io));
+        assert!(
+            matches!(&e, SessionError::Amqp(AmqpError::Op { .. })),
+            "{e:?}"
+        );
+        assert!(e.to_string().starts_with("declare q: "), "{e}");
+        assert_eq!(
+            SessionError::ReplyChannelBroken.to_string(),
+            "replies cannot be published (reply channel broken)"
+        );
+        assert_eq!(
+            SessionError::ConsumersCancelled.to_string(),
+            "consumers cancelled"
+        );
+    }
 }

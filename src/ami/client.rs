@@ -55,7 +55,7 @@ use super::message::{Kind, Message, MessageBuilder};
 use crate::logs::{Throttle, clip, clip_bytes};
 use ami_proto::{EventLists, ListStep};
 
-pub use crate::backoff::Backoff;
+pub use crate::support::backoff::Backoff;
 
 /// Everything one connection needs to know.
 #[derive(Clone, Debug)]
@@ -533,27 +533,38 @@ impl Supervisor {
                 reason: reason.clone(),
             });
             let delay = self.config.backoff.delay(attempt.saturating_sub(1));
-            let sleep = tokio::time::sleep(delay);
-            tokio::pin!(sleep);
-            // While waiting, actions fail fast instead of queueing.
-            loop {
-                tokio::select! {
-                    _ = &mut sleep => break,
-                    _ = self.cancel.cancelled() => break,
-                    Some(permit) = reserve(&self.events), if !self.queue.items.is_empty() => {
-                        self.queue.send_one(permit);
+            self.wait_to_reconnect(delay).await;
+        }
+        self.stop().await;
+    }
+
+    /// Waits `delay` (or until cancelled) before the next connect, still
+    /// handing queued events to the consumer; actions fail fast meanwhile
+    /// instead of queueing.
+    async fn wait_to_reconnect(&mut self, delay: Duration) {
+        let sleep = tokio::time::sleep(delay);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                _ = &mut sleep => break,
+                _ = self.cancel.cancelled() => break,
+                Some(permit) = reserve(&self.events), if !self.queue.items.is_empty() => {
+                    self.queue.send_one(permit);
+                }
+                cmd = self.commands.recv() => match cmd {
+                    Some(Command::Action { reply, .. }) => {
+                        let _ = reply.send(Err(ActionError::Unavailable(self.config.server.to_string())));
                     }
-                    cmd = self.commands.recv() => match cmd {
-                        Some(Command::Action { reply, .. }) => {
-                            let _ = reply.send(Err(ActionError::Unavailable(self.config.server.to_string())));
-                        }
-                        None => { self.cancel.cancel(); break; }
-                    }
+                    None => { self.cancel.cancel(); break; }
                 }
             }
         }
+    }
+
+    /// The end: delivers what is queued (the consumer may be slow, not
+    /// gone) and fails whatever actions are still queued.
+    async fn stop(&mut self) {
         self.set_state(ConnState::Stopped);
-        // Deliver what is queued (the consumer may be slow, not gone).
         if let Some(tx) = &self.events {
             for item in self.queue.items.drain(..) {
                 if tx.send(item).await.is_err() {
@@ -561,7 +572,6 @@ impl Supervisor {
                 }
             }
         }
-        // Fail whatever actions are still queued.
         self.commands.close();
         while let Ok(Command::Action { reply, .. }) = self.commands.try_recv() {
             let _ = reply.send(Err(ActionError::Stopped));

@@ -16,8 +16,8 @@ use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::{Connection, ConnectionProperties, ErrorKind};
 
 use super::publisher::short;
-use crate::backoff::Backoff;
 use crate::config::redact_url;
+use crate::support::backoff::Backoff;
 
 /// Why talking to the broker failed; the texts are the log/health texts.
 #[derive(Debug, thiserror::Error)]

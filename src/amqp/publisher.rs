@@ -56,7 +56,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
@@ -73,9 +73,10 @@ use super::confirm::{Advance, ConfirmWindow, Confirmation, Id, Resolved};
 use super::connect::{AmqpError, Reconnect, close_bounded, connect};
 use super::record::Record;
 use super::spool::{ReadRecord, Spool};
-use crate::backoff::Backoff;
 use crate::config::redact_url;
 use crate::mapping::schema::ExchangeType;
+use crate::support::backoff::Backoff;
+use crate::support::time::now_unix_micros;
 
 /// How often a waiting session checks that its connection is still alive.
 pub const WATCHDOG: Duration = Duration::from_millis(250);
@@ -300,13 +301,6 @@ fn broken(conn: &Connection, ch: &Channel) -> Option<String> {
         return Some(format!("the AMQP channel is {state}"));
     }
     None
-}
-
-fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
 }
 
 impl Publisher {
@@ -608,7 +602,7 @@ impl Publisher {
             Ok(lapin::Confirmation::Nack(_)) => Confirmation::Nack,
             Err(e) => return Err(SessionEnd::Failed(format!("confirm: {e}"))),
         };
-        let now = now_us();
+        let now = now_unix_micros();
         let latency = &s.latency;
         let resolved = s.window.resolve(id, answer, |sent| {
             latency.record(now.saturating_sub(sent.received_at_us) as f64 / 1e6);
@@ -740,7 +734,7 @@ impl Publisher {
         for (end, rec) in recs {
             let Some(rec) = rec else {
                 let sent = Sent {
-                    received_at_us: now_us(),
+                    received_at_us: now_unix_micros(),
                     exchange: Arc::from(""),
                 };
                 let latency = &s.latency;

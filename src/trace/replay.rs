@@ -78,7 +78,7 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -94,6 +94,7 @@ use super::TraceError;
 use super::file::{Frames, TimingPoint, TraceFrame, load, read_timing};
 use super::responses::CannedResponses;
 use crate::ami::{AmiCodec, Frame, Kind, Limits, Malformed, MalformedKind, Message};
+use crate::support::time::ami_timestamp;
 use ami_proto::{
     ALL_CLASSES, EventLists, EventMask, ListStep, mask_allows, md5_key, privilege_bits,
 };
@@ -673,10 +674,7 @@ impl Session {
 
 /// `Ping`: `Pong` with the current time, as Asterisk answers.
 fn pong(id: Option<&[u8]>) -> Vec<u8> {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    let ts = format!("{}.{:06}", now.as_secs(), now.subsec_micros());
+    let ts = ami_timestamp(SystemTime::now());
     response(
         "Success",
         id,
