@@ -320,9 +320,10 @@ impl Publisher {
             let url = urls.url().to_string();
             let cancel = self.cancel.clone();
             let connected = tokio::select! {
-                r = tokio::time::timeout(CONNECT_TIMEOUT, self.connect(&url)) => {
-                    Some(r.unwrap_or_else(|_| Err(format!("connecting took more than {CONNECT_TIMEOUT:?}"))))
-                }
+                r = tokio::time::timeout(CONNECT_TIMEOUT, self.connect_and_declare(&url)) => Some(match r {
+                    Ok(r) => r.map_err(|e| e.to_string()),
+                    Err(_) => Err(format!("connecting took more than {CONNECT_TIMEOUT:?}")),
+                }),
                 _ = cancel.cancelled() => None,
             };
             let Some(connected) = connected else { break };
@@ -376,12 +377,6 @@ impl Publisher {
                 "AMQP connection did not close in time; dropped");
         }
         end
-    }
-
-    async fn connect(&mut self, url: &str) -> Result<(Connection, Channel), String> {
-        self.connect_and_declare(url)
-            .await
-            .map_err(|e| e.to_string())
     }
 
     async fn connect_and_declare(&mut self, url: &str) -> Result<(Connection, Channel), AmqpError> {
