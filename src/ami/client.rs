@@ -1032,4 +1032,21 @@ mod tests {
         }
         assert_eq!((q.events.len(), q.overflow), (3, 0), "within the cap");
     }
+
+    #[test]
+    fn a_list_is_forgotten_with_its_abandoned_action() {
+        let mut w = Waiting::default();
+        let (tx, rx) = oneshot::channel();
+        w.actions.insert("a2a-1".into(), Pending::new(tx));
+        let start = Message::from_pairs([
+            ("Response", "Success"),
+            ("ActionID", "a2a-1"),
+            ("EventList", "start"),
+        ]);
+        assert_eq!(w.lists.observe(&start), ListStep::Opened(b"a2a-1"));
+        drop(rx); // the caller gave up
+        w.forget_abandoned();
+        assert!(w.actions.is_empty());
+        assert!(w.lists.is_empty(), "no open list left behind");
+    }
 }
