@@ -21,7 +21,7 @@ pub(crate) mod config;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
@@ -34,7 +34,8 @@ use crate::amqp::record::Record;
 use crate::amqp::spool::{Recovered, Spool, SpoolWriter};
 use crate::config::Config;
 use crate::mapping::reload::Mappings;
-use crate::mapping::router::{EventCtx, MessageProps, Outgoing, json_str, rfc3339_millis};
+use crate::mapping::router::{EventCtx, MessageProps, Outgoing, json_str};
+use crate::support::time::{rfc3339_millis, unix_micros};
 
 /// A fatal start-up error, printed as one line.
 #[derive(Debug, thiserror::Error)]
@@ -76,12 +77,6 @@ pub struct RouterTask {
     labels_generation: usize,
     stats: RouterStats,
     scratch: Vec<Outgoing>,
-}
-
-fn micros(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
 }
 
 impl RouterTask {
@@ -178,7 +173,7 @@ impl RouterTask {
             }
             .emit();
         }
-        let at = micros(ev.received_at);
+        let at = unix_micros(ev.received_at);
         for msg in self.scratch.drain(..) {
             let rec = Record {
                 received_at_us: at,
@@ -244,7 +239,7 @@ impl RouterTask {
         body.extend_from_slice(b"\"}");
         let key = self.status_key.replace("{server}", server);
         Some(Record {
-            received_at_us: micros(now),
+            received_at_us: unix_micros(now),
             server: server.clone(),
             seq,
             msg: Outgoing {
@@ -261,7 +256,7 @@ impl RouterTask {
                         self.instance,
                         server,
                         seq,
-                        micros(now)
+                        unix_micros(now)
                     ),
                     headers: Vec::new(),
                 },

@@ -26,8 +26,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::ami::ServerSpec;
-use crate::backoff::Backoff;
-use crate::mapping::load::line_col;
+use crate::support::backoff::Backoff;
+use crate::support::text::line_col;
 
 mod amqp_url;
 pub(crate) mod check;

@@ -12,7 +12,6 @@
 pub mod actions;
 pub mod ami;
 pub mod amqp;
-mod backoff;
 mod bridge;
 pub mod config;
 mod internal_events;
@@ -20,6 +19,7 @@ mod logs;
 pub mod mapping;
 mod memory;
 mod metrics;
+mod support;
 pub mod tools;
 pub mod trace;
 

@@ -12,10 +12,13 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
+use ami_proto::{EventLists, ListStep};
 use futures::StreamExt;
 
 use crate::ami::{Frame, Kind, Limits};
-use crate::amqp::connect::{CLI_CLOSE_TIMEOUT, close_bounded, connect_cli, is_not_found};
+use crate::amqp::connect::{
+    CLI_CLOSE_TIMEOUT, CliConnectError, close_bounded, connect_cli, is_not_found,
+};
 use crate::config::Config;
 use crate::mapping::load::{overlay_files, show_dirs};
 use crate::mapping::{EventCtx, LoadError, Outgoing, load_dirs, load_files};
@@ -109,6 +112,21 @@ pub struct MapSummary {
     pub error_texts: BTreeMap<String, u64>,
 }
 
+/// Why `map` stopped; the command line prints the text.
+#[derive(Debug, thiserror::Error)]
+pub enum MapError {
+    #[error(transparent)]
+    Mappings(#[from] LoadError),
+    #[error("{}: {source}", path.display())]
+    Trace {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// `emit` failed (writing the output).
+    #[error(transparent)]
+    Emit(#[from] std::io::Error),
+}
+
 /// `ami2amqp map`: feeds traces through the mappings (the merged files of
 /// `mappings`, later directories overlaying earlier ones). Each message is
 /// passed to `emit`; the summary is returned. Timestamps are derived from
@@ -119,14 +137,16 @@ pub fn map_traces(
     server: &str,
     traces: &[PathBuf],
     mut emit: impl FnMut(&Outgoing) -> std::io::Result<()>,
-) -> Result<MapSummary, String> {
-    let router = load_dirs(mappings).map_err(|e| e.to_string())?;
+) -> Result<MapSummary, MapError> {
+    let router = load_dirs(mappings)?;
     let mut s = MapSummary::default();
     let mut out = Vec::new();
     for t in traces {
-        let data =
-            crate::trace::file::read_trace(t).map_err(|e| format!("{}: {e}", t.display()))?;
-        let mut open_lists = std::collections::HashSet::new();
+        let data = crate::trace::file::read_trace(t).map_err(|source| MapError::Trace {
+            path: t.clone(),
+            source,
+        })?;
+        let mut open_lists = EventLists::new();
         for f in ami_proto::DecodeAll::new(&data, Limits::default()) {
             let m = match f {
                 Frame::Message(m) => m,
@@ -139,26 +159,11 @@ pub fn map_traces(
             // Items of an event list answer the capturing client's action;
             // Asterisk sends them to nobody else, so the bridge never sees
             // them on its event connection: skip them here too.
-            let id = m.action_id().map(|c| c.into_owned());
-            if m.kind() == Kind::Response {
-                if let Some(id) = id
-                    && m.get("EventList")
-                        .is_some_and(|v| v.eq_ignore_ascii_case("start"))
-                {
-                    open_lists.insert(id);
-                }
+            if let ListStep::Item { .. } = open_lists.observe(&m) {
+                s.list_items += 1;
                 continue;
             }
             if m.kind() != Kind::Event {
-                continue;
-            }
-            if let Some(id) = id.filter(|i| open_lists.contains(i)) {
-                if m.get("EventList")
-                    .is_some_and(|v| v.eq_ignore_ascii_case("Complete"))
-                {
-                    open_lists.remove(&id);
-                }
-                s.list_items += 1;
                 continue;
             }
             s.events += 1;
@@ -185,7 +190,7 @@ pub fn map_traces(
                 *s.keys
                     .entry((msg.exchange.to_string(), msg.routing_key.clone()))
                     .or_default() += 1;
-                emit(msg).map_err(|e| e.to_string())?;
+                emit(msg)?;
             }
         }
     }
@@ -225,6 +230,33 @@ pub fn print_summary(s: &MapSummary, out: &mut dyn Write) -> std::io::Result<()>
     Ok(())
 }
 
+/// Why `tail` stopped early; the command line prints the text.
+#[derive(Debug, thiserror::Error)]
+pub enum TailError {
+    #[error(transparent)]
+    Connect(#[from] CliConnectError),
+    #[error("cannot use exchange {exchange:?}: {source}")]
+    Exchange {
+        exchange: String,
+        source: lapin::Error,
+    },
+    #[error("exchange {0:?} still does not exist")]
+    NoExchange(String),
+    #[error(
+        "cannot bind to exchange {exchange:?} (does it exist? the bridge declares it at start): {source}"
+    )]
+    Bind {
+        exchange: String,
+        source: lapin::Error,
+    },
+    /// Any other broker operation (the text is lapin's).
+    #[error(transparent)]
+    Amqp(#[from] lapin::Error),
+    /// Writing the output failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
 /// Returns a channel once `exchange` exists. On a fresh broker the bridge
 /// declares its exchanges when it first connects, and an operator often
 /// starts `tail` first: wait for it (saying so once) rather than fail.
@@ -232,13 +264,13 @@ async fn wait_for_exchange(
     conn: &lapin::Connection,
     exchange: &str,
     deadline: Option<tokio::time::Instant>,
-) -> Result<lapin::Channel, String> {
+) -> Result<lapin::Channel, TailError> {
     use lapin::options::ExchangeDeclareOptions;
     use lapin::types::FieldTable;
     let short = crate::amqp::publisher::short;
     let mut said = false;
     loop {
-        let ch = conn.create_channel().await.map_err(|e| e.to_string())?;
+        let ch = conn.create_channel().await?;
         if exchange.is_empty() {
             return Ok(ch);
         }
@@ -260,13 +292,91 @@ async fn wait_for_exchange(
                     said = true;
                 }
             }
-            Err(e) => return Err(format!("cannot use exchange {exchange:?}: {e}")),
+            Err(source) => {
+                let exchange = exchange.to_string();
+                return Err(TailError::Exchange { exchange, source });
+            }
         }
         if deadline.is_some_and(|d| tokio::time::Instant::now() + Duration::from_secs(1) > d) {
-            return Err(format!("exchange {exchange:?} still does not exist"));
+            return Err(TailError::NoExchange(exchange.to_string()));
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+}
+
+/// An exclusive, auto-deleted queue on `ch` bound to `exchange` with
+/// `bindings` (default `#`), consumed without acks.
+async fn tail_consumer(
+    ch: &lapin::Channel,
+    exchange: &str,
+    bindings: &[String],
+) -> Result<lapin::Consumer, TailError> {
+    use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+    use lapin::types::FieldTable;
+    let short = crate::amqp::publisher::short;
+    let exclusive = QueueDeclareOptions {
+        exclusive: true,
+        auto_delete: true,
+        ..Default::default()
+    };
+    let q = ch
+        .queue_declare(short(""), exclusive, FieldTable::default())
+        .await?;
+    let qname = q.name().clone();
+    let default = ["#".to_string()];
+    let binds = if bindings.is_empty() {
+        &default[..]
+    } else {
+        bindings
+    };
+    for b in binds {
+        let options = QueueBindOptions::default();
+        ch.queue_bind(
+            qname.clone(),
+            short(exchange),
+            short(b),
+            options,
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|source| TailError::Bind {
+            exchange: exchange.to_string(),
+            source,
+        })?;
+    }
+    let no_ack = BasicConsumeOptions {
+        no_ack: true,
+        ..Default::default()
+    };
+    let consumer = ch
+        .basic_consume(qname, short("ami2amqp-tail"), no_ack, FieldTable::default())
+        .await?;
+    Ok(consumer)
+}
+
+/// One line of `tail`'s output: `KEY  BODY`, or a JSON object with the
+/// exchange, key, main properties and body.
+fn tail_line(d: &lapin::message::Delivery, json: bool) -> String {
+    let key = d.routing_key.as_str();
+    let body: serde_json::Value = serde_json::from_slice(&d.data).unwrap_or_else(|_| {
+        serde_json::Value::String(String::from_utf8_lossy(&d.data).into_owned())
+    });
+    if !json {
+        return format!("{key}  {body}");
+    }
+    let p = &d.properties;
+    serde_json::json!({
+        "exchange": d.exchange.as_str(),
+        "routing_key": key,
+        "properties": {
+            "type": p.kind().as_ref().map(|s| s.as_str()),
+            "message_id": p.message_id().as_ref().map(|s| s.as_str()),
+            "content_type": p.content_type().as_ref().map(|s| s.as_str()),
+            "delivery_mode": p.delivery_mode(),
+        },
+        "body": body,
+    })
+    .to_string()
 }
 
 /// `ami2amqp tail`: binds a temporary queue to `exchange` with `bindings`
@@ -280,48 +390,11 @@ pub async fn tail(
     limit: Option<u64>,
     duration: Option<Duration>,
     out: &mut (dyn Write + Send),
-) -> Result<u64, String> {
-    use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
-    use lapin::types::FieldTable;
-    let short = crate::amqp::publisher::short;
+) -> Result<u64, TailError> {
     let conn = connect_cli(url).await?;
     let deadline = duration.map(|d| tokio::time::Instant::now() + d);
     let ch = wait_for_exchange(&conn, exchange, deadline).await?;
-    let q = ch
-        .queue_declare(
-            short(""),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-    let qname = q.name().clone();
-    let binds: Vec<String> = if bindings.is_empty() {
-        vec!["#".into()]
-    } else {
-        bindings.to_vec()
-    };
-    for b in &binds {
-        ch.queue_bind(qname.clone(), short(exchange), short(b), QueueBindOptions::default(), FieldTable::default())
-            .await
-            .map_err(|e| format!("cannot bind to exchange {exchange:?} (does it exist? the bridge declares it at start): {e}"))?;
-    }
-    let mut consumer = ch
-        .basic_consume(
-            qname,
-            short("ami2amqp-tail"),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
+    let mut consumer = tail_consumer(&ch, exchange, bindings).await?;
     let deadline = duration.map(|d| tokio::time::Instant::now() + d);
     let mut n = 0u64;
     loop {
@@ -342,32 +415,53 @@ pub async fn tail(
             _ = tokio::signal::ctrl_c() => None,
         };
         let Some(d) = d else { break };
-        let d = d.map_err(|e| e.to_string())?;
+        let d = d?;
         n += 1;
-        let key = d.routing_key.as_str();
-        let body: serde_json::Value = serde_json::from_slice(&d.data).unwrap_or_else(|_| {
-            serde_json::Value::String(String::from_utf8_lossy(&d.data).into_owned())
-        });
-        let line = if json {
-            let p = &d.properties;
-            serde_json::json!({
-                "exchange": d.exchange.as_str(),
-                "routing_key": key,
-                "properties": {
-                    "type": p.kind().as_ref().map(|s| s.as_str()),
-                    "message_id": p.message_id().as_ref().map(|s| s.as_str()),
-                    "content_type": p.content_type().as_ref().map(|s| s.as_str()),
-                    "delivery_mode": p.delivery_mode(),
-                },
-                "body": body,
-            })
-            .to_string()
-        } else {
-            format!("{key}  {body}")
-        };
-        writeln!(out, "{line}").map_err(|e| e.to_string())?;
+        writeln!(out, "{}", tail_line(&d, json))?;
         let _ = out.flush();
     }
     close_bounded(&conn, "bye", CLI_CLOSE_TIMEOUT).await;
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn tail_says_which_step_failed_with_the_url_redacted() {
+        // A port nothing listens on: bind one, note it, close it.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let url = format!("amqp://guest:s3cret@127.0.0.1:{port}/%2f");
+        let mut out = Vec::new();
+        let e = tail(&url, "x", &[], false, Some(1), None, &mut out)
+            .await
+            .expect_err("nothing listens");
+        assert!(matches!(e, TailError::Connect(_)), "{e:?}");
+        let text = e.to_string();
+        let want = format!("cannot connect to amqp://guest:***@127.0.0.1:{port}/");
+        assert!(text.starts_with(&want), "{text}");
+        assert!(!text.contains("s3cret"), "{text}");
+    }
+
+    #[test]
+    fn map_names_the_trace_it_cannot_read_and_keeps_the_io_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let missing = dir.path().join("none.ami");
+        let mappings = [PathBuf::from("mappings")];
+        let e = map_traces(&mappings, "pbx", std::slice::from_ref(&missing), |_| Ok(()))
+            .expect_err("no such trace");
+        let MapError::Trace { path, source } = &e else {
+            panic!("{e:?}")
+        };
+        assert_eq!(path, &missing);
+        assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
+        assert!(
+            e.to_string().starts_with(&missing.display().to_string()),
+            "{e}"
+        );
+    }
 }

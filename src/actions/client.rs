@@ -15,7 +15,7 @@ use lapin::options::{BasicConsumeOptions, BasicPublishOptions};
 use lapin::types::FieldTable;
 use serde_json::Value;
 
-use crate::amqp::connect::{CLI_CLOSE_TIMEOUT, close_bounded, connect_cli};
+use crate::amqp::connect::{CLI_CLOSE_TIMEOUT, CliConnectError, close_bounded, connect_cli};
 use crate::amqp::publisher::short;
 use crate::config::redact_url;
 
@@ -51,6 +51,26 @@ pub fn default_user_id(url: &str) -> Result<String, String> {
     crate::config::url_user(url).map_err(|e| format!("the broker URL {} {e}", redact_url(url)))
 }
 
+/// Why `call` got no reply; the command line prints the text.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error(transparent)]
+    Connect(#[from] CliConnectError),
+    /// Opening the channel or reading the reply consumer (lapin's text).
+    #[error(transparent)]
+    Amqp(#[from] lapin::Error),
+    #[error("direct reply-to: {0}")]
+    ReplyTo(lapin::Error),
+    #[error("publish: {0}")]
+    Publish(lapin::Error),
+    #[error("reply is not JSON: {0}")]
+    NotJson(serde_json::Error),
+    #[error("the reply consumer was cancelled")]
+    Cancelled,
+    #[error("no reply within {wait:?}: is a bridge running and consuming exchange {exchange:?}?")]
+    NoReply { wait: Duration, exchange: String },
+}
+
 /// Sends `body` to `server` and returns the reply body.
 pub async fn call(
     url: &str,
@@ -59,9 +79,9 @@ pub async fn call(
     body: &[u8],
     timeout: Duration,
     user_id: Option<&str>,
-) -> Result<Value, String> {
+) -> Result<Value, CallError> {
     let conn = connect_cli(url).await?;
-    let ch = conn.create_channel().await.map_err(|e| e.to_string())?;
+    let ch = conn.create_channel().await?;
     let mut replies = ch
         .basic_consume(
             short("amq.rabbitmq.reply-to"),
@@ -73,7 +93,7 @@ pub async fn call(
             FieldTable::default(),
         )
         .await
-        .map_err(|e| format!("direct reply-to: {e}"))?;
+        .map_err(CallError::ReplyTo)?;
     let corr = format!("{:016x}", rand::random::<u64>());
     let mut props = BasicProperties::default()
         .with_reply_to(short("amq.rabbitmq.reply-to"))
@@ -91,25 +111,23 @@ pub async fn call(
         props,
     )
     .await
-    .map_err(|e| format!("publish: {e}"))?;
+    .map_err(CallError::Publish)?;
     // The bridge answers within the timeout (or with `timeout`); allow it
     // a little more for the round trip.
     let wait = timeout + Duration::from_secs(5);
     let r = tokio::time::timeout(wait, async {
         while let Some(d) = replies.next().await {
-            let d = d.map_err(|e| e.to_string())?;
+            let d = d?;
             if d.properties.correlation_id().as_ref().map(|c| c.as_str()) == Some(corr.as_str()) {
-                return serde_json::from_slice::<Value>(&d.data)
-                    .map_err(|e| format!("reply is not JSON: {e}"));
+                return serde_json::from_slice::<Value>(&d.data).map_err(CallError::NotJson);
             }
         }
-        Err("the reply consumer was cancelled".to_string())
+        Err(CallError::Cancelled)
     })
     .await
-    .map_err(|_| {
-        format!(
-            "no reply within {wait:?}: is a bridge running and consuming exchange {exchange:?}?"
-        )
+    .map_err(|_| CallError::NoReply {
+        wait,
+        exchange: exchange.to_string(),
     })?;
     close_bounded(&conn, "bye", CLI_CLOSE_TIMEOUT).await;
     r
@@ -178,5 +196,24 @@ mod tests {
             serde_json::json!({"Action":"Originate","Channel":"Local/100@test","Variable":["A=1","B=2"]})
         );
         assert!(body_from_args("Ping", &["novalue".into()]).is_err());
+    }
+
+    #[tokio::test]
+    async fn call_says_it_could_not_connect() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let url = format!("amqp://guest:s3cret@127.0.0.1:{port}/%2f");
+        let e = call(&url, "x", "pbx", b"{}", Duration::from_secs(1), None)
+            .await
+            .expect_err("nothing listens");
+        assert!(matches!(e, CallError::Connect(_)), "{e:?}");
+        let text = e.to_string();
+        assert!(
+            text.starts_with("cannot connect to amqp://guest:***@"),
+            "{text}"
+        );
+        assert!(!text.contains("s3cret"), "{text}");
     }
 }

@@ -56,12 +56,12 @@ use super::limits::{Labels, PerUser};
 use super::request::{self, ErrorKind, Reply, Request};
 use crate::ami::client::ActionError;
 use crate::ami::{Pool, PoolError};
-use crate::amqp::connect::{Reconnect, close_bounded, connect};
+use crate::amqp::connect::{AmqpError, Reconnect, close_bounded, connect};
 use crate::amqp::publisher::short;
-use crate::backoff::Backoff;
 use crate::config::doc::documented;
 use crate::config::redact_url;
 use crate::logs::{Throttle, clip};
+use crate::support::backoff::Backoff;
 
 documented! {
     /// The action path (AMQP -> AMI): docs/actions.md. The allow-list is
@@ -157,6 +157,25 @@ enum Source {
 const CONNECT_LIMIT: Duration = Duration::from_secs(10);
 const CLOSE_LIMIT: Duration = Duration::from_secs(2);
 
+/// Why a session of the action path ended; the texts are the log and
+/// `/healthz` texts.
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    /// Connecting, declaring, consuming or publishing failed.
+    #[error(transparent)]
+    Amqp(#[from] AmqpError),
+    /// A channel operation failed (the text is lapin's).
+    #[error(transparent)]
+    Lapin(#[from] lapin::Error),
+    /// The reply channel could not be reopened, or a reply could not be
+    /// published on a fresh one.
+    #[error("replies cannot be published (reply channel broken)")]
+    ReplyChannelBroken,
+    /// The broker cancelled the consumers.
+    #[error("consumers cancelled")]
+    ConsumersCancelled,
+}
+
 struct Ctx {
     cfg: ActionsConfig,
     allow: AllowList,
@@ -209,7 +228,7 @@ pub async fn run(
                     urls.succeeded();
                 }
                 urls.failed();
-                ctx.health.send_replace(PathHealth::Down(e.clone()));
+                ctx.health.send_replace(PathHealth::Down(e.to_string()));
                 tracing::warn!(url = %redact_url(&url), error = %e, "action path: AMQP unavailable; retrying");
             }
         }
@@ -228,7 +247,7 @@ fn durable_queue_args(pairs: &[(&str, AMQPValue)]) -> FieldTable {
     t
 }
 
-async fn declare(ctx: &Ctx, ch: &Channel) -> Result<Vec<(String, Source)>, String> {
+async fn declare(ctx: &Ctx, ch: &Channel) -> Result<Vec<(String, Source)>, AmqpError> {
     let c = &ctx.cfg;
     let durable = ExchangeDeclareOptions {
         durable: true,
@@ -239,7 +258,7 @@ async fn declare(ctx: &Ctx, ch: &Channel) -> Result<Vec<(String, Source)>, Strin
         ..Default::default()
     };
     let sac = ("x-single-active-consumer", AMQPValue::Boolean(true));
-    let e = |what: &str, err: lapin::Error| format!("declare {what}: {err}");
+    let e = |what: &str, err: lapin::Error| AmqpError::op(format!("declare {what}"))(err);
     for fanout in [&c.unrouted, &c.expired] {
         ch.exchange_declare(
             short(fanout),
@@ -324,7 +343,7 @@ impl Replies {
         queue: &str,
         body: &[u8],
         props: BasicProperties,
-    ) -> Result<(), String> {
+    ) -> Result<(), SessionError> {
         let ch = self.channel().await?;
         let first = ch
             .basic_publish(
@@ -353,12 +372,12 @@ impl Replies {
         .map(|_| ())
         .map_err(|e| {
             self.broken.cancel();
-            e.to_string()
+            SessionError::Lapin(e)
         })
     }
 
     /// The reply channel, reopened first if the broker closed it.
-    async fn channel(&self) -> Result<Channel, String> {
+    async fn channel(&self) -> Result<Channel, AmqpError> {
         let mut ch = self.ch.lock().await;
         if !ch.status().connected() {
             crate::internal_events::actions::ReplyChannelReopened.emit();
@@ -366,7 +385,7 @@ impl Replies {
                 Ok(c) => *ch = c,
                 Err(e) => {
                     self.broken.cancel();
-                    return Err(format!("cannot reopen the reply channel: {e}"));
+                    return Err(AmqpError::op("cannot reopen the reply channel")(e));
                 }
             }
         }
@@ -374,7 +393,11 @@ impl Replies {
     }
 }
 
-async fn session(ctx: &Arc<Ctx>, url: &str, cancel: &CancellationToken) -> Result<(), String> {
+async fn session(
+    ctx: &Arc<Ctx>,
+    url: &str,
+    cancel: &CancellationToken,
+) -> Result<(), SessionError> {
     ctx.health.send_replace(PathHealth::Connecting);
     let (replies, mut all) = tokio::select! {
         r = set_up(ctx, url) => r?,
@@ -387,7 +410,7 @@ async fn session(ctx: &Arc<Ctx>, url: &str, cancel: &CancellationToken) -> Resul
             n = all.next() => n,
             _ = replies.broken.cancelled() => {
                 close_bounded(&replies.conn, "ami2amqp: reply channel broken", CLOSE_LIMIT).await;
-                return Err("replies cannot be published (reply channel broken)".into());
+                return Err(SessionError::ReplyChannelBroken);
             }
             _ = cancel.cancelled() => {
                 // Bounded: lapin may never finish closing a connection that
@@ -397,9 +420,9 @@ async fn session(ctx: &Arc<Ctx>, url: &str, cancel: &CancellationToken) -> Resul
             }
         };
         let Some((src, d)) = next else {
-            return Err("consumers cancelled".into());
+            return Err(SessionError::ConsumersCancelled);
         };
-        let d = d.map_err(|e| format!("consume: {e}"))?;
+        let d = d.map_err(AmqpError::op("consume"))?;
         let ctx = ctx.clone();
         let replies = replies.clone();
         tokio::spawn(async move {
@@ -410,20 +433,17 @@ async fn session(ctx: &Arc<Ctx>, url: &str, cancel: &CancellationToken) -> Resul
 
 /// Connects, declares the topology and starts the consumers; returns the
 /// connection with the channel for replies, and the merged requests.
-async fn set_up(ctx: &Arc<Ctx>, url: &str) -> Result<(Replies, Requests), String> {
-    let conn = connect(url, CONNECT_LIMIT)
-        .await
-        .map_err(|e| e.to_string())?;
-    let ch = conn.create_channel().await.map_err(|e| e.to_string())?;
+async fn set_up(ctx: &Arc<Ctx>, url: &str) -> Result<(Replies, Requests), SessionError> {
+    let conn = connect(url, CONNECT_LIMIT).await?;
+    let ch = conn.create_channel().await?;
     let queues = declare(ctx, &ch).await?;
     ch.basic_qos(ctx.cfg.prefetch.max(1), BasicQosOptions::default())
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     // Replies go out on a channel without confirms: a reply is published
     // when its frames are written (the contract: the request is acked once
     // its reply is published). Waiting for the broker's confirm of every
     // reply cost about a third of the round-trip rate.
-    let reply_ch = conn.create_channel().await.map_err(|e| e.to_string())?;
+    let reply_ch = conn.create_channel().await?;
     let mut streams = Vec::new();
     for (q, src) in queues {
         let consumer = ch
@@ -434,7 +454,7 @@ async fn set_up(ctx: &Arc<Ctx>, url: &str) -> Result<(Replies, Requests), String
                 FieldTable::default(),
             )
             .await
-            .map_err(|e| format!("consume {q}: {e}"))?;
+            .map_err(AmqpError::op(format!("consume {q}")))?;
         streams.push(consumer.map(move |d| (src.clone(), d)).boxed());
     }
     tracing::info!(url = %redact_url(url), servers = ctx.pool.server_names().len(), "action path ready");
@@ -507,7 +527,11 @@ async fn handle(ctx: Arc<Ctx>, replies: Arc<Replies>, src: Source, d: Delivery) 
         if let Some(c) = props.correlation_id() {
             p = p.with_correlation_id(c.clone());
         }
-        if let Err(e) = replies.publish(&rt, &body, p).await {
+        if let Err(e) = replies
+            .publish(&rt, &body, p)
+            .await
+            .map_err(|e| e.to_string())
+        {
             // Not acked: the request is redelivered (to us or another
             // bridge) when this channel or connection goes away.
             crate::internal_events::actions::ReplyFailed {
@@ -636,4 +660,30 @@ fn action_error(server: &str, req: &Request, e: ActionError, inst: &str) -> Repl
         ActionError::ConnectionLost(_) | ActionError::Stopped => (ErrorKind::Unavailable, true),
     };
     Reply::error(server, Some(req), kind, e.to_string(), inst).ran(ran)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_errors_are_typed_and_keep_the_health_texts() {
+        let e = SessionError::from(AmqpError::ConnectTimeout);
+        assert_eq!(e.to_string(), "connect timed out");
+        let io: lapin::Error = std::io::Error::other("reset").into();
+        let e = SessionError::from(AmqpError::op("declare q")(io));
+        assert!(
+            matches!(&e, SessionError::Amqp(AmqpError::Op { .. })),
+            "{e:?}"
+        );
+        assert!(e.to_string().starts_with("declare q: "), "{e}");
+        assert_eq!(
+            SessionError::ReplyChannelBroken.to_string(),
+            "replies cannot be published (reply channel broken)"
+        );
+        assert_eq!(
+            SessionError::ConsumersCancelled.to_string(),
+            "consumers cancelled"
+        );
+    }
 }

@@ -53,8 +53,9 @@ use super::codec::{AmiCodec, Frame, Limits, Malformed};
 use super::login::{Credentials, EventMask, LoginError, login_within};
 use super::message::{Kind, Message, MessageBuilder};
 use crate::logs::clip;
+use ami_proto::{EventLists, ListStep};
 
-pub use crate::backoff::Backoff;
+pub use crate::support::backoff::Backoff;
 
 /// Everything one connection needs to know.
 #[derive(Clone, Debug)]
@@ -364,6 +365,32 @@ impl Pending {
     }
 }
 
+/// The actions sent and not yet answered, by ActionID, and which of them
+/// have an event list open.
+#[derive(Default)]
+struct Waiting {
+    actions: HashMap<String, Pending>,
+    lists: EventLists,
+}
+
+impl Waiting {
+    fn get_mut(&mut self, id: &str) -> Option<&mut Pending> {
+        self.actions.get_mut(id)
+    }
+
+    /// Forgets the actions whose caller gave up (timed out).
+    fn forget_abandoned(&mut self) {
+        let lists = &mut self.lists;
+        self.actions.retain(|id, p| {
+            let keep = !p.reply.is_closed();
+            if !keep {
+                lists.close(id.as_bytes());
+            }
+            keep
+        });
+    }
+}
+
 /// Owns the connection across reconnects.
 struct Supervisor {
     config: Arc<ClientConfig>,
@@ -426,8 +453,8 @@ type AmiFramed = Framed<TcpStream, AmiCodec>;
 /// The state of one logged-in session.
 #[derive(Default)]
 struct SessionState {
-    /// Actions sent and not yet answered, by ActionID.
-    pending: HashMap<String, Pending>,
+    /// Actions sent and not yet answered.
+    pending: Waiting,
     /// The keepalive Ping waiting for its answer: ActionID, when sent.
     ping: Option<(String, Instant)>,
     /// The "budget full" error was logged for the current episode.
@@ -509,27 +536,38 @@ impl Supervisor {
                 reason: reason.clone(),
             });
             let delay = self.config.backoff.delay(attempt.saturating_sub(1));
-            let sleep = tokio::time::sleep(delay);
-            tokio::pin!(sleep);
-            // While waiting, actions fail fast instead of queueing.
-            loop {
-                tokio::select! {
-                    _ = &mut sleep => break,
-                    _ = self.cancel.cancelled() => break,
-                    Some(permit) = reserve(&self.events), if !self.queue.items.is_empty() => {
-                        self.queue.send_one(permit);
+            self.wait_to_reconnect(delay).await;
+        }
+        self.stop().await;
+    }
+
+    /// Waits `delay` (or until cancelled) before the next connect, still
+    /// handing queued events to the consumer; actions fail fast meanwhile
+    /// instead of queueing.
+    async fn wait_to_reconnect(&mut self, delay: Duration) {
+        let sleep = tokio::time::sleep(delay);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                _ = &mut sleep => break,
+                _ = self.cancel.cancelled() => break,
+                Some(permit) = reserve(&self.events), if !self.queue.items.is_empty() => {
+                    self.queue.send_one(permit);
+                }
+                cmd = self.commands.recv() => match cmd {
+                    Some(Command::Action { reply, .. }) => {
+                        let _ = reply.send(Err(ActionError::Unavailable(self.config.server.to_string())));
                     }
-                    cmd = self.commands.recv() => match cmd {
-                        Some(Command::Action { reply, .. }) => {
-                            let _ = reply.send(Err(ActionError::Unavailable(self.config.server.to_string())));
-                        }
-                        None => { self.cancel.cancel(); break; }
-                    }
+                    None => { self.cancel.cancel(); break; }
                 }
             }
         }
+    }
+
+    /// The end: delivers what is queued (the consumer may be slow, not
+    /// gone) and fails whatever actions are still queued.
+    async fn stop(&mut self) {
         self.set_state(ConnState::Stopped);
-        // Deliver what is queued (the consumer may be slow, not gone).
         if let Some(tx) = &self.events {
             for item in self.queue.items.drain(..) {
                 if tx.send(item).await.is_err() {
@@ -537,7 +575,6 @@ impl Supervisor {
                 }
             }
         }
-        // Fail whatever actions are still queued.
         self.commands.close();
         while let Ok(Command::Action { reply, .. }) = self.commands.try_recv() {
             let _ = reply.send(Err(ActionError::Stopped));
@@ -629,7 +666,7 @@ impl Supervisor {
         };
 
         let server = self.config.server.to_string();
-        for (_, p) in st.pending.drain() {
+        for (_, p) in st.pending.actions.drain() {
             let _ = p
                 .reply
                 .send(Err(ActionError::ConnectionLost(server.clone())));
@@ -741,7 +778,7 @@ impl Supervisor {
                     let _ = reply.send(Err(ActionError::ConnectionLost(server)));
                     return Err(e);
                 }
-                st.pending.insert(id, Pending::new(reply));
+                st.pending.actions.insert(id, Pending::new(reply));
             }
             if let Ok(Command::Action { message, reply }) = self.commands.try_recv() {
                 next = Some((message, reply));
@@ -773,14 +810,14 @@ impl Supervisor {
             }
             st.ping = Some((id, Instant::now()));
         }
-        st.pending.retain(|_, p| !p.reply.is_closed());
+        st.pending.forget_abandoned();
         ControlFlow::Continue(())
     }
 
     /// Counts and logs (rate-limited) input the decoder gave up on, and
     /// answers the action it was the response to (if any) with an error
     /// rather than letting it wait for its timeout.
-    fn malformed(&self, error: &Malformed, pending: &mut HashMap<String, Pending>) {
+    fn malformed(&self, error: &Malformed, pending: &mut Waiting) {
         crate::internal_events::ami::AmiMalformed {
             server: &self.config.server,
             role: &self.config.role,
@@ -822,44 +859,52 @@ impl Supervisor {
     fn dispatch(
         &self,
         m: Message,
-        pending: &mut HashMap<String, Pending>,
+        pending: &mut Waiting,
         ping: &mut Option<(String, Instant)>,
     ) -> Option<Incoming> {
         let kind = m.kind();
-        if (kind == Kind::Response || kind == Kind::Event)
-            && let Some(id) = m.action_id()
-        {
-            if ping.as_ref().is_some_and(|(p, _)| *p == *id) {
-                *ping = None;
-                return None;
-            }
-            if let Some(p) = pending.get_mut(id.as_ref()) {
-                let id = id.into_owned();
-                if kind == Kind::Response && p.response.is_none() {
-                    let is_list = m
-                        .get("EventList")
-                        .is_some_and(|v| v.eq_ignore_ascii_case("start"));
-                    let failed = m
-                        .get("Response")
-                        .is_some_and(|v| v.eq_ignore_ascii_case("Error"));
-                    p.response = Some(m);
-                    if !is_list || failed {
-                        finish(pending, &id);
-                    }
-                    return None;
-                }
-                if kind == Kind::Event {
-                    let complete = m
-                        .get("EventList")
-                        .is_some_and(|v| v.eq_ignore_ascii_case("Complete"));
-                    p.add_event(m, self.config.max_list_bytes);
-                    if complete {
-                        finish(pending, &id);
-                    }
-                    return None;
-                }
-            }
+        let id = match m.action_id() {
+            Some(id) if kind == Kind::Response || kind == Kind::Event => id.into_owned(),
+            _ => return self.unanswered(m, kind),
+        };
+        if ping.as_ref().is_some_and(|(p, _)| *p == id) {
+            *ping = None;
+            return None;
         }
+        let m = self.answer(m, kind, &id, pending)?;
+        self.unanswered(m, kind)
+    }
+
+    /// Gives a response or event carrying a pending action's `ActionID` to
+    /// that action (the response, then the events of its list, if it
+    /// opened one); returns the message when it is nobody's answer.
+    fn answer(&self, m: Message, kind: Kind, id: &str, pending: &mut Waiting) -> Option<Message> {
+        let Some(p) = pending.actions.get_mut(id) else {
+            return Some(m);
+        };
+        match kind {
+            Kind::Response if p.response.is_none() => {
+                let opened = matches!(pending.lists.observe(&m), ListStep::Opened(_));
+                p.response = Some(m);
+                if !opened {
+                    finish(pending, id);
+                }
+            }
+            Kind::Event => {
+                let last = matches!(pending.lists.observe(&m), ListStep::Item { last: true, .. });
+                p.add_event(m, self.config.max_list_bytes);
+                if last {
+                    finish(pending, id);
+                }
+            }
+            _ => return Some(m),
+        }
+        None
+    }
+
+    /// A message that answers no pending action: out as an event, or
+    /// counted as ignored.
+    fn unanswered(&self, m: Message, kind: Kind) -> Option<Incoming> {
         match kind {
             Kind::Event => Some(self.event(m, Instant::now(), SystemTime::now())),
             _ => {
@@ -870,8 +915,10 @@ impl Supervisor {
     }
 }
 
-fn finish(pending: &mut HashMap<String, Pending>, id: &str) {
-    if let Some(p) = pending.remove(id)
+/// Answers the action `id` (when its response came) and forgets it.
+fn finish(pending: &mut Waiting, id: &str) {
+    pending.lists.close(id.as_bytes());
+    if let Some(p) = pending.actions.remove(id)
         && let Some(response) = p.response
     {
         let _ = p.reply.send(Ok(ActionResult {
@@ -976,5 +1023,22 @@ mod tests {
             q.add_event(ev.clone(), size * 3);
         }
         assert_eq!((q.events.len(), q.overflow), (3, 0), "within the cap");
+    }
+
+    #[test]
+    fn a_list_is_forgotten_with_its_abandoned_action() {
+        let mut w = Waiting::default();
+        let (tx, rx) = oneshot::channel();
+        w.actions.insert("a2a-1".into(), Pending::new(tx));
+        let start = Message::from_pairs([
+            ("Response", "Success"),
+            ("ActionID", "a2a-1"),
+            ("EventList", "start"),
+        ]);
+        assert_eq!(w.lists.observe(&start), ListStep::Opened(b"a2a-1"));
+        drop(rx); // the caller gave up
+        w.forget_abandoned();
+        assert!(w.actions.is_empty());
+        assert!(w.lists.is_empty(), "no open list left behind");
     }
 }

@@ -9,9 +9,9 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use super::publisher::PublisherConfig;
-use crate::backoff::Backoff;
 use crate::config::doc::documented;
 use crate::config::{reconnect_backoff, redact_url};
+use crate::support::backoff::Backoff;
 
 /// The URL used when the file names none.
 pub const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";

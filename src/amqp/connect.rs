@@ -7,8 +7,8 @@
 //! (rotation on failure, exponential backoff with jitter).
 //!
 //! Errors are [`AmqpError`], which keeps the `lapin::Error` so callers can
-//! ask for the AMQP reply code ([`AmqpError::reply_code`]) instead of
-//! searching error texts.
+//! test the broker's reply ([`is_not_found`]) instead of searching error
+//! texts.
 
 use std::time::Duration;
 
@@ -16,8 +16,8 @@ use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::{Connection, ConnectionProperties, ErrorKind};
 
 use super::publisher::short;
-use crate::backoff::Backoff;
 use crate::config::redact_url;
+use crate::support::backoff::Backoff;
 
 /// Why talking to the broker failed; the texts are the log/health texts.
 #[derive(Debug, thiserror::Error)]
@@ -42,28 +42,6 @@ impl AmqpError {
     pub fn op(what: impl Into<String>) -> impl FnOnce(lapin::Error) -> AmqpError {
         let what = what.into();
         move |source| AmqpError::Op { what, source }
-    }
-
-    /// The lapin error underneath, if any.
-    pub fn lapin(&self) -> Option<&lapin::Error> {
-        match self {
-            AmqpError::ConnectTimeout => None,
-            AmqpError::Connect(e) | AmqpError::Op { source: e, .. } => Some(e),
-        }
-    }
-
-    /// The AMQP reply code the broker closed with (404 = NOT_FOUND, …).
-    pub fn reply_code(&self) -> Option<u16> {
-        self.lapin().and_then(reply_code)
-    }
-}
-
-/// The AMQP reply code of a protocol error (the broker closed the channel
-/// or connection with it); `None` for I/O, state and other errors.
-pub fn reply_code(e: &lapin::Error) -> Option<u16> {
-    match e.kind() {
-        ErrorKind::ProtocolError(p) => Some(p.get_id()),
-        _ => None,
     }
 }
 
@@ -91,14 +69,26 @@ pub const CLI_CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// [`connect`] for the command-line tools: the error names the (redacted)
 /// URL, as `cannot connect to amqp://user:***@host:5672/%2F: …`.
-pub async fn connect_cli(url: &str) -> Result<Connection, String> {
-    connect(url, CLI_CONNECT_TIMEOUT).await.map_err(|e| {
-        let why = match &e {
-            AmqpError::Connect(l) => l.to_string(),
-            other => other.to_string(),
-        };
-        format!("cannot connect to {}: {why}", redact_url(url))
-    })
+pub async fn connect_cli(url: &str) -> Result<Connection, CliConnectError> {
+    connect(url, CLI_CONNECT_TIMEOUT)
+        .await
+        .map_err(|source| CliConnectError {
+            url: redact_url(url),
+            source,
+        })
+}
+
+/// A command-line tool could not connect; the text names the redacted URL
+/// and, for a refused connection, lapin's reason alone.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot connect to {url}: {}", match source {
+    AmqpError::Connect(l) => l.to_string(),
+    other => other.to_string(),
+})]
+pub struct CliConnectError {
+    /// The URL, redacted.
+    url: String,
+    source: AmqpError,
 }
 
 /// Closes `conn` with `reason`, waiting at most `limit`: lapin may never
@@ -171,14 +161,11 @@ mod tests {
     fn not_found_is_the_reply_code_not_the_text() {
         let nf = protocol(404, "NOT_FOUND - no exchange 'x' in vhost '/'");
         assert!(is_not_found(&nf));
-        assert_eq!(reply_code(&nf), Some(404));
         // An error whose text merely mentions NOT_FOUND is not one.
         let io: lapin::Error = std::io::Error::other("peer said NOT_FOUND").into();
         assert!(!is_not_found(&io), "{io}");
-        assert_eq!(reply_code(&io), None);
         let denied = protocol(403, "ACCESS_REFUSED - NOT_FOUND in a name");
         assert!(!is_not_found(&denied));
-        assert_eq!(reply_code(&denied), Some(403));
     }
 
     #[test]
@@ -186,8 +173,7 @@ mod tests {
         assert_eq!(AmqpError::ConnectTimeout.to_string(), "connect timed out");
         let e = AmqpError::op("channel")(protocol(404, "NOT_FOUND - x"));
         assert!(e.to_string().starts_with("channel: "), "{e}");
-        assert_eq!(e.reply_code(), Some(404));
-        assert_eq!(AmqpError::ConnectTimeout.reply_code(), None);
+        assert!(matches!(&e, AmqpError::Op { source, .. } if is_not_found(source)));
     }
 
     #[test]

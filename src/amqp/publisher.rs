@@ -56,7 +56,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
@@ -73,9 +73,10 @@ use super::confirm::{Advance, ConfirmWindow, Confirmation, Id, Resolved};
 use super::connect::{AmqpError, Reconnect, close_bounded, connect};
 use super::record::Record;
 use super::spool::{ReadRecord, Spool};
-use crate::backoff::Backoff;
 use crate::config::redact_url;
 use crate::mapping::schema::ExchangeType;
+use crate::support::backoff::Backoff;
+use crate::support::time::now_unix_micros;
 
 /// How often a waiting session checks that its connection is still alive.
 pub const WATCHDOG: Duration = Duration::from_millis(250);
@@ -302,13 +303,6 @@ fn broken(conn: &Connection, ch: &Channel) -> Option<String> {
     None
 }
 
-fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
-}
-
 impl Publisher {
     fn counters(&mut self, ex: &Arc<str>) -> &Counters {
         self.counters
@@ -326,9 +320,10 @@ impl Publisher {
             let url = urls.url().to_string();
             let cancel = self.cancel.clone();
             let connected = tokio::select! {
-                r = tokio::time::timeout(CONNECT_TIMEOUT, self.connect(&url)) => {
-                    Some(r.unwrap_or_else(|_| Err(format!("connecting took more than {CONNECT_TIMEOUT:?}"))))
-                }
+                r = tokio::time::timeout(CONNECT_TIMEOUT, self.connect_and_declare(&url)) => Some(match r {
+                    Ok(r) => r.map_err(|e| e.to_string()),
+                    Err(_) => Err(format!("connecting took more than {CONNECT_TIMEOUT:?}")),
+                }),
                 _ = cancel.cancelled() => None,
             };
             let Some(connected) = connected else { break };
@@ -386,12 +381,6 @@ impl Publisher {
                 "AMQP connection did not close in time; dropped");
         }
         end
-    }
-
-    async fn connect(&mut self, url: &str) -> Result<(Connection, Channel), String> {
-        self.connect_and_declare(url)
-            .await
-            .map_err(|e| e.to_string())
     }
 
     async fn connect_and_declare(&mut self, url: &str) -> Result<(Connection, Channel), AmqpError> {
@@ -612,7 +601,7 @@ impl Publisher {
             Ok(lapin::Confirmation::Nack(_)) => Confirmation::Nack,
             Err(e) => return Err(SessionEnd::Failed(format!("confirm: {e}"))),
         };
-        let now = now_us();
+        let now = now_unix_micros();
         let latency = &s.latency;
         let resolved = s.window.resolve(id, answer, |sent| {
             latency.record(now.saturating_sub(sent.received_at_us) as f64 / 1e6);
@@ -744,7 +733,7 @@ impl Publisher {
         for (end, rec) in recs {
             let Some(rec) = rec else {
                 let sent = Sent {
-                    received_at_us: now_us(),
+                    received_at_us: now_unix_micros(),
                     exchange: Arc::from(""),
                 };
                 let latency = &s.latency;

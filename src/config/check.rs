@@ -497,7 +497,7 @@ pub fn locate(text: &str, key: &str) -> Option<(usize, usize)> {
         };
     }
     cur?;
-    Some(crate::mapping::load::line_col(text, span.start))
+    Some(crate::support::text::line_col(text, span.start))
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ use regex::Regex;
 use super::router::{BodySpec, CompiledRoute, FieldMatch, PropsSpec, Router};
 use super::schema::{self, ExchangeType};
 use super::template::Template;
+use crate::support::text::line_col;
 
 /// One problem in one file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -62,16 +63,6 @@ impl fmt::Display for LoadError {
 }
 
 impl std::error::Error for LoadError {}
-
-/// Byte offset → (line, column), both 1-based; columns count characters.
-pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let offset = offset.min(text.len());
-    let before = &text[..offset];
-    let line = before.matches('\n').count() + 1;
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    let col = before[line_start..].chars().count() + 1;
-    (line, col)
-}
 
 struct Ctx<'a> {
     file: &'a Path,

@@ -18,7 +18,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use regex::Regex;
 use serde::Serialize;
@@ -26,6 +26,7 @@ use serde::Serialize;
 use super::schema::{BodyFormat, ExchangeType};
 use super::template::{Lookup, RenderError, Template};
 use crate::ami::Message;
+use crate::support::time::rfc3339_millis;
 
 /// An event with the context templates and bodies need.
 #[derive(Clone, Copy, Debug)]
@@ -626,53 +627,9 @@ pub fn json_str(s: &str, out: &mut Vec<u8>) {
     out.push(b'"');
 }
 
-/// `2026-11-26T21:56:21.136Z`.
-pub fn rfc3339_millis(t: SystemTime, out: &mut Vec<u8>) {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs() as i64;
-    let millis = d.subsec_millis();
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = if month <= 2 { y + 1 } else { y };
-    let s = format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        rem / 3600,
-        (rem / 60) % 60,
-        rem % 60
-    );
-    out.extend_from_slice(s.as_bytes());
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
-
-    #[test]
-    fn timestamps() {
-        let mut o = Vec::new();
-        rfc3339_millis(
-            UNIX_EPOCH + Duration::from_millis(1_795_730_181_136),
-            &mut o,
-        );
-        assert_eq!(String::from_utf8(o).unwrap(), "2026-11-26T21:56:21.136Z");
-        let mut o = Vec::new();
-        rfc3339_millis(UNIX_EPOCH, &mut o);
-        assert_eq!(String::from_utf8(o).unwrap(), "1970-01-01T00:00:00.000Z");
-        let mut o = Vec::new();
-        rfc3339_millis(UNIX_EPOCH + Duration::from_secs(951_782_400), &mut o); // 2000-02-29
-        assert_eq!(String::from_utf8(o).unwrap(), "2000-02-29T00:00:00.000Z");
-    }
 
     #[test]
     fn plain_detection_is_exact() {

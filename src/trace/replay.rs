@@ -78,7 +78,7 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -94,7 +94,10 @@ use super::TraceError;
 use super::file::{Frames, TimingPoint, TraceFrame, load, read_timing};
 use super::responses::CannedResponses;
 use crate::ami::{AmiCodec, Frame, Kind, Limits, Malformed, MalformedKind, Message};
-use ami_proto::{ALL_CLASSES, EventMask, mask_allows, md5_key, privilege_bits};
+use crate::support::time::ami_timestamp;
+use ami_proto::{
+    ALL_CLASSES, EventLists, EventMask, ListStep, mask_allows, md5_key, privilege_bits,
+};
 
 /// The banner sent when the trace has none.
 pub const DEFAULT_BANNER: &[u8] = b"Asterisk Call Manager/11.0.0\r\n";
@@ -275,9 +278,9 @@ fn split_events(
     let mut banner = None;
     let mut events = Vec::new();
     let mut ends = Vec::new();
-    // ActionIDs of event lists opened by a recorded response and not yet
-    // completed: their items were for the capturing client only.
-    let mut open_lists: HashSet<Vec<u8>> = HashSet::new();
+    // Event lists opened by a recorded response and not yet completed:
+    // their items were for the capturing client only.
+    let mut lists = EventLists::new();
     for frame in Frames::new(data) {
         match frame {
             TraceFrame::Banner { bytes, .. } => {
@@ -293,35 +296,17 @@ fn split_events(
                 bytes,
                 end,
             } => {
-                let id = message.get_bytes("ActionID").filter(|v| !v.is_empty());
-                let list = message.get_bytes("EventList");
-                match message.kind() {
-                    Kind::Response => {
-                        if let (Some(id), Some(l)) = (id, list)
-                            && l.eq_ignore_ascii_case(b"start")
-                        {
-                            open_lists.insert(id.to_vec());
-                        }
-                    }
-                    Kind::Event => {
-                        if let Some(id) = id.filter(|id| open_lists.contains(*id)) {
-                            if list.is_some_and(|l| l.eq_ignore_ascii_case(b"Complete")) {
-                                open_lists.remove(id);
-                            }
-                            if !include_list_events {
-                                continue;
-                            }
-                        }
-                        let category = message.get_bytes("Privilege").map_or(0, privilege_bits);
-                        events.push(StreamEvent {
-                            bytes,
-                            category,
-                            at: Duration::ZERO,
-                        });
-                        ends.push(end);
-                    }
-                    Kind::Action | Kind::Other => {}
+                let list_item = matches!(lists.observe(&message), ListStep::Item { .. });
+                if message.kind() != Kind::Event || (list_item && !include_list_events) {
+                    continue;
                 }
+                let category = message.get_bytes("Privilege").map_or(0, privilege_bits);
+                events.push(StreamEvent {
+                    bytes,
+                    category,
+                    at: Duration::ZERO,
+                });
+                ends.push(end);
             }
         }
     }
@@ -689,10 +674,7 @@ impl Session {
 
 /// `Ping`: `Pong` with the current time, as Asterisk answers.
 fn pong(id: Option<&[u8]>) -> Vec<u8> {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    let ts = format!("{}.{:06}", now.as_secs(), now.subsec_micros());
+    let ts = ami_timestamp(SystemTime::now());
     response(
         "Success",
         id,

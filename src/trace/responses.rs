@@ -36,6 +36,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use ami_proto::{EventLists, ListStep};
 use bytes::Bytes;
 
 use super::TraceError;
@@ -78,9 +79,25 @@ fn non_empty_id(m: &Message) -> Option<&[u8]> {
     m.get_bytes("ActionID").filter(|v| !v.is_empty())
 }
 
-fn is_value(m: &Message, key: &str, value: &str) -> bool {
-    m.get_bytes(key)
-        .is_some_and(|v| v.eq_ignore_ascii_case(value.as_bytes()))
+/// The events of the list `response` opens (none when it opens none),
+/// taken from what the server sent after it, up to the one that closes it.
+fn list_of(response: &Message, after: &[(Message, Bytes)]) -> Vec<Bytes> {
+    let mut lists = EventLists::new();
+    let ListStep::Opened(id) = lists.observe(response) else {
+        return Vec::new();
+    };
+    let mut items = Vec::new();
+    for (ev, bytes) in after {
+        if let ListStep::Item { id: of, last } = lists.observe(ev)
+            && of == id
+        {
+            items.push(bytes.clone());
+            if last {
+                break;
+            }
+        }
+    }
+    items
 }
 
 impl CannedResponses {
@@ -134,16 +151,7 @@ impl CannedResponses {
                 continue;
             }
             let mut reply = vec![resp_bytes.clone()];
-            if let Some(id) = id.filter(|_| is_value(resp, "EventList", "start")) {
-                for (ev, ev_bytes) in &server[i + 1..] {
-                    if ev.kind() == Kind::Event && non_empty_id(ev) == Some(id) {
-                        reply.push(ev_bytes.clone());
-                        if is_value(ev, "EventList", "Complete") {
-                            break;
-                        }
-                    }
-                }
-            }
+            reply.extend(list_of(resp, &server[i + 1..]));
             let fields = request
                 .iter_bytes()
                 .filter(|(k, _)| {

@@ -7,7 +7,8 @@
 //! Asterisk's own request limits, [`check_request`]), the login messages
 //! with the MD5 challenge key ([`login_action`], [`md5_key`]), the
 //! `Events:` mask and event classes as Asterisk reads them ([`EventMask`]),
-//! and decoding a whole buffer at once ([`decode_all`], [`DecodeAll`]).
+//! the event lists that answer list actions ([`EventLists`]), and decoding
+//! a whole buffer at once ([`decode_all`], [`DecodeAll`]).
 //! For the server end of a session (an AMI-compatible listener, a fake
 //! Asterisk): [`ServerSession`] (login, `Events`, `Filter`, `Ping`,
 //! `Logoff` answered as Asterisk 22 answers them), the event filters
@@ -45,6 +46,7 @@ mod commands;
 mod events;
 mod filter;
 mod limits;
+mod lists;
 mod login;
 mod message;
 mod server;
@@ -55,6 +57,7 @@ pub use commands::{ActionClasses, Permit};
 pub use events::{ALL_CLASSES, CLASSES, EventMask, mask_allows, privilege_bits};
 pub use filter::{EventFilter, FilterError, FilterSet};
 pub use limits::{Limits, REQUEST_MAX_LINE, REQUEST_MAX_LINES, RequestError, check_request};
+pub use lists::{EventLists, ListStep};
 pub use login::{LoginProof, challenge_action, login_action, md5_key};
 pub use message::{Kind, Message, MessageBuilder, bytes_to_text};
 pub use server::{Account, Accounts, Boot, ServerSession, Step};

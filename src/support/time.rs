@@ -1,0 +1,91 @@
+//! Clocks and timestamp formats: every place that turns a `SystemTime`
+//! into numbers or text for the outside world uses these.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Microseconds since the Unix epoch; 0 for a time before it.
+pub fn unix_micros(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// The current time in microseconds since the Unix epoch.
+pub fn now_unix_micros() -> u64 {
+    unix_micros(SystemTime::now())
+}
+
+/// `1795730181.136000`: seconds and microseconds since the Unix epoch, as
+/// Asterisk writes times in AMI (`Timestamp:` of events and of `Pong`).
+pub fn ami_timestamp(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    format!("{}.{:06}", d.as_secs(), d.subsec_micros())
+}
+
+/// Appends `t` as RFC 3339 in UTC with milliseconds:
+/// `2026-11-26T21:56:21.136Z`. A time before the epoch is the epoch.
+pub fn rfc3339_millis(t: SystemTime, out: &mut Vec<u8>) {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs() as i64;
+    let millis = d.subsec_millis();
+    let (year, month, day) = civil_from_days(secs.div_euclid(86_400));
+    let rem = secs.rem_euclid(86_400);
+    let s = format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60
+    );
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// Days since 1970-01-01 → (year, month, day) in the proleptic Gregorian
+/// calendar (Howard Hinnant's `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = if month <= 2 { y + 1 } else { y };
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn rfc(t: SystemTime) -> String {
+        let mut o = Vec::new();
+        rfc3339_millis(t, &mut o);
+        String::from_utf8(o).expect("ascii")
+    }
+
+    #[test]
+    fn rfc3339_timestamps() {
+        let t = UNIX_EPOCH + Duration::from_millis(1_795_730_181_136);
+        assert_eq!(rfc(t), "2026-11-26T21:56:21.136Z");
+        assert_eq!(rfc(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        // 2000-02-29: a leap day of a century leap year.
+        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400);
+        assert_eq!(rfc(leap), "2000-02-29T00:00:00.000Z");
+        assert_eq!(
+            rfc(UNIX_EPOCH - Duration::from_secs(1)),
+            "1970-01-01T00:00:00.000Z"
+        );
+    }
+
+    #[test]
+    fn micros_and_ami_timestamps() {
+        let t = UNIX_EPOCH + Duration::from_micros(1_795_730_181_136_042);
+        assert_eq!(unix_micros(t), 1_795_730_181_136_042);
+        assert_eq!(ami_timestamp(t), "1795730181.136042");
+        assert_eq!(unix_micros(UNIX_EPOCH - Duration::from_secs(1)), 0);
+        assert_eq!(ami_timestamp(UNIX_EPOCH), "0.000000");
+    }
+}
