@@ -12,10 +12,9 @@
 //!   so a value can neither flood the log nor forge a line of it nor drive
 //!   a terminal.
 //!
-//! ```
-//! use std::time::Duration;
-//! use ami2amqp::logs::{clip, Throttle};
+//! A warning site (the unit test `usage_as_documented` runs this):
 //!
+//! ```text
 //! static BAD_INPUT: Throttle = Throttle::new(Duration::from_secs(10));
 //! let value = "evil\r\nlevel=ERROR forged line";
 //! if let Some(suppressed) = BAD_INPUT.allow() {
@@ -148,6 +147,21 @@ fn write_escaped(f: &mut fmt::Formatter<'_>, c: char) -> fmt::Result {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn usage_as_documented() {
+        static BAD_INPUT: Throttle = Throttle::new(Duration::from_secs(10));
+        let value = "evil\r\nlevel=ERROR forged line";
+        if let Some(suppressed) = BAD_INPUT.allow() {
+            tracing::warn!(value = %clip(value), suppressed, "bad input");
+        }
+        assert_eq!(clip(value).to_string(), "evil\\r\\nlevel=ERROR forged line");
+        assert_eq!(
+            BAD_INPUT.allow(),
+            None,
+            "a second line within the interval is held back"
+        );
+    }
 
     #[test]
     fn throttle_lets_one_through_per_interval_and_counts_the_rest() {
