@@ -12,7 +12,7 @@
 //!
 //! The listener is bounded: at most [`MAX_HTTP_CONNECTIONS`] at once, 5 s
 //! per exchange, and a failed `accept` (at the file-descriptor limit, say)
-//! waits [`AcceptBackoff`] before the next one instead of spinning.
+//! waits [`ACCEPT_BACKOFF`] before the next one instead of spinning.
 //!
 //! Label values come from bounded sets; for the one label AMI input
 //! decides, the event name, [`EventCounters`] maps names to labels.
@@ -25,6 +25,7 @@ use std::sync::{Arc, OnceLock};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::logs::Throttle;
+use crate::support::backoff::Backoff;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -81,28 +82,11 @@ const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Waits after a failed `accept` (out of file descriptors, say): starts at
 /// 100 ms and doubles up to 1 s while failures go on, instead of retrying
 /// in a tight loop.
-#[derive(Debug, Default)]
-pub struct AcceptBackoff {
-    failures: u32,
-}
-
-impl AcceptBackoff {
-    pub const FIRST: Duration = Duration::from_millis(100);
-    pub const MAX: Duration = Duration::from_secs(1);
-
-    /// The wait after one more failure.
-    pub fn failed(&mut self) -> Duration {
-        let d = Self::FIRST
-            .saturating_mul(1u32 << self.failures.min(4))
-            .min(Self::MAX);
-        self.failures = self.failures.saturating_add(1);
-        d
-    }
-
-    pub fn succeeded(&mut self) {
-        self.failures = 0;
-    }
-}
+pub const ACCEPT_BACKOFF: Backoff = Backoff {
+    initial: Duration::from_millis(100),
+    max: Duration::from_secs(1),
+    jitter: 0.0,
+};
 
 /// Serves `/metrics` and `/healthz` on `listener` until `cancel` fires.
 pub async fn serve(
@@ -113,7 +97,7 @@ pub async fn serve(
 ) {
     static ACCEPT_FAILED: Throttle = Throttle::new(Duration::from_secs(10));
     let slots = Arc::new(Semaphore::new(MAX_HTTP_CONNECTIONS));
-    let mut backoff = AcceptBackoff::default();
+    let mut failures = 0u32;
     loop {
         let accepted = tokio::select! {
             permit = slots.clone().acquire_owned() => match permit {
@@ -125,7 +109,8 @@ pub async fn serve(
         let (sock, permit) = match accepted {
             Ok(x) => x,
             Err(e) => {
-                let wait = backoff.failed();
+                let wait = ACCEPT_BACKOFF.delay(failures);
+                failures = failures.saturating_add(1);
                 if let Some(suppressed) = ACCEPT_FAILED.allow() {
                     tracing::warn!(error = %e, retry_in = ?wait, suppressed,
                         "metrics listener accept failed");
@@ -136,7 +121,7 @@ pub async fn serve(
                 }
             }
         };
-        backoff.succeeded();
+        failures = 0;
         let handle = handle.clone();
         let health = health.clone();
         tokio::spawn(async move {
@@ -296,13 +281,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn accept_backoff_grows_to_a_second_and_resets() {
-        let mut b = AcceptBackoff::default();
-        let waits: Vec<_> = (0..7).map(|_| b.failed()).collect();
-        let ms: Vec<u128> = waits.iter().map(|d| d.as_millis()).collect();
+    fn accept_backoff_grows_to_a_second() {
+        let ms: Vec<u128> = (0..7).map(|n| ACCEPT_BACKOFF.delay(n).as_millis()).collect();
         assert_eq!(ms, [100, 200, 400, 800, 1000, 1000, 1000]);
-        b.succeeded();
-        assert_eq!(b.failed(), AcceptBackoff::FIRST);
     }
 
     #[test]
