@@ -282,7 +282,9 @@ mod tests {
 
     #[test]
     fn accept_backoff_grows_to_a_second() {
-        let ms: Vec<u128> = (0..7).map(|n| ACCEPT_BACKOFF.delay(n).as_millis()).collect();
+        let ms: Vec<u128> = (0..7)
+            .map(|n| ACCEPT_BACKOFF.delay(n).as_millis())
+            .collect();
         assert_eq!(ms, [100, 200, 400, 800, 1000, 1000, 1000]);
     }
 
