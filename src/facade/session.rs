@@ -163,33 +163,43 @@ impl Session {
         }
     }
 
+    /// Queues a client's action and runs what can run now. Every action,
+    /// answered here or forwarded, waits for the ones before it (F21:
+    /// order-based clients match answers to requests by position).
     async fn on_action(&mut self, m: Message) -> Result<(), End> {
-        let boot = self.boot();
-        let facade = self.facade.clone();
-        let step = self.proto.handle(&m, &facade.users, boot, challenge, now());
-        match step {
-            Step::Answer(bytes) => {
-                self.write(&bytes).await?;
-                self.after_login();
-                Ok(())
-            }
-            Step::Close { answer, delay } => {
-                if delay {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+        self.queue.push_back(m);
+        self.pump().await
+    }
+
+    /// Handles queued actions in order until one is forwarded (it runs;
+    /// the rest wait for its answer) or the queue is empty.
+    async fn pump(&mut self) -> Result<(), End> {
+        while self.running.is_none() {
+            let Some(m) = self.queue.pop_front() else {
+                return Ok(());
+            };
+            let boot = self.boot();
+            let facade = self.facade.clone();
+            match self.proto.handle(&m, &facade.users, boot, challenge, now()) {
+                Step::Answer(bytes) => {
+                    self.write(&bytes).await?;
+                    self.after_login();
                 }
-                let _ = self.write(&answer).await;
-                Err(if delay {
-                    End::Dropped(DropReason::LoginFailed)
-                } else {
-                    End::Client
-                })
-            }
-            Step::Forward { .. } => {
-                self.queue.push_back(m);
-                self.start_next();
-                Ok(())
+                Step::Close { answer, delay } => {
+                    if delay {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    let _ = self.write(&answer).await;
+                    return Err(if delay {
+                        End::Dropped(DropReason::LoginFailed)
+                    } else {
+                        End::Client
+                    });
+                }
+                Step::Forward { .. } => self.start(m),
             }
         }
+        Ok(())
     }
 
     /// Counts the session as logged in, once.
@@ -233,12 +243,9 @@ impl Session {
         }
     }
 
-    /// Starts the next queued action when none is running.
-    fn start_next(&mut self) {
-        if self.running.is_some() {
-            return;
-        }
-        let (Some(action), Some(user)) = (self.queue.pop_front(), self.user.clone()) else {
+    /// Starts running a forwarded action.
+    fn start(&mut self, action: Message) {
+        let Some(user) = self.user.clone() else {
             return;
         };
         let bridge_id = self.facade.next_id();
@@ -300,8 +307,7 @@ impl Session {
         if !out.is_empty() {
             self.write(&out).await?;
         }
-        self.start_next();
-        Ok(())
+        self.pump().await
     }
 
     /// One item from the ring, then whatever else is ready (one write).
