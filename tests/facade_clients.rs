@@ -26,7 +26,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::broker::shared_amqp_url;
-use common::procs::{BridgeSetup, Proc, bin, free_port, repo, trace, wait_until};
+use common::procs::{BridgeSetup, Proc, bin, free_port, repo, trace};
 use serde_json::Value;
 
 /// The facade's user in every facade test. `Command` needs write class
@@ -108,6 +108,8 @@ struct Client {
     rx: mpsc::Receiver<Value>,
     seen: Vec<Value>,
     stderr: tempfile::NamedTempFile,
+    /// What the library received (panoramisk's `save_stream`).
+    wire: tempfile::NamedTempFile,
     done: bool,
 }
 
@@ -115,8 +117,10 @@ impl Client {
     fn start(lib: Lib, target: &Target, scenario: &str, arg: Option<&str>) -> Client {
         let (host, port) = target.addr.rsplit_once(':').expect("host:port");
         let stderr = tempfile::NamedTempFile::new().expect("temp file");
+        let wire = tempfile::NamedTempFile::new().expect("temp file");
         let mut cmd = driver(lib);
-        cmd.args([host, port, &target.user, &target.secret, scenario])
+        cmd.env("FACADE_CLIENT_WIRE", wire.path())
+            .args([host, port, &target.user, &target.secret, scenario])
             .args(arg)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -142,6 +146,7 @@ impl Client {
             rx,
             seen: Vec::new(),
             stderr,
+            wire,
             done: false,
         }
     }
@@ -150,12 +155,16 @@ impl Client {
         let mut err = String::new();
         let _ =
             std::fs::File::open(self.stderr.path()).and_then(|mut f| f.read_to_string(&mut err));
+        let wire = std::fs::read(self.wire.path()).unwrap_or_default();
+        let wire = String::from_utf8_lossy(&wire[wire.len().saturating_sub(3000)..])
+            .replace("\r\n", "\\r\\n\n");
         let lines: Vec<String> = self.seen.iter().map(|v| v.to_string()).collect();
         format!(
-            "{}\n--- lines:\n{}\n--- stderr (last 2000 bytes):\n{}",
+            "{}\n--- lines:\n{}\n--- stderr (last 2000 bytes):\n{}\n--- received (panoramisk only, last 3000 bytes):\n{}",
             self.name,
             lines.join("\n"),
-            &err[err.len().saturating_sub(2000)..]
+            tail(&err, 2000),
+            wire
         )
     }
 
@@ -202,6 +211,15 @@ impl Drop for Client {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The last `n` bytes of `s` (from a char boundary).
+fn tail(s: &str, n: usize) -> &str {
+    let mut i = s.len().saturating_sub(n);
+    while !s.is_char_boundary(i) {
+        i += 1;
+    }
+    &s[i..]
 }
 
 /// A finished driver's lines.
@@ -344,7 +362,7 @@ write = {FACADE_WRITE}
         );
         let setup = BridgeSetup::new(backend, &shared_amqp_url(), &extra);
         let bridge = setup.start();
-        let f = Facade {
+        let mut f = Facade {
             setup,
             bridge: Some(bridge),
             addr,
@@ -354,28 +372,39 @@ write = {FACADE_WRITE}
     }
 
     /// The bridge is connected to its server and the facade writes a
-    /// banner.
-    fn wait_ready(&self, t: Duration) {
+    /// banner. Fails at once if the bridge exits (e.g. a config it rejects).
+    fn wait_ready(&mut self, t: Duration) {
         let server = self.setup.server.clone();
-        let connected = wait_until(t, || {
-            self.setup
-                .health()
-                .is_some_and(|(_, h)| h["servers"][&server] == "connected")
-        });
-        assert!(
-            connected,
-            "bridge not connected to its server: {:?}\n{}",
-            self.setup.health(),
-            self.setup.log()
-        );
-        let banner = wait_until(t, || {
-            raw_banner(&self.addr).is_some_and(|b| b.starts_with("Asterisk Call Manager/"))
-        });
-        assert!(
-            banner,
-            "no facade banner on {}: {:?}\n{}",
+        let end = Instant::now() + t;
+        let mut connected = false;
+        let mut banner = None;
+        while Instant::now() < end {
+            if let Some(Ok(Some(st))) = self.bridge.as_mut().map(|b| b.child.try_wait()) {
+                panic!(
+                    "the bridge exited ({st}) during start-up:\n{}",
+                    self.setup.log()
+                );
+            }
+            connected = connected
+                || self
+                    .setup
+                    .health()
+                    .is_some_and(|(_, h)| h["servers"][&server] == "connected");
+            if connected {
+                banner = raw_banner(&self.addr);
+                if banner
+                    .as_deref()
+                    .is_some_and(|b| b.starts_with("Asterisk Call Manager/"))
+                {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "facade not ready on {} within {t:?}: server connected: {connected}, banner: {banner:?}, health: {:?}\n{}",
             self.addr,
-            raw_banner(&self.addr),
+            self.setup.health(),
             self.setup.log()
         );
     }

@@ -25,6 +25,7 @@ lines). Scenarios:
 import asyncio
 import hashlib
 import json
+import os
 import sys
 
 from panoramisk import Manager
@@ -60,13 +61,19 @@ def response(action, m):
 
 
 class RawIds:
-    """save_stream target: collects the raw bytes the Manager receives."""
+    """save_stream target: collects the raw bytes the Manager receives (and
+    appends them to the file named by $FACADE_CLIENT_WIRE, for the test's
+    failure reports)."""
 
     def __init__(self):
         self.buf = b""
+        path = os.environ.get("FACADE_CLIENT_WIRE")
+        self.file = open(path, "ab", buffering=0) if path else None
 
     def write(self, data):
         self.buf += data
+        if self.file:
+            self.file.write(data)
 
     def messages_with_id(self):
         text = self.buf.decode("utf8", "replace")
