@@ -77,6 +77,8 @@ pub struct RouterTask {
     labels_generation: usize,
     stats: RouterStats,
     scratch: Vec<Outgoing>,
+    /// The AMI facade's share of the stream, when the facade is on.
+    tap: Option<crate::facade::Tap>,
 }
 
 impl RouterTask {
@@ -100,7 +102,14 @@ impl RouterTask {
             labels_generation: 0,
             stats: RouterStats::default(),
             scratch: Vec::new(),
+            tap: None,
         }
+    }
+
+    /// Also hands every event and connection change to the AMI facade.
+    pub fn with_tap(mut self, tap: Option<crate::facade::Tap>) -> Self {
+        self.tap = tap;
+        self
     }
 
     /// A number that changes whenever the mapping set does (the event
@@ -195,8 +204,16 @@ impl RouterTask {
         let mut records = 0usize;
         for item in items.drain(..) {
             match item {
-                Incoming::Event(ev) => records += self.route_event(&ev, &router, generation),
+                Incoming::Event(ev) => {
+                    records += self.route_event(&ev, &router, generation);
+                    if let Some(tap) = &self.tap {
+                        tap.event(&ev);
+                    }
+                }
                 Incoming::State { server, state } => {
+                    if let Some(tap) = &self.tap {
+                        tap.state(&server, &state);
+                    }
                     if let Some(rec) = self.status_record(&server, &state) {
                         self.writer.stage_with(|b| rec.encode(b));
                         records += 1;
@@ -414,6 +431,7 @@ pub struct Bridge {
     pub_cancel: CancellationToken,
     actions_task: Option<tokio::task::JoinHandle<Result<(), String>>>,
     actions_cancel: CancellationToken,
+    facade_cancel: CancellationToken,
     metrics_cancel: CancellationToken,
 }
 
@@ -544,6 +562,9 @@ impl Bridge {
             ))
         })?;
         let specs = cfg.server_specs().map_err(|e| BridgeError(e.to_string()))?;
+        let facade_listener = crate::facade::bind(&cfg.facade)
+            .await
+            .map_err(BridgeError)?;
         let (spool, writer, recovered) = open_spool(&cfg)?;
         let (handle, metrics_listener) = start_metrics(&cfg, &recovered).await?;
 
@@ -553,13 +574,30 @@ impl Bridge {
 
         let (tx, rx) = mpsc::channel::<Incoming>(8192);
         let pool = Arc::new(Pool::start(specs, tx));
+        let tap = facade_listener
+            .is_some()
+            .then(|| crate::facade::Tap::new(cfg.facade.queue_events));
+        let facade = match (facade_listener, &tap) {
+            (Some(l), Some(t)) => Some(
+                crate::facade::prepare(
+                    cfg.facade.clone(),
+                    l,
+                    pool.clone(),
+                    t.clone(),
+                    &cfg.actions.allow,
+                )
+                .map_err(BridgeError)?,
+            ),
+            _ => None,
+        };
         let router = RouterTask::new(
             mappings.clone(),
             writer,
             instance.clone(),
             &cfg.status.exchange,
             &cfg.status.routing_key,
-        );
+        )
+        .with_tap(tap);
         let router_task = tokio::spawn(router.run(rx));
         let pub_cancel = CancellationToken::new();
         let (publisher_task, broker_rx) =
@@ -568,6 +606,10 @@ impl Bridge {
             .spawn_watcher(cfg.mappings.watch, Duration::from_millis(300), None)
             .map_err(|e| BridgeError(format!("cannot watch the mappings directory {e}")))?;
 
+        let facade_cancel = CancellationToken::new();
+        if let Some(f) = facade {
+            tokio::spawn(crate::facade::serve(f, facade_cancel.clone()));
+        }
         let actions_cancel = CancellationToken::new();
         let (actions_task, actions_rx) =
             start_actions(&mut cfg, &pool, instance, actions_cancel.clone());
@@ -590,6 +632,7 @@ impl Bridge {
             pub_cancel,
             actions_task,
             actions_cancel,
+            facade_cancel,
             metrics_cancel,
         })
     }
@@ -600,6 +643,7 @@ impl Bridge {
     /// What is not confirmed stays in the spool for the next start.
     pub async fn shutdown(self) -> RouterStats {
         tracing::info!("shutting down: logging off from Asterisk");
+        self.facade_cancel.cancel();
         self.actions_cancel.cancel();
         if let Some(t) = self.actions_task {
             let _ = tokio::time::timeout(Duration::from_secs(5), t).await;

@@ -39,6 +39,7 @@ pub use crate::ami::config::{EventsCfg, ServerConfig};
 pub use crate::amqp::config::{AmqpConfig, DEFAULT_URL};
 pub use crate::amqp::spool::{OnFull, SpoolSettings};
 pub use crate::bridge::config::{BridgeConfig, StatusConfig};
+pub use crate::facade::{FacadeConfig, FacadeUser};
 pub use crate::mapping::config::MappingsConfig;
 pub use crate::metrics::config::MetricsConfig;
 pub use amqp_url::{parse_amqp_url, redact_url, url_user};
@@ -76,6 +77,8 @@ pub struct Config {
     pub status: StatusConfig,
     /// The action path (AMQP → AMI): docs/actions.md.
     pub actions: ActionsConfig,
+    /// The AMI facade (AMI clients → bridge): docs/facade.md.
+    pub facade: FacadeConfig,
     /// Where the file was read from (for messages; relative paths in the
     /// file are relative to the working directory).
     #[serde(skip)]
@@ -161,7 +164,9 @@ impl Config {
         self.servers
             .iter()
             .map(|s| {
-                let secret = resolve_secret(s).map_err(|m| self.err(m))?;
+                let what = format!("server {:?}", s.name());
+                let secret = resolve_secret(&what, &s.secret, &s.secret_file, &s.secret_env)
+                    .map_err(|m| self.err(m))?;
                 Ok(s.spec(
                     secret,
                     limits,
@@ -173,28 +178,29 @@ impl Config {
     }
 }
 
-fn resolve_secret(s: &ServerConfig) -> Result<String, String> {
-    let (v, from) = if let Some(v) = &s.secret {
+/// The secret of `what` (`server "pbx1"`, `facade user "crm"`) from the
+/// one of `secret`, `secret_file`, `secret_env` that is set.
+pub(crate) fn resolve_secret(
+    what: &str,
+    secret: &Option<String>,
+    file: &Option<PathBuf>,
+    env: &Option<String>,
+) -> Result<String, String> {
+    let (v, from) = if let Some(v) = secret {
         (v.clone(), "secret".to_string())
-    } else if let Some(f) = &s.secret_file {
-        let v = read_secret_file(f)
-            .map_err(|e| format!("server {:?}: cannot read secret_file {e}", s.name()))?;
+    } else if let Some(f) = file {
+        let v = read_secret_file(f).map_err(|e| format!("{what}: cannot read secret_file {e}"))?;
         (v, format!("secret_file {}", f.display()))
-    } else if let Some(v) = &s.secret_env {
-        let val = std::env::var(v).map_err(|_| {
-            format!(
-                "server {:?}: environment variable {v} (secret_env) is not set",
-                s.name()
-            )
-        })?;
+    } else if let Some(v) = env {
+        let val = std::env::var(v)
+            .map_err(|_| format!("{what}: environment variable {v} (secret_env) is not set"))?;
         (val, format!("secret_env {v}"))
     } else {
-        return Err(format!("server {:?}: no secret", s.name()));
+        return Err(format!("{what}: no secret"));
     };
     if v.is_empty() || v.chars().any(char::is_control) {
         return Err(format!(
-            "server {:?}: the secret from {from} is empty or contains a control character",
-            s.name()
+            "{what}: the secret from {from} is empty or contains a control character"
         ));
     }
     Ok(v)

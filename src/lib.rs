@@ -14,6 +14,7 @@ pub mod ami;
 pub mod amqp;
 mod bridge;
 pub mod config;
+mod facade;
 mod internal_events;
 mod logs;
 pub mod mapping;

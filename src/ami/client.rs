@@ -205,7 +205,13 @@ pub fn validate_action(action: &Message) -> Result<(), ActionError> {
 type Reply = oneshot::Sender<Result<ActionResult, ActionError>>;
 
 enum Command {
-    Action { message: Message, reply: Reply },
+    /// `id`: the caller's ActionID, unique among this client's actions
+    /// (the facade's `a2a-f<n>`), or `None` for one of ours.
+    Action {
+        message: Message,
+        reply: Reply,
+        id: Option<String>,
+    },
 }
 
 /// A handle to one AMI connection task. Cloning is cheap; the task stops
@@ -290,6 +296,20 @@ impl Client {
         action: Message,
         timeout: Option<Duration>,
     ) -> Result<ActionResult, ActionError> {
+        self.send_action_as(action, None, timeout).await
+    }
+
+    /// [`Client::send_action`] with the ActionID `id` instead of one of
+    /// ours when given: the caller knows it before the action is sent (the
+    /// facade must recognise an `OriginateResponse` carrying it, which can
+    /// arrive on the event connection before the response). `id` must not
+    /// start with `a2a-<role>-` (our own ids) and must never be reused.
+    pub async fn send_action_as(
+        &self,
+        action: Message,
+        id: Option<String>,
+        timeout: Option<Duration>,
+    ) -> Result<ActionResult, ActionError> {
         validate_action(&action)?;
         if !self.is_connected() {
             return Err(ActionError::Unavailable(self.config.server.to_string()));
@@ -302,6 +322,7 @@ impl Client {
             .send(Command::Action {
                 message: action,
                 reply: tx,
+                id,
             })
             .await
             .map_err(|_| ActionError::Stopped)?;
@@ -748,11 +769,11 @@ impl Supervisor {
         framed: &mut AmiFramed,
         st: &mut SessionState,
     ) -> ControlFlow<SessionEnd> {
-        let Some(Command::Action { message, reply }) = cmd else {
+        let Some(Command::Action { message, reply, id }) = cmd else {
             self.cancel.cancel();
             return ControlFlow::Continue(());
         };
-        match self.write_actions(message, reply, framed, st).await {
+        match self.write_actions((message, reply, id), framed, st).await {
             Ok(()) => ControlFlow::Continue(()),
             Err(e) => ControlFlow::Break(SessionEnd::Lost(format!("write error: {e}"))),
         }
@@ -763,15 +784,14 @@ impl Supervisor {
     /// instead of one each).
     async fn write_actions(
         &mut self,
-        message: Message,
-        reply: Reply,
+        first: (Message, Reply, Option<String>),
         framed: &mut AmiFramed,
         st: &mut SessionState,
     ) -> Result<(), std::io::Error> {
-        let mut next = Some((message, reply));
-        while let Some((message, reply)) = next.take() {
+        let mut next = Some(first);
+        while let Some((message, reply, id)) = next.take() {
             if !reply.is_closed() {
-                let id = self.next_action_id();
+                let id = id.unwrap_or_else(|| self.next_action_id());
                 let wire = with_action_id(&message, &id);
                 if let Err(e) = framed.feed(wire).await {
                     let server = self.config.server.to_string();
@@ -780,8 +800,8 @@ impl Supervisor {
                 }
                 st.pending.actions.insert(id, Pending::new(reply));
             }
-            if let Ok(Command::Action { message, reply }) = self.commands.try_recv() {
-                next = Some((message, reply));
+            if let Ok(Command::Action { message, reply, id }) = self.commands.try_recv() {
+                next = Some((message, reply, id));
             }
         }
         SinkExt::<Message>::flush(framed).await

@@ -152,8 +152,20 @@ impl Pool {
         action: Message,
         timeout: Option<Duration>,
     ) -> Result<ActionResult, PoolError> {
+        self.send_action_as(server, action, None, timeout).await
+    }
+
+    /// [`Pool::send_action`] with a caller-chosen ActionID
+    /// ([`Client::send_action_as`]).
+    pub async fn send_action_as(
+        &self,
+        server: &str,
+        action: Message,
+        id: Option<String>,
+        timeout: Option<Duration>,
+    ) -> Result<ActionResult, PoolError> {
         let client = self.pick(server)?;
-        Ok(client.send_action(action, timeout).await?)
+        Ok(client.send_action_as(action, id, timeout).await?)
     }
 
     /// Logs off every connection.

@@ -107,6 +107,7 @@ pub fn check(cfg: &Config) -> Findings {
     bridge(cfg, &mut f);
     spool(cfg, &mut f);
     others(cfg, &mut f);
+    facade(cfg, &mut f);
     if let Err((key, msg)) = cfg.mappings.check() {
         f.err(key, msg);
     }
@@ -272,6 +273,152 @@ fn server_secret(s: &ServerConfig, k: &dyn Fn(&str) -> String, f: &mut Findings)
         && let Some(w) = others_can_access(p)
     {
         f.warn(k("secret_file"), w);
+    }
+}
+
+/// `[facade]` and every `[[facade.user]]`.
+fn facade(cfg: &Config, f: &mut Findings) {
+    let fc = &cfg.facade;
+    if let Some(l) = &fc.listen
+        && let Err(e) = host_port(l.get_ref())
+    {
+        f.err_at(
+            "facade.listen",
+            l,
+            format!("\"{}\" {e}", crate::logs::clip(l.get_ref())),
+        );
+    }
+    if fc.listen.is_some() && fc.user.is_empty() {
+        f.warn(
+            "facade.user",
+            "the facade listens but has no [[facade.user]]: nobody can log in",
+        );
+    }
+    f.range(
+        "facade.writetimeout_ms",
+        fc.writetimeout_ms,
+        1,
+        60_000,
+        "milliseconds per message",
+    );
+    f.range("facade.authtimeout_s", fc.authtimeout_s, 1, 3600, "seconds");
+    f.range("facade.authlimit", fc.authlimit, 1, 100_000, "sessions");
+    f.range(
+        "facade.max_sessions",
+        fc.max_sessions,
+        1,
+        100_000,
+        "sessions",
+    );
+    f.range(
+        "facade.action_timeout_s",
+        fc.action_timeout_s,
+        1,
+        86_400,
+        "seconds",
+    );
+    f.range(
+        "facade.queue_events",
+        fc.queue_events,
+        16,
+        1 << 20,
+        "events",
+    );
+    let v = &fc.version;
+    if v.is_empty() || v.len() > 32 || !v.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        f.err(
+            "facade.version",
+            format!(
+                "\"{}\" is not an AMI version like 11.0.0",
+                crate::logs::clip(v)
+            ),
+        );
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (i, u) in fc.user.iter().enumerate() {
+        facade_user(cfg, i, u, &mut seen, f);
+    }
+}
+
+fn facade_user(
+    cfg: &Config,
+    i: usize,
+    u: &crate::config::FacadeUser,
+    seen: &mut std::collections::HashSet<String>,
+    f: &mut Findings,
+) {
+    let k = |key: &str| format!("facade.user[{i}].{key}");
+    let name = u.name.get_ref();
+    if name.is_empty()
+        || name.len() > 64
+        || name.chars().any(|c| c.is_control() || c.is_whitespace())
+    {
+        f.err_at(
+            k("name"),
+            &u.name,
+            "must be 1 to 64 characters, without spaces or control characters",
+        );
+    } else if !seen.insert(name.to_ascii_lowercase()) {
+        f.err_at(
+            k("name"),
+            &u.name,
+            format!("user {name:?} is used twice (names compare case-insensitively)"),
+        );
+    }
+    let secrets = [
+        u.secret.is_some(),
+        u.secret_file.is_some(),
+        u.secret_env.is_some(),
+    ];
+    if secrets.iter().filter(|b| **b).count() != 1 {
+        f.err(
+            k("secret"),
+            format!(
+                "facade user {name:?}: set exactly one of `secret`, `secret_file`, `secret_env`"
+            ),
+        );
+    }
+    if let Some(p) = &u.secret_file
+        && let Some(w) = others_can_access(p)
+    {
+        f.warn(k("secret_file"), w);
+    }
+    for (key, list) in [("read", &u.read), ("write", &u.write)] {
+        for c in list.iter().filter(|c| !crate::facade::known_class(c)) {
+            f.err(
+                k(key),
+                format!(
+                    "unknown AMI class \"{}\" (one of all, {})",
+                    crate::logs::clip(c),
+                    ami_proto::CLASSES
+                        .iter()
+                        .map(|(n, _)| *n)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            );
+        }
+    }
+    for s in u
+        .servers
+        .iter()
+        .filter(|s| !cfg.servers.iter().any(|c| c.name() == s.as_str()))
+    {
+        f.err(
+            k("servers"),
+            format!(
+                "unknown server \"{}\" (not a [[server]] name)",
+                crate::logs::clip(s)
+            ),
+        );
+    }
+    for (j, flt) in u.filters.iter().enumerate() {
+        if let Err(e) = ami_proto::EventFilter::legacy(flt) {
+            f.err(
+                format!("facade.user[{i}].filters[{j}]"),
+                e.asterisk_message(),
+            );
+        }
     }
 }
 

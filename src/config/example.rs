@@ -12,8 +12,8 @@ use toml::Spanned;
 
 use super::doc::render;
 use super::{
-    ActionsConfig, AmqpConfig, BridgeConfig, MappingsConfig, MetricsConfig, ServerConfig,
-    SpoolSettings, StatusConfig,
+    ActionsConfig, AmqpConfig, BridgeConfig, FacadeConfig, FacadeUser, MappingsConfig,
+    MetricsConfig, ServerConfig, SpoolSettings, StatusConfig,
 };
 
 /// The example's server: every optional key at its default.
@@ -25,6 +25,19 @@ pub fn example_server() -> ServerConfig {
         username: s("ami2amqp"),
         secret_env: Some("AMI2AMQP_PBX1_SECRET".into()),
         ..ServerConfig::default()
+    }
+}
+
+/// The example's facade user (the facade itself stays off: `listen` is
+/// not set).
+pub fn example_facade_user() -> FacadeUser {
+    FacadeUser {
+        name: Spanned::new(0..0, "crm".to_string()),
+        secret_env: Some("AMI2AMQP_FACADE_CRM_SECRET".into()),
+        read: vec!["call".into(), "agent".into()],
+        write: vec!["call".into(), "originate".into()],
+        filters: vec!["!Event: VarSet".into()],
+        ..FacadeUser::default()
     }
 }
 
@@ -45,6 +58,8 @@ pub fn example() -> Result<String, String> {
     render(&mut out, "[bridge]", &BridgeConfig::default())?;
     render(&mut out, "[status]", &StatusConfig::default())?;
     render(&mut out, "[actions]", &ActionsConfig::default())?;
+    render(&mut out, "[facade]", &FacadeConfig::default())?;
+    render(&mut out, "[[facade.user]]", &example_facade_user())?;
     Ok(out.trim_end().to_string() + "\n")
 }
 
@@ -121,6 +136,8 @@ mod tests {
         documented::<BridgeConfig>();
         documented::<StatusConfig>();
         documented::<ActionsConfig>();
+        documented::<FacadeConfig>();
+        documented::<FacadeUser>();
         // The keys a default does not serialize are documented too.
         let server: Vec<&str> = ServerConfig::KEYS.iter().map(|(k, _)| *k).collect();
         assert!(server.contains(&"secret") && server.contains(&"secret_file"));

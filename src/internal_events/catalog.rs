@@ -62,6 +62,9 @@ pub const ACTIONS_BUSY_TOTAL: &str = "actions_busy_total";
 pub const ACTIONS_TOO_LARGE_TOTAL: &str = "actions_too_large_total";
 pub const ACTIONS_REPLY_FAILURES_TOTAL: &str = "actions_reply_failures_total";
 pub const ACTIONS_REPLY_CHANNEL_REOPENED_TOTAL: &str = "actions_reply_channel_reopened_total";
+pub const FACADE_SESSIONS: &str = "facade_sessions";
+pub const FACADE_ACTIONS_TOTAL: &str = "facade_actions_total";
+pub const FACADE_DROPPED_SESSIONS_TOTAL: &str = "facade_dropped_sessions_total";
 
 const fn counter(name: &'static str, help: &'static str) -> Metric {
     Metric {
@@ -206,6 +209,18 @@ pub const METRICS: &[Metric] = &[
     counter(
         ACTIONS_REPLY_CHANNEL_REOPENED_TOTAL,
         "Reply channels the broker closed and the bridge reopened.",
+    ),
+    gauge(
+        FACADE_SESSIONS,
+        "AMI facade sessions logged in, by user (configured users only).",
+    ),
+    counter(
+        FACADE_ACTIONS_TOTAL,
+        "Actions AMI facade clients sent to Asterisk or were refused, by user and result.",
+    ),
+    counter(
+        FACADE_DROPPED_SESSIONS_TOTAL,
+        "AMI facade sessions the bridge closed, by reason.",
     ),
 ];
 

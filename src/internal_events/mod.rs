@@ -19,6 +19,7 @@ pub(crate) mod actions;
 pub(crate) mod ami;
 pub(crate) mod amqp;
 pub(crate) mod catalog;
+pub(crate) mod facade;
 pub(crate) mod mapping;
 pub(crate) mod spool;
 
