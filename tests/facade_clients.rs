@@ -505,7 +505,8 @@ fn recorded_event_names(name: &str) -> Vec<String> {
         .collect()
 }
 
-/// A fake Asterisk that answers an async `Originate` with the recorded
+/// A fake Asterisk that never answers `QueueStatus`, and answers an async
+/// `Originate` with the recorded
 /// `Response` and `OriginateResponse` (calls_small, `small-100`) carrying
 /// the action's ActionID, and `ListCommands` as recorded (actions), so that
 /// the facade learns each action's write classes.
@@ -522,6 +523,8 @@ impl fake_ami::Script for OriginateScript {
                 "small-100",
                 id,
             )),
+            // Never answered: an action in flight when the server goes down.
+            "queuestatus" => Some(Vec::new()),
             "listcommands" => Some(recorded(
                 "actions.ami",
                 "Response: Success",
@@ -1023,6 +1026,68 @@ fn facade_panoramisk_originate() {
 #[test]
 fn facade_asterisk_manager_originate() {
     facade_originate(Lib::AsteriskManager);
+}
+
+/// An action in flight when the backend goes down. Asterisk leaves it
+/// unanswered (the connection just drops; panoramisk queues it for after
+/// the reconnect); the facade answers it `Response: Error` / `Message:
+/// Server <name> disconnected`, then closes the session (its only server)
+/// (F28, pitfall 18).
+fn inflight(lib: Lib, facade: bool) {
+    let ami = originate_backend(None);
+    let f = facade.then(|| Facade::start(&ami.addr));
+    let target = match &f {
+        Some(f) => f.target(),
+        None => Target {
+            addr: ami.addr.clone(),
+            user: BACKEND_USER.into(),
+            secret: BACKEND_SECRET.into(),
+            facade: false,
+        },
+    };
+    let mut c = Client::start(lib, &target, "inflight", None);
+    c.expect("ready", T);
+    // Time for the facade to forward it.
+    std::thread::sleep(Duration::from_millis(300));
+    ami.go_down();
+    let fin = c.finish(T);
+    fin.no_errors();
+    fin.one("closed");
+    match &f {
+        None => {
+            fin.one("no_response");
+        }
+        Some(f) => {
+            let r = fin.response("QueueStatus");
+            assert_eq!(r["response"], "Error", "{}", fin.report);
+            assert_eq!(
+                r["message"],
+                format!("Server {} disconnected", f.setup.server),
+                "{}",
+                fin.report
+            );
+        }
+    }
+}
+
+#[test]
+fn direct_panoramisk_inflight_when_backend_drops() {
+    inflight(Lib::Panoramisk, false);
+}
+
+#[test]
+fn direct_asterisk_manager_inflight_when_backend_drops() {
+    inflight(Lib::AsteriskManager, false);
+}
+
+#[test]
+fn facade_panoramisk_inflight_when_backend_drops() {
+    inflight(Lib::Panoramisk, true);
+}
+
+#[test]
+fn facade_asterisk_manager_inflight_when_backend_drops() {
+    inflight(Lib::AsteriskManager, true);
 }
 
 #[test]

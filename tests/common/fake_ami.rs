@@ -11,7 +11,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -63,6 +63,24 @@ fn write_to(w: &Writer, bytes: &[u8]) -> std::io::Result<()> {
 pub struct FakeAmi {
     pub addr: String,
     pub sessions: Arc<AtomicUsize>,
+    down: Arc<AtomicBool>,
+    socks: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl FakeAmi {
+    /// The server "crashes": every session is cut, and connections
+    /// accepted from now on are closed at once (no banner).
+    pub fn go_down(&self) {
+        self.down.store(true, Ordering::SeqCst);
+        for s in self
+            .socks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain(..)
+        {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
 }
 
 /// Starts a fake server on a free port of 127.0.0.1.
@@ -73,9 +91,21 @@ pub fn start(script: impl Script) -> FakeAmi {
     let sessions = Arc::new(AtomicUsize::new(0));
     let count = sessions.clone();
     let listeners = EventSessions::default();
+    let down = Arc::new(AtomicBool::new(false));
+    let socks = Arc::new(Mutex::new(Vec::new()));
+    let (down2, socks2) = (down.clone(), socks.clone());
     std::thread::spawn(move || {
         for sock in listener.incoming() {
             let Ok(sock) = sock else { continue };
+            if down2.load(Ordering::SeqCst) {
+                continue; // dropped: closed
+            }
+            if let Ok(s) = sock.try_clone() {
+                socks2
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(s);
+            }
             let n = count.fetch_add(1, Ordering::SeqCst);
             let script = script.clone();
             let listeners = listeners.clone();
@@ -88,7 +118,12 @@ pub fn start(script: impl Script) -> FakeAmi {
             });
         }
     });
-    FakeAmi { addr, sessions }
+    FakeAmi {
+        addr,
+        sessions,
+        down,
+        socks,
+    }
 }
 
 /// Reads one action: its `Key: Value` lines up to a blank line.

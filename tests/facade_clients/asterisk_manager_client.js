@@ -7,7 +7,7 @@
 // (scripts/ensure-facade-clients.sh installs it; the Rust test sets it).
 // Prints one JSON object per line per observation and {"kind":"done"} at the
 // end. Scenarios: login, events N, ping, list, originate, forbidden, logoff,
-// same_id N, reconnect (see panoramisk_client.py; this library has no MD5
+// inflight, same_id N, reconnect (see panoramisk_client.py; this library has no MD5
 // login). The library logs in by itself when constructed with a port, as
 // its README shows; its `Event: on` header is what it sends (Asterisk reads
 // only `Events:`, so the session gets the user's read classes).
@@ -191,6 +191,23 @@ async function run() {
       await new Promise((resolve) => setTimeout(resolve, 500));
       out({ kind: 'raw_ids', messages: rawIds });
       return finish(ami);
+    }
+    case 'inflight': {
+      // QueueStatus, which the backend never answers, in flight when the
+      // backend goes down.
+      let answered = null;
+      ami.action({ action: 'QueueStatus' }, (err, res) => { answered = { error: !!err, ...plain(res) }; });
+      out({ kind: 'ready' });
+      await new Promise((resolve) => ami.once('close', resolve));
+      out({ kind: 'closed' });
+      // Anything parsed before the close has been emitted by now.
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      if (answered) {
+        out({ kind: 'response', action: 'QueueStatus', ...answered });
+      } else {
+        out({ kind: 'no_response', action: 'QueueStatus' });
+      }
+      return finish(null);
     }
     case 'reconnect': {
       const r = await action({ action: 'Ping' });

@@ -16,6 +16,8 @@ lines). Scenarios:
     originate        async Originate: the messages the future resolves with
     forbidden        Command "core show version" (expects Permission denied)
     logoff           Logoff: the Goodbye response and the close
+    inflight         QueueStatus, which the backend never answers, in flight
+                     when the backend goes down: its answer, then the close
     same_id N        N x CoreShowChannels with ActionID "1", one after the
                      other; every raw message carrying an ActionID is printed
     reconnect        Login, Ping; after the server goes away the Manager's own
@@ -202,6 +204,18 @@ async def main():
         # Anything foreign still on its way arrives meanwhile.
         await asyncio.sleep(0.5)
         out(kind="raw_ids", messages=raw.messages_with_id())
+    elif scenario == "inflight":
+        fut = manager.send_action({"Action": "QueueStatus"})
+        out(kind="ready")
+        try:
+            await asyncio.wait_for(lost.wait(), 15)
+            out(kind="closed")
+        except asyncio.TimeoutError:
+            out(kind="still_open")
+        if fut.done():
+            response("QueueStatus", fut.result())
+        else:
+            out(kind="no_response", action="QueueStatus")
     elif scenario == "reconnect":
         response("Ping", await asyncio.wait_for(manager.send_action({"Action": "Ping"}), 10))
         out(kind="ready")
