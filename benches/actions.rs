@@ -28,7 +28,8 @@ use lapin::{BasicProperties, Connection, ConnectionProperties};
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use common::procs::{Proc, bin, free_port, replay, repo, trace};
+use common::cleanup::BrokerCleanup;
+use common::procs::{ActionNames, Proc, bin, free_port, replay, repo, trace};
 
 fn url() -> String {
     std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
@@ -170,6 +171,9 @@ fn ms(d: Duration) -> String {
 /// in this order: the bridge is killed first).
 struct Bridge {
     _bridge: Proc,
+    /// Deletes the action path's queues and exchanges once the bridge is
+    /// gone (fields drop in order).
+    _cleanup: BrokerCleanup,
     _dir: tempfile::TempDir,
     _replay: Proc,
     /// The action exchange (unique to this run).
@@ -194,6 +198,14 @@ fn start_bridge(url: &str) -> Bridge {
         dir.path().join("spool").display(),
         free_port()
     );
+    let cleanup = BrokerCleanup::on(url);
+    ActionNames {
+        exchange: ex.clone(),
+        queue_prefix: format!("{ex}."),
+        unrouted: format!("{ex}.unrouted"),
+        expired: format!("{ex}.expired"),
+    }
+    .record(&cleanup, &["pbx1"]);
     let cfg_path = dir.path().join("c.toml");
     std::fs::write(&cfg_path, cfg).expect("config");
     let child = Command::new(bin())
@@ -209,6 +221,7 @@ fn start_bridge(url: &str) -> Bridge {
             child,
             name: "bridge".into(),
         },
+        _cleanup: cleanup,
         _dir: dir,
         _replay: replay,
         exchange: ex,

@@ -4,21 +4,28 @@
 #   make demo                 # release build + RabbitMQ + this script
 #   bash scripts/demo.sh      # the same, when both are already there
 #
-# 1. A fake Asterisk (`ami2amqp replay`) serves a real capture of ten test
-#    calls (tests/traces/calls_small.ami, 749 events) at 200 events/s.
-# 2. A temporary config (from contrib/ami2amqp.toml) points the bridge at it,
-#    with the repository's mappings/, a spool in a temp dir and metrics on a
-#    free port; `ami2amqp check` validates it.
-# 3. `ami2amqp tail` binds a queue to the exchange ami.events FIRST, so that
+# 1. A temporary config (from contrib/ami2amqp.toml) for one Asterisk, with
+#    the repository's mappings/, a spool in a temp dir, metrics on a free
+#    port and the AMI facade on another; `ami2amqp check` validates it.
+# 2. `ami2amqp tail` binds a queue to the exchange ami.events FIRST, so that
 #    it sees every message from the first one on.
-# 4. `ami2amqp run` logs in to the fake Asterisk and publishes; the routed
-#    messages are shown as they arrive, then counted per routing key and
-#    compared with the dry run (`ami2amqp map`).
-# 5. /healthz and a few /metrics lines, then SIGTERM and a clean stop.
+# 3. `ami2amqp run` starts; Asterisk is not up yet, so it keeps retrying.
+# 4. A legacy AMI application (a few lines of panoramisk,
+#    scripts/demo-ami-client.py) logs in to the bridge's AMI facade instead
+#    of Asterisk.
+# 5. A fake Asterisk (`ami2amqp replay`) comes up serving a real capture of
+#    ten test calls (tests/traces/calls_small.ami, 749 events) at 200
+#    events/s; the bridge logs in and publishes; the routed messages are
+#    shown as they arrive, counted per routing key and compared with the dry
+#    run (`ami2amqp map`), and the AMI application's count is checked: the
+#    same events, through one AMI session to Asterisk.
+# 6. /healthz and a few /metrics lines, then SIGTERM and a clean stop.
 #
 # Environment: AMQP_URL (default amqp://guest:guest@127.0.0.1:5672/%2f),
 # AMI2AMQP_BIN (default target/release/ami2amqp), DEMO_SHOW (lines of
-# messages shown, default 40), DEMO_KEEP=1 (keep the temp dir and logs).
+# messages shown, default 40), DEMO_KEEP=1 (keep the temp dir and logs),
+# DEMO_PYTHON (default target/facade-clients/venv/bin/python, with
+# panoramisk: scripts/ensure-facade-clients.sh installs it).
 #
 # Every process started here is stopped on exit, whatever happens. Exits
 # non-zero with a message saying what failed and the log lines that matter.
@@ -27,6 +34,7 @@ cd "$(dirname "$0")/.."
 root=$PWD
 
 bin=${AMI2AMQP_BIN:-$root/target/release/ami2amqp}
+python=${DEMO_PYTHON:-$root/target/facade-clients/venv/bin/python}
 trace=tests/traces/calls_small.ami
 rate=200
 server=pbx1
@@ -160,6 +168,8 @@ compact() {
 
 [ -x "$bin" ] || die "$bin not found: build it first (make demo does: cargo build --release)"
 [ -f "$trace" ] || die "$trace not found (run this from a checkout of ami2amqp)"
+"$python" -c 'import panoramisk' 2>/dev/null ||
+    die "no Python with panoramisk at $python: run make demo (it installs it) or bash scripts/ensure-facade-clients.sh"
 
 # host:port of the broker, from the URL.
 u=${amqp_url#*://}
@@ -177,30 +187,16 @@ printf '%sami2amqp demo%s: a recorded Asterisk session, through the bridge, onto
     "$bold" "$off" "$("$bin" --version)"
 say "broker: $redacted_url   work dir: $tmp"
 
-# ---------------------------------------------------------------- 1. replay
-
-step "1/6  A fake Asterisk: ami2amqp replay $trace at $rate events/s"
-"$bin" replay --listen 127.0.0.1:0 --username bridge --secret "$secret" --rate "$rate" \
-    "$trace" >"$tmp/replay.out" 2>"$tmp/replay.log" &
-pids+=($!)
-replay_pid=$!
-ami_addr=''
-for _ in $(seq 1 100); do
-    ami_addr=$(sed -n 's/^listening on //p' "$tmp/replay.out" 2>/dev/null | head -n 1)
-    [ -n "$ami_addr" ] && break
-    alive "$replay_pid" || break
-    sleep 0.1
-done
-[ -n "$ami_addr" ] || die "the replay did not start (no 'listening on' line)" "$tmp/replay.log"
-say "AMI listening on $ami_addr (user bridge, secret $secret; plain or MD5 login, like Asterisk)"
-say "$(grep -o 'events=[0-9]*' "$tmp/replay.log" | head -n 1 | sed 's/events=//') events of 10 test calls (answer, busy, congestion, queue, DTMF, UserEvent, ...)"
-
 # ---------------------------------------------------------------- 2. config
 
-step "2/6  A config file (from contrib/ami2amqp.toml), checked with: ami2amqp check --config"
+step "1/7  A config file (from contrib/ami2amqp.toml), checked with: ami2amqp check --config"
 metrics_port=$(free_port) || die "no free TCP port found for /metrics"
+ami_port=$(free_port) || die "no free TCP port found for the fake Asterisk"
+ami_addr=127.0.0.1:$ami_port
+facade_port=$(free_port) || die "no free TCP port found for the AMI facade"
+app_secret=wallboardpass
 cfg=$tmp/ami2amqp.toml
-write_config() { # FILE AMI_ADDRESS METRICS_PORT SPOOL_DIR
+write_config() { # FILE AMI_ADDRESS METRICS_PORT SPOOL_DIR FACADE_PORT
     cat >"$1" <<EOF
 # Written by scripts/demo.sh; docs/config.md documents every key.
 [amqp]
@@ -215,6 +211,8 @@ username = "bridge"
 secret = "$secret"
 auth = "md5"
 events = "on"
+reconnect_initial_ms = 200
+reconnect_max_ms = 1000
 
 [mappings]
 dir = "$root/mappings"
@@ -224,9 +222,19 @@ dir = "$4"
 
 [metrics]
 listen = "127.0.0.1:$3"
+
+# Legacy AMI applications connect here instead of to Asterisk (docs/facade.md).
+[facade]
+listen = "127.0.0.1:$5"
+refuse_when_down = false   # let the demo's application log in before Asterisk is up
+
+[[facade.user]]
+name = "wallboard"
+secret = "$app_secret"
+read = ["all"]
 EOF
 }
-write_config "$cfg" "$ami_addr" "$metrics_port" "$tmp/spool"
+write_config "$cfg" "$ami_addr" "$metrics_port" "$tmp/spool" "$facade_port"
 sed -e '/^#/d' -e '/^$/d' -e 's/^/   | /' "$cfg"
 "$bin" check --config "$cfg" >"$tmp/check.out" 2>&1 || die "ami2amqp check rejected the config" "$tmp/check.out"
 sed 's/^/   /' "$tmp/check.out"
@@ -238,7 +246,7 @@ say "dry run (ami2amqp map --summary): these mappings turn the trace into $expec
 
 # ---------------------------------------------------------------- 3. tail
 
-step "3/6  A consumer first: ami2amqp tail --exchange $exchange '$binding'"
+step "2/7  A consumer first: ami2amqp tail --exchange $exchange '$binding'"
 # tail binds a queue to the exchange. The bridge declares its exchanges when
 # it connects; tail would wait for that, but then miss what the bridge
 # publishes before tail has bound its queue. So on a broker that never saw
@@ -250,7 +258,8 @@ if ! "$bin" tail --exchange "$exchange" --duration 0.1 "$binding" >/dev/null 2>"
     say "first run on this broker: letting the bridge declare its exchanges"
     prime_port=$(free_port) || die "no free TCP port"
     prime_metrics=$(free_port) || die "no free TCP port"
-    write_config "$tmp/prime.toml" "127.0.0.1:$prime_port" "$prime_metrics" "$tmp/prime-spool"
+    prime_facade=$(free_port) || die "no free TCP port"
+    write_config "$tmp/prime.toml" "127.0.0.1:$prime_port" "$prime_metrics" "$tmp/prime-spool" "$prime_facade"
     "$bin" run --config "$tmp/prime.toml" 2>"$tmp/prime.log" &
     pids+=($!)
     prime_pid=$!
@@ -276,11 +285,53 @@ say "a temporary queue is bound to $exchange with '$binding' (every message of s
 
 # ---------------------------------------------------------------- 4. run
 
-step "4/6  The bridge: ami2amqp run --config $(basename "$cfg")"
-t0=$(date +%s.%N)
+step "3/7  The bridge: ami2amqp run --config $(basename "$cfg")"
 "$bin" run --config "$cfg" 2>"$tmp/bridge.log" &
 pids+=($!)
 bridge_pid=$!
+for _ in $(seq 1 100); do
+    grep -q 'AMI facade listening' "$tmp/bridge.log" && break
+    alive "$bridge_pid" || die "the bridge stopped" "$tmp/bridge.log"
+    sleep 0.1
+done
+grep -q 'AMI facade listening' "$tmp/bridge.log" || die "the AMI facade did not start" "$tmp/bridge.log"
+grep -E 'AMI facade listening' "$tmp/bridge.log" | sed -E 's/^[^ ]+ +[A-Z]+ [^ ]+ //; s/^/   log: /'
+say "Asterisk ($ami_addr) is not up yet: the bridge retries, and its AMI facade already listens"
+
+# ---------------------------------------------------------------- 4. a legacy AMI client
+
+step "4/7  A legacy AMI application, unchanged, pointed at the bridge instead of Asterisk"
+say "scripts/demo-ami-client.py: a few lines of panoramisk (Python), logging in as 'wallboard' to 127.0.0.1:$facade_port"
+"$python" scripts/demo-ami-client.py 127.0.0.1 "$facade_port" wallboard "$app_secret" 40 >"$tmp/app.out" 2>"$tmp/app.log" &
+pids+=($!)
+app_pid=$!
+for _ in $(seq 1 100); do
+    grep -q '^logged in' "$tmp/app.out" && break
+    alive "$app_pid" || die "the AMI application stopped" "$tmp/app.log" "$tmp/app.out" "$tmp/bridge.log"
+    sleep 0.1
+done
+grep -q '^logged in' "$tmp/app.out" || die "the AMI application did not log in" "$tmp/app.log" "$tmp/bridge.log"
+sed 's/^/   app: /' "$tmp/app.out"
+
+# ---------------------------------------------------------------- 5. Asterisk
+
+step "5/7  Asterisk comes up (a fake one: ami2amqp replay $trace at $rate events/s)"
+"$bin" replay --listen "$ami_addr" --username bridge --secret "$secret" --rate "$rate" \
+    "$trace" >"$tmp/replay.out" 2>"$tmp/replay.log" &
+pids+=($!)
+replay_pid=$!
+t0=$(date +%s.%N)
+listening=''
+for _ in $(seq 1 100); do
+    listening=$(sed -n 's/^listening on //p' "$tmp/replay.out" 2>/dev/null | head -n 1)
+    [ -n "$listening" ] && break
+    alive "$replay_pid" || break
+    sleep 0.1
+done
+[ -n "$listening" ] || die "the replay did not start (no 'listening on' line)" "$tmp/replay.log"
+say "AMI listening on $ami_addr (user bridge, secret $secret; plain or MD5 login, like Asterisk)"
+say "$(grep -o 'events=[0-9]*' "$tmp/replay.log" | head -n 1 | sed 's/events=//') events of 10 test calls (answer, busy, congestion, queue, DTMF, UserEvent, ...)"
+
 
 expected=$((expected_events + 1)) # + the "connected" status message
 shown=0
@@ -328,15 +379,31 @@ else
     diff "$tmp/keys.map" "$tmp/keys.bus" | head -n 10 | sed 's/^/     /' || true
 fi
 
-# ---------------------------------------------------------------- 5. health
+replayed=$(grep -o 'events=[0-9]*' "$tmp/replay.log" | head -n 1 | sed 's/events=//')
+for _ in $(seq 1 100); do
+    grep -q '^received' "$tmp/app.out" && break
+    alive "$app_pid" || break
+    sleep 0.1
+done
+printf '\n   %sthe AMI application%s (through the facade, at the same time):\n' "$bold" "$off"
+sed -n '2,$p' "$tmp/app.out" | sed 's/^/   app: /'
+got=$(sed -n 's/^received \([0-9]*\) events/\1/p' "$tmp/app.out")
+[ -n "$got" ] || die "the AMI application did not finish" "$tmp/app.log" "$tmp/app.out"
+if [ "$got" = "$replayed" ]; then
+    say "it received all $got events Asterisk sent, from the session that fed RabbitMQ: Asterisk served one AMI event connection, not two"
+else
+    die "the AMI application received $got events, Asterisk sent $replayed" "$tmp/app.out" "$tmp/bridge.log"
+fi
 
-step "5/6  Health and metrics: http://127.0.0.1:$metrics_port/healthz and /metrics"
+# ---------------------------------------------------------------- 6. health
+
+step "6/7  Health and metrics: http://127.0.0.1:$metrics_port/healthz and /metrics"
 health=$(http_get "$metrics_port" /healthz) || die "no answer on /healthz" "$tmp/bridge.log"
 say "GET /healthz → $(head -n 1 <<<"$health")"
 say "  $(tail -n 1 <<<"$health")"
 metrics=$(http_get "$metrics_port" /metrics) || die "no answer on /metrics" "$tmp/bridge.log"
 say "GET /metrics (a few of the lines):"
-grep -E '^(amqp_(published|confirmed|returned|nacked)_total|spool_(messages|bytes)|publish_latency_seconds_(count|sum)|events_unmatched_total|mapping_errors_total|ami_events_total\{[^}]*event="(Hangup|Cdr)")' \
+grep -E '^(amqp_(published|confirmed|returned|nacked)_total|spool_(messages|bytes)|publish_latency_seconds_(count|sum)|events_unmatched_total|mapping_errors_total|facade_(sessions|actions_total|dropped_sessions_total)|ami_events_total\{[^}]*event="(Hangup|Cdr)")' \
     <<<"$metrics" | sort | sed 's/^/     /' || true
 p_le=$(grep -E '^publish_latency_seconds_bucket\{le="0.05"\}' <<<"$metrics" | awk '{ print $2 }')
 p_all=$(grep -E '^publish_latency_seconds_count' <<<"$metrics" | awk '{ print $2 }')
@@ -344,9 +411,9 @@ if [ -n "$p_le" ] && [ -n "$p_all" ] && [ "$p_all" -gt 0 ] 2>/dev/null; then
     say "$p_le of $p_all messages were confirmed by the broker within 50 ms of being read from AMI"
 fi
 
-# ---------------------------------------------------------------- 6. stop
+# ---------------------------------------------------------------- 7. stop
 
-step "6/6  Stop: SIGTERM to the bridge"
+step "7/7  Stop: SIGTERM to the bridge"
 kill -TERM "$bridge_pid"
 for _ in $(seq 1 150); do
     alive "$bridge_pid" || break
@@ -386,6 +453,11 @@ ${bold}What you saw${off} ($((SECONDS - start)) s)
    RabbitMQ confirmed it (publisher confirms); with the broker away, events wait
    there in order. The counts match the dry run ('ami2amqp map') exactly: what
    you test offline with a trace is what the bridge publishes.
+ - A legacy AMI application (panoramisk, unchanged) logged in to the bridge's
+   AMI facade instead of Asterisk and received the same events, from the
+   bridge's own event connection: however many such applications there are,
+   Asterisk serves one AMI session, and its AMI can be closed to everyone but
+   the bridge (docs/facade.md).
  - /healthz says whether the broker and every Asterisk are connected (200/503);
    /metrics is Prometheus text. The status message on $server.bridge.status
    tells consumers when a server connected or went away, with the last seq.

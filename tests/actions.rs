@@ -5,7 +5,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,7 +15,10 @@ use lapin::{BasicProperties, Connection, ConnectionProperties};
 use serde_json::{Value, json};
 
 use common::broker::shared_amqp_url;
-use common::procs::{Proc, bin, consume_auto_ack, free_port, replay, trace, unique};
+use common::cleanup::BrokerCleanup;
+use common::procs::{
+    ActionNames, Proc, bin, consume_auto_ack, copy_mappings, free_port, replay, trace, unique,
+};
 
 /// A scripted AMI server: logs in anyone, answers `Ping`, answers `Command`
 /// in Asterisk 13's `Response: Follows` form, never answers `Sleep`, and
@@ -119,10 +121,15 @@ impl Fake {
 
 /// Writes a bridge config with several servers and a unique actions
 /// exchange, and starts bridges on it.
+///
+/// Its queues and exchanges (the action path's, and the events exchange of
+/// its copy of the mappings) are deleted from the broker when it is
+/// dropped: declare it before the bridges it starts.
 struct Setup {
     dir: tempfile::TempDir,
     exchange: String,
     config: std::path::PathBuf,
+    _cleanup: BrokerCleanup,
 }
 
 impl Setup {
@@ -134,12 +141,19 @@ impl Setup {
     /// `[[actions.allow]]` entries) appended.
     fn with(servers: &[(&str, &str)], url: &str, actions_keys: &str, allow: &str) -> Setup {
         let dir = tempfile::tempdir().unwrap();
-        let exchange = unique("ami.actions.test.");
+        let names = ActionNames::unique();
+        let exchange = names.exchange.clone();
+        // The default mappings, publishing to an exchange of this setup's
+        // (not the shared `ami.events`).
+        let events = unique("ami.test.");
+        let mappings = copy_mappings(dir.path(), &events).unwrap();
+        let cleanup = BrokerCleanup::on(url);
+        cleanup.exchange(&events);
+        let server_names: Vec<&str> = servers.iter().map(|(n, _)| *n).collect();
+        names.record(&cleanup, &server_names);
         let mut s = format!(
             "[amqp]\nurl = \"{url}\"\nreconnect_initial_ms = 100\nreconnect_max_ms = 1000\n\n[mappings]\ndir = \"{}\"\n\n[spool]\ndir = \"{}\"\n\n[metrics]\nlisten = \"127.0.0.1:{}\"\n\n",
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("mappings")
-                .display(),
+            mappings.display(),
             dir.path().join("spool").display(),
             free_port(),
         );
@@ -175,6 +189,7 @@ fields = {{ Context = "^crm-" }}
             dir,
             exchange,
             config,
+            _cleanup: cleanup,
         }
     }
 

@@ -82,8 +82,4 @@ async fn undecodable_records_do_not_stop_a_window_of_one() {
         .filter_map(|v| v["seq"].as_u64())
         .collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "order: {seqs:?}");
-    let ch = sink.conn.create_channel().await.expect("channel");
-    let _ = ch
-        .exchange_delete(setup.exchange.as_str().into(), Default::default())
-        .await;
 }

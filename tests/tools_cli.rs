@@ -225,6 +225,7 @@ async fn a_running_bridge_reloads_valid_mappings_and_keeps_the_old_set_on_errors
     // first, waits for it; the bridge declares it before its first publish
     // there (no 404 closing the channel, no reconnect).
     let extra = format!("{}.extra", setup.exchange);
+    setup.cleanup.exchange(&extra);
     let tail = std::process::Command::new(env!("CARGO_BIN_EXE_ami2amqp"))
         .args([
             "tail",

@@ -27,23 +27,22 @@ pub fn event_wire(m: &Message) -> Bytes {
     m.to_wire()
 }
 
-/// `m` with the client's ActionID in place of the bridge's (second line;
-/// none when `client_id` is `None`), and `Server:` appended when `server`
-/// is given.
+/// `m` with the client's ActionID in place of the bridge's, where
+/// Asterisk put it (second in a response, after `Privilege` in an event),
+/// or without that line when the client sent none; `Server:` appended
+/// when `server` is given.
 pub fn restore(m: &Message, client_id: Option<&[u8]>, server: Option<&str>) -> Vec<u8> {
     let mut out = Vec::with_capacity(m.raw().len() + 64);
-    let mut first = true;
+    let mut replaced = false;
     for (k, v) in m.iter_bytes() {
         if k.eq_ignore_ascii_case(b"ActionID") {
+            if let (Some(id), false) = (client_id, replaced) {
+                line(&mut out, b"ActionID", id);
+            }
+            replaced = true;
             continue;
         }
         line(&mut out, k, v);
-        if first {
-            first = false;
-            if let Some(id) = client_id {
-                line(&mut out, b"ActionID", id);
-            }
-        }
     }
     if let Some(s) = server {
         line(&mut out, b"Server", s.as_bytes());
@@ -137,6 +136,11 @@ mod tests {
         assert_eq!(
             restore(&m, None, Some("pbx2")),
             b"Response: Success\r\nMessage: Pong\r\nServer: pbx2\r\n\r\n"
+        );
+        let ev = decode(b"Event: OriginateResponse\r\nPrivilege: call,all\r\nActionID: a2a-f9\r\nResponse: Success\r\n\r\n");
+        assert_eq!(
+            restore(&ev, Some(b"o1"), None),
+            b"Event: OriginateResponse\r\nPrivilege: call,all\r\nActionID: o1\r\nResponse: Success\r\n\r\n"
         );
         let ev = b"Event: X\r\nPrivilege: call,all\r\n\r\n";
         assert_eq!(

@@ -7,4 +7,5 @@
 #![allow(dead_code)]
 
 pub mod broker;
+pub mod cleanup;
 pub mod procs;

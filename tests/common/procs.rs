@@ -13,6 +13,8 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 
+use super::cleanup::BrokerCleanup;
+
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_ami2amqp")
 }
@@ -104,6 +106,11 @@ pub fn replay(args: &[&str]) -> (Proc, String) {
 }
 
 /// Writes a bridge config for one replayed server.
+///
+/// Every name the bridge may declare on the shared broker is unique to the
+/// setup (the event and status exchange, the action path's exchanges and
+/// queues) and recorded in `cleanup`, which deletes them when the setup is
+/// dropped: drop the bridge first (declare the setup before starting it).
 pub struct BridgeSetup {
     pub dir: tempfile::TempDir,
     pub server: String,
@@ -111,6 +118,98 @@ pub struct BridgeSetup {
     pub config: PathBuf,
     pub mappings: PathBuf,
     pub metrics: String,
+    /// The action path's names: `[actions]` exchange, queue_prefix,
+    /// unrouted, expired (unique ones unless `extra` set them).
+    pub actions: ActionNames,
+    /// Deletes this setup's queues and exchanges from the shared broker on
+    /// drop; tests add the names they declare themselves.
+    pub cleanup: BrokerCleanup,
+}
+
+/// The names of a bridge's action path (`[actions]`).
+#[derive(Clone, Debug)]
+pub struct ActionNames {
+    pub exchange: String,
+    pub queue_prefix: String,
+    pub unrouted: String,
+    pub expired: String,
+}
+
+impl ActionNames {
+    /// Unique names under `ami.actions.test.<pid>x<n>`, as tests/actions.rs
+    /// uses them.
+    pub fn unique() -> ActionNames {
+        let x = unique("ami.actions.test.");
+        ActionNames {
+            queue_prefix: format!("{x}."),
+            unrouted: format!("{x}.unrouted"),
+            expired: format!("{x}.expired"),
+            exchange: x,
+        }
+    }
+
+    /// The per-server queue of `server`.
+    pub fn queue(&self, server: &str) -> String {
+        format!("{}{server}", self.queue_prefix)
+    }
+
+    /// Records every queue and exchange the action path declares for
+    /// `servers` in `c`.
+    pub fn record(&self, c: &BrokerCleanup, servers: &[&str]) {
+        for fanout in [&self.unrouted, &self.expired] {
+            c.queue(fanout).exchange(fanout);
+        }
+        c.exchange(&self.exchange);
+        for s in servers {
+            c.queue(&self.queue(s));
+        }
+    }
+
+    /// `extra` (TOML lines of a config) with these names in its `[actions]`
+    /// table: the keys `extra` does not set are added after its `[actions]`
+    /// header, or in an `[actions]` table appended when it has none. The
+    /// names really used are returned.
+    fn apply(self, extra: &str) -> (String, ActionNames) {
+        let given: toml::Table = toml::from_str(extra).expect("`extra` is valid TOML");
+        let given = given.get("actions").and_then(|a| a.as_table());
+        let get = |k: &str, dflt: &String| -> String {
+            given
+                .and_then(|t| t.get(k))
+                .and_then(|v| v.as_str())
+                .map_or_else(|| dflt.clone(), str::to_string)
+        };
+        let used = ActionNames {
+            exchange: get("exchange", &self.exchange),
+            queue_prefix: get("queue_prefix", &self.queue_prefix),
+            unrouted: get("unrouted", &self.unrouted),
+            expired: get("expired", &self.expired),
+        };
+        let mut keys = String::new();
+        for (k, v) in [
+            ("exchange", &self.exchange),
+            ("queue_prefix", &self.queue_prefix),
+            ("unrouted", &self.unrouted),
+            ("expired", &self.expired),
+        ] {
+            if given.is_none_or(|t| !t.contains_key(k)) {
+                keys += &format!("{k} = \"{v}\"\n");
+            }
+        }
+        let text = if given.is_some() {
+            let mut out = String::new();
+            for line in extra.lines() {
+                out += line;
+                out.push('\n');
+                if line.trim() == "[actions]" {
+                    out += &keys;
+                }
+            }
+            out
+        } else {
+            format!("{extra}\n[actions]\n{keys}")
+        };
+        (text, used)
+    }
 }
 
 /// A free TCP port on loopback.
@@ -154,6 +253,10 @@ impl BridgeSetup {
         let exchange = unique("ami.test.");
         let mappings = copy_mappings(dir.path(), &exchange).expect("copy the mappings");
         let metrics = format!("127.0.0.1:{}", free_port());
+        let (extra, actions) = ActionNames::unique().apply(extra);
+        let cleanup = BrokerCleanup::new();
+        cleanup.exchange(&exchange);
+        actions.record(&cleanup, &[&server]);
         let config = dir.path().join("ami2amqp.toml");
         let text = format!(
             r#"
@@ -196,6 +299,8 @@ exchange = "{exchange}"
             config,
             mappings,
             metrics,
+            actions,
+            cleanup,
         }
     }
 
