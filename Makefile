@@ -5,7 +5,7 @@
 #   make lint    rustfmt check + clippy with warnings as errors (whole workspace)
 #   make bench   start RabbitMQ if needed, then the benchmarks
 #   make fuzz    scripts/fuzz.sh
-#   make demo    release build, then scripts/demo.sh
+#   make demo    release build, then scripts/demo.sh (its AMI client: make facade-clients)
 #   make build   release build
 #   make clean   cargo clean
 
@@ -57,7 +57,7 @@ bench: rabbitmq
 fuzz:
 	bash scripts/fuzz.sh
 
-demo: build rabbitmq
+demo: build rabbitmq facade-clients
 	bash scripts/demo.sh
 
 build:

@@ -428,32 +428,8 @@ impl Drop for Facade {
                 drop(b);
             }
         }
-        // What the bridge declared for this test: its exchange and its
-        // server's durable action queue (the shared `ami.unroutable`,
-        // `ami.actions*` exchanges and queues stay).
-        let exchange = self.setup.exchange.clone();
-        let queue = format!("ami.actions.{}", self.setup.server);
-        let url = shared_amqp_url();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async {
-                let c = lapin::Connection::connect(&url, Default::default()).await?;
-                let ch = c.create_channel().await?;
-                // A failed delete closes the channel: one channel each.
-                let ch2 = c.create_channel().await?;
-                let _ = ch
-                    .exchange_delete(exchange.as_str().into(), Default::default())
-                    .await;
-                let _ = ch2
-                    .queue_delete(queue.as_str().into(), Default::default())
-                    .await;
-                c.close(200, "bye".into()).await
-            })
-        })
-        .join();
+        // Then `setup` drops: its BrokerCleanup deletes the exchange and
+        // the action path's queues and exchanges this bridge declared.
     }
 }
 
