@@ -297,14 +297,33 @@ impl Replay {
     fn start(args: &[&str]) -> Replay {
         let mut r = Replay {
             proc: None,
-            addr: format!("127.0.0.1:{}", free_port()),
+            addr: String::new(),
             args: args.iter().map(|s| s.to_string()).collect(),
         };
-        r.restart();
-        r
+        // A port from free_port() can be taken by someone else before the
+        // replay binds it (tests run in parallel): then another one.
+        for _ in 0..5 {
+            r.addr = format!("127.0.0.1:{}", free_port());
+            if r.try_start() {
+                return r;
+            }
+        }
+        panic!("replay could not listen on a free port ({})", r.addr);
     }
 
+    /// Starts the replay on `self.addr` again (after `stop`): the same
+    /// port, a few tries while the old listener's port is released.
     fn restart(&mut self) {
+        for _ in 0..20 {
+            if self.try_start() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("replay could not listen on {} again", self.addr);
+    }
+
+    fn try_start(&mut self) -> bool {
         let mut child = Command::new(bin())
             .args(["replay", "--listen", &self.addr])
             .args(&self.args)
@@ -313,14 +332,16 @@ impl Replay {
             .spawn()
             .expect("start replay");
         let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("replay prints its address");
-        assert!(line.starts_with("listening on "), "replay: {line:?}");
-        self.proc = Some(Proc {
+        let _ = BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line);
+        let proc = Proc {
             child,
             name: "replay".into(),
-        });
+        };
+        if !line.starts_with("listening on ") {
+            return false; // dropped: killed
+        }
+        self.proc = Some(proc);
+        true
     }
 
     fn stop(&mut self) {
@@ -346,10 +367,13 @@ struct Facade {
 
 impl Facade {
     fn start(backend: &str) -> Facade {
-        let port = free_port();
-        let addr = format!("127.0.0.1:{port}");
-        let extra = format!(
-            r#"
+        // The facade's and the metrics' ports come from free_port() and
+        // can be taken by a parallel test before the bridge binds them: the
+        // bridge then exits, and a new setup gets new ports.
+        for attempt in 1.. {
+            let addr = format!("127.0.0.1:{}", free_port());
+            let extra = format!(
+                r#"
 [facade]
 listen = "{addr}"
 
@@ -359,31 +383,34 @@ secret = "{FACADE_SECRET}"
 read = ["all"]
 write = {FACADE_WRITE}
 "#
-        );
-        let setup = BridgeSetup::new(backend, &shared_amqp_url(), &extra);
-        let bridge = setup.start();
-        let mut f = Facade {
-            setup,
-            bridge: Some(bridge),
-            addr,
-        };
-        f.wait_ready(Duration::from_secs(15));
-        f
+            );
+            let setup = BridgeSetup::new(backend, &shared_amqp_url(), &extra);
+            let bridge = setup.start();
+            let mut f = Facade {
+                setup,
+                bridge: Some(bridge),
+                addr,
+            };
+            match f.wait_ready(Duration::from_secs(15)) {
+                Ok(()) => return f,
+                Err(log) if attempt < 3 && log.contains("in use") => continue,
+                Err(log) => panic!("the bridge exited during start-up:\n{log}"),
+            }
+        }
+        unreachable!()
     }
 
     /// The bridge is connected to its server and the facade writes a
-    /// banner. Fails at once if the bridge exits (e.g. a config it rejects).
-    fn wait_ready(&mut self, t: Duration) {
+    /// banner. `Err(its log)` at once if the bridge exits (a config it
+    /// rejects, a port in use).
+    fn wait_ready(&mut self, t: Duration) -> Result<(), String> {
         let server = self.setup.server.clone();
         let end = Instant::now() + t;
         let mut connected = false;
         let mut banner = None;
         while Instant::now() < end {
             if let Some(Ok(Some(st))) = self.bridge.as_mut().map(|b| b.child.try_wait()) {
-                panic!(
-                    "the bridge exited ({st}) during start-up:\n{}",
-                    self.setup.log()
-                );
+                return Err(format!("({st})\n{}", self.setup.log()));
             }
             connected = connected
                 || self
@@ -396,7 +423,7 @@ write = {FACADE_WRITE}
                     .as_deref()
                     .is_some_and(|b| b.starts_with("Asterisk Call Manager/"))
                 {
-                    return;
+                    return Ok(());
                 }
             }
             std::thread::sleep(Duration::from_millis(50));
