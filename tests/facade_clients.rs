@@ -587,6 +587,21 @@ fn scenario_login(lib: Lib, target: &Target) {
     assert_eq!(bye["message"], "Thanks for all the fish.", "{}", f.report);
 }
 
+/// A wrong secret: `Response: Error` / `Message: Authentication failed`
+/// (F8; the facade waits 1 s first, as Asterisk does).
+fn scenario_login_fail(lib: Lib, target: &Target) {
+    let wrong = Target {
+        addr: target.addr.clone(),
+        user: target.user.clone(),
+        secret: format!("{}-wrong", target.secret),
+        facade: target.facade,
+    };
+    let f = run(lib, &wrong, "login", None);
+    let login = f.one("login");
+    assert_eq!(login["ok"], false, "{}", f.report);
+    assert_eq!(login["message"], "Authentication failed", "{}", f.report);
+}
+
 fn scenario_login_md5(lib: Lib, target: &Target) {
     let f = run(lib, target, "login_md5", None);
     let ch = f.response("Challenge");
@@ -908,6 +923,18 @@ replay_scenario!(
     scenario_login,
     direct_asterisk_manager_login,
     facade_asterisk_manager_login,
+    Lib::AsteriskManager
+);
+replay_scenario!(
+    scenario_login_fail,
+    direct_panoramisk_login_fail,
+    facade_panoramisk_login_fail,
+    Lib::Panoramisk
+);
+replay_scenario!(
+    scenario_login_fail,
+    direct_asterisk_manager_login_fail,
+    facade_asterisk_manager_login_fail,
     Lib::AsteriskManager
 );
 replay_scenario!(
