@@ -1,10 +1,11 @@
 # ami2amqp — common tasks. `make lint` then `make test` is what CI runs (.ci/run).
 #
-#   make test    start RabbitMQ if needed, then every test target
+#   make test    start RabbitMQ and install the facade test clients if needed,
+#                then every test target
 #   make lint    rustfmt check + clippy with warnings as errors (whole workspace)
 #   make bench   start RabbitMQ if needed, then the benchmarks
 #   make fuzz    scripts/fuzz.sh
-#   make demo    release build, then scripts/demo.sh
+#   make demo    release build, then scripts/demo.sh (its AMI client: make facade-clients)
 #   make build   release build
 #   make clean   cargo clean
 
@@ -15,12 +16,17 @@ endif
 
 CARGO ?= cargo
 
-.PHONY: all test lint fmt-check clippy bench fuzz demo build clean rabbitmq
+.PHONY: all test lint fmt-check clippy bench fuzz demo build clean rabbitmq facade-clients
 
 all: build
 
 rabbitmq:
 	bash scripts/ensure-rabbitmq.sh
+
+# The AMI client libraries tests/facade_clients.rs drives (panoramisk,
+# asterisk-manager), under target/facade-clients/.
+facade-clients:
+	bash scripts/ensure-facade-clients.sh
 
 # Doc tests and bench smoke runs first, so that the output ends with the
 # summary of the main run.
@@ -28,7 +34,7 @@ rabbitmq:
 # (the end-to-end benches start brokers' worth of load: `make bench` only).
 # --no-fail-fast: run every test binary and list all failing ones at the end.
 # --workspace: the crates under crates/ (ami-proto) too, not only ami2amqp.
-test: rabbitmq
+test: rabbitmq facade-clients
 	$(CARGO) test --workspace --doc
 	$(CARGO) test --bench parse --bench route
 	$(CARGO) test --workspace --lib --bins --tests --no-fail-fast
@@ -51,7 +57,7 @@ bench: rabbitmq
 fuzz:
 	bash scripts/fuzz.sh
 
-demo: build rabbitmq
+demo: build rabbitmq facade-clients
 	bash scripts/demo.sh
 
 build:
