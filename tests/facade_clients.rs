@@ -1291,7 +1291,6 @@ fn direct_pipelined_answers_in_request_order() {
 }
 
 #[test]
-#[ignore = "facade: a local Ping (no ActionID) pipelined after a forwarded CoreShowChannels is answered before the list (F21, pitfall 9)"]
 fn facade_pipelined_answers_in_request_order() {
     let r = Replay::calls();
     let f = Facade::start(&r.addr);
