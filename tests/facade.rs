@@ -825,6 +825,16 @@ fn fake_session(sock: TcpStream, socks: &std::sync::Mutex<Vec<TcpStream>>) {
                     )
                 }
             }
+            "userevent" => {
+                let ev = format!(
+                    "Event: UserEvent\r\nPrivilege: user,all\r\nUserEvent: {}\r\nActionID: {id}\r\n\r\n",
+                    get("UserEvent")
+                );
+                for s in socks.lock().unwrap().iter_mut() {
+                    let _ = s.write_all(ev.as_bytes());
+                }
+                format!("Response: Success\r\nActionID: {id}\r\nMessage: Event Sent\r\n\r\n")
+            }
             "logoff" => {
                 let _ = w.write_all(format!("Response: Goodbye\r\nActionID: {id}\r\nMessage: Thanks for all the fish.\r\n\r\n").as_bytes());
                 return;
@@ -885,6 +895,73 @@ fn async_originate_response_comes_before_its_event() {
             .expect("the other session's copy");
         assert!(seen.contains("\r\nActionID: a2a-f"), "{seen:?}");
     }
+    // The same reverse mapping for UserEvent.
+    a.send(&[
+        ("Action", "UserEvent"),
+        ("UserEvent", "Wallboard"),
+        ("ActionID", "u 1"),
+    ]);
+    assert_eq!(
+        a.read(Duration::from_secs(10)).unwrap(),
+        "Response: Success\r\nActionID: u 1\r\nMessage: Event Sent\r\n\r\n"
+    );
+    drop(a);
+    let (mut u, _) = Ami::login(&facade, "all", "allpass", Some("user"));
+    u.send(&[
+        ("Action", "UserEvent"),
+        ("UserEvent", "Wallboard"),
+        ("ActionID", "u 2"),
+    ]);
+    let r = u.read(Duration::from_secs(10)).unwrap();
+    assert!(
+        r.starts_with("Response: Success\r\nActionID: u 2\r\n"),
+        "{r:?}"
+    );
+    let ev = u.read(Duration::from_secs(10)).unwrap();
+    assert_eq!(
+        ev,
+        "Event: UserEvent\r\nPrivilege: user,all\r\nUserEvent: Wallboard\r\nActionID: u 2\r\n\r\n"
+    );
     bridge.signal("TERM");
     let _ = bridge.wait_timeout(Duration::from_secs(5));
+}
+
+/// F11: sessions that do not log in are closed after authtimeout, and
+/// past authlimit new ones are closed at once.
+#[test]
+fn authtimeout_and_authlimit() {
+    let s = Setup::start(
+        &["--rate", "20", "--loop", "0"],
+        &[trace("calls_small.ami")],
+        "authtimeout_s = 2\nauthlimit = 2\n",
+    );
+    // A logged-in session does not count against authlimit.
+    let (mut ok, _) = Ami::login(&s.facade, "all", "allpass", Some("off"));
+    let mut a = Ami::connect(&s.facade);
+    assert!(a.try_banner().is_some(), "{}", s.metrics());
+    let mut b = Ami::connect(&s.facade);
+    assert!(b.try_banner().is_some(), "{}", s.metrics());
+    let mut c = Ami::connect(&s.facade);
+    assert!(
+        c.closed_within(Duration::from_secs(2)),
+        "a third unauthenticated session was kept"
+    );
+    let t0 = Instant::now();
+    assert!(
+        a.closed_within(Duration::from_secs(5)),
+        "authtimeout did not close it"
+    );
+    assert!(b.closed_within(Duration::from_secs(2)));
+    assert!(t0.elapsed() < Duration::from_secs(4));
+    ok.send(&[("Action", "Ping"), ("ActionID", "still")]);
+    assert!(ok.response().contains("ActionID: still"));
+    let m = s.metrics();
+    assert!(
+        m.contains("facade_dropped_sessions_total{reason=\"limit\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("facade_dropped_sessions_total{reason=\"auth_timeout\"} 2"),
+        "{m}"
+    );
 }
