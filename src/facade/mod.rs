@@ -17,6 +17,7 @@
 
 mod config;
 mod forward;
+mod ids;
 mod session;
 mod tap;
 mod wire;

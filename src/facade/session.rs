@@ -12,12 +12,11 @@
 //! follow is out (F22), and the ActionIDs of async `Originate`s and
 //! `UserEvent`s whose events must go back with the client's ActionID.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ami_proto::{AmiCodec, Boot, Frame, Limits, MalformedKind, ServerSession, Step};
-use bytes::Bytes;
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -27,6 +26,7 @@ use tokio_util::codec::FramedRead;
 
 use super::config::User;
 use super::forward::{Facade, Outcome, Request, is_action, is_async};
+use super::ids::{ActionIds, MAPPING_TTL, Restore, Tagged};
 use super::tap::{TapEvent, TapItem};
 use super::wire;
 use crate::ami::Message;
@@ -37,14 +37,6 @@ use crate::internal_events::facade::{
 /// Actions a client may queue behind the one running; past this the
 /// session stops reading its input until one is done.
 const MAX_QUEUED: usize = 64;
-/// Events held for a response still on its way (F22); past this they are
-/// delivered as they are.
-const MAX_HELD: usize = 256;
-/// Async Originates / UserEvents whose events are still expected.
-const MAX_ORIGINATES: usize = 1024;
-/// How long an async Originate's ActionID is remembered after its
-/// response, beyond the action timeout.
-const ORIGINATE_TTL: Duration = Duration::from_secs(120);
 /// Events written in one batch at most.
 const BATCH: usize = 256;
 
@@ -57,11 +49,8 @@ enum End {
 }
 
 /// The action being run for this session.
-struct Running {
-    bridge_id: String,
-    client_id: Option<Bytes>,
-    rx: oneshot::Receiver<Outcome>,
-}
+/// The answer of the running action (its ids are in [`ActionIds`]).
+type Running = oneshot::Receiver<Outcome>;
 
 pub struct Session {
     facade: Arc<Facade>,
@@ -71,9 +60,9 @@ pub struct Session {
     out: OwnedWriteHalf,
     queue: VecDeque<Message>,
     running: Option<Running>,
-    held: Vec<Arc<TapEvent>>,
-    /// bridge ActionID → (client ActionID, forget after).
-    originated: HashMap<String, (Option<Bytes>, Instant)>,
+    /// The running action's ids, events held for its response, and the
+    /// async Originates / UserEvents whose events get the client's id.
+    ids: ActionIds<Arc<TapEvent>>,
     /// Counts this session among the unauthenticated until it logs in.
     unauth: Option<super::Slot>,
 }
@@ -91,8 +80,7 @@ impl Session {
             out,
             queue: VecDeque::new(),
             running: None,
-            held: Vec::new(),
-            originated: HashMap::new(),
+            ids: ActionIds::default(),
             unauth: Some(unauth),
         };
         let events = s.facade.tap.subscribe();
@@ -250,42 +238,27 @@ impl Session {
         };
         let bridge_id = self.facade.next_id();
         let client_id = wire::client_id(&action);
-        if (is_action(&action, "Originate") && is_async(&action)) || is_action(&action, "UserEvent")
-        {
-            self.remember(&bridge_id, client_id.clone());
-        }
+        let maps_events = (is_action(&action, "Originate") && is_async(&action))
+            || is_action(&action, "UserEvent");
+        let until = Instant::now() + self.facade.cfg.action_timeout() + MAPPING_TTL;
+        self.ids
+            .start(bridge_id.clone(), client_id.clone(), maps_events, until);
         let (tx, rx) = oneshot::channel();
         let facade = self.facade.clone();
         let req = Request {
             user,
             action,
-            client_id: client_id.clone(),
-            bridge_id: bridge_id.clone(),
+            client_id,
+            bridge_id,
         };
         tokio::spawn(async move {
             let _ = tx.send(facade.run(req).await);
         });
-        self.running = Some(Running {
-            bridge_id,
-            client_id,
-            rx,
-        });
-    }
-
-    fn remember(&mut self, bridge_id: &str, client_id: Option<Bytes>) {
-        let now = Instant::now();
-        if self.originated.len() >= MAX_ORIGINATES {
-            self.originated.retain(|_, (_, until)| *until > now);
-        }
-        if self.originated.len() < MAX_ORIGINATES {
-            let until = now + self.facade.cfg.action_timeout() + ORIGINATE_TTL;
-            self.originated
-                .insert(bridge_id.to_string(), (client_id, until));
-        }
+        self.running = Some(rx);
     }
 
     async fn on_outcome(&mut self, done: Outcome) -> Result<(), End> {
-        let bridge_id = self.running.take().map(|r| r.bridge_id);
+        self.running = None;
         if let Some(user) = &self.user {
             ActionDone {
                 user: &user.name,
@@ -293,16 +266,11 @@ impl Session {
             }
             .emit();
         }
-        if done.result != ActionResultKind::Answered
-            && let Some(id) = &bridge_id
-        {
-            self.originated.remove(id);
-        }
+        let held = self.ids.finish(done.result == ActionResultKind::Answered);
         self.write(&done.bytes).await?;
-        let held = std::mem::take(&mut self.held);
         let mut out = Vec::new();
-        for ev in held {
-            self.render(&ev, &mut out);
+        for (ev, restore) in held {
+            self.render(&ev, restore, &mut out);
         }
         if !out.is_empty() {
             self.write(&out).await?;
@@ -354,19 +322,14 @@ impl Session {
         {
             return;
         }
-        if let (Some(r), Some(id)) = (&self.running, ev.action_id())
-            && r.bridge_id.as_bytes() == id
-            && self.held.len() < MAX_HELD
-        {
-            self.held.push(ev);
-            return;
-        }
         if user.servers.len() > 1 && &*ev.name == b"Shutdown" && self.other_server_up(&ev.server) {
             // Pitfall 18: another server is still up, and clients read
             // Shutdown as "the connection is going away".
             return;
         }
-        self.render(&ev, out);
+        if let Some((ev, restore)) = self.ids.route(ev) {
+            self.render(&ev, restore, out);
+        }
     }
 
     fn other_server_up(&self, server: &str) -> bool {
@@ -381,26 +344,13 @@ impl Session {
     /// The bytes of `ev` for this session: as read, or with the client's
     /// ActionID (its own async Originate / UserEvent), `Server:` appended
     /// for users of several servers.
-    fn render(&mut self, ev: &TapEvent, out: &mut Vec<u8>) {
+    fn render(&self, ev: &TapEvent, restore: Restore, out: &mut Vec<u8>) {
         let multi = self.user.as_ref().is_some_and(|u| u.servers.len() > 1);
         let tag = multi.then_some(&*ev.server);
-        let mine = ev
-            .action_id()
-            .and_then(|id| std::str::from_utf8(id).ok())
-            .and_then(|id| {
-                self.originated
-                    .get(id)
-                    .map(|(c, _)| (id.to_string(), c.clone()))
-            });
-        match (mine, tag) {
-            (Some((bridge_id, client_id)), _) => {
-                out.extend(wire::restore(&ev.message, client_id.as_deref(), tag));
-                if &*ev.name == b"OriginateResponse" {
-                    self.originated.remove(&bridge_id);
-                }
-            }
-            (None, Some(server)) => out.extend(wire::with_server(&ev.wire, server)),
-            (None, None) => out.extend_from_slice(&ev.wire),
+        match (restore, tag) {
+            (Restore::Client(id), _) => out.extend(wire::restore(&ev.message, id.as_deref(), tag)),
+            (Restore::AsIs, Some(server)) => out.extend(wire::with_server(&ev.wire, server)),
+            (Restore::AsIs, None) => out.extend_from_slice(&ev.wire),
         }
     }
 
@@ -415,9 +365,9 @@ impl Session {
             return Ok(());
         }
         let msg = format!("Server {server} disconnected");
-        if let Some(r) = self.running.take() {
-            self.write(&wire::error(r.client_id.as_deref(), &msg))
-                .await?;
+        if let Some(id) = self.ids.running_client_id() {
+            self.running = None;
+            self.write(&wire::error(id.as_deref(), &msg)).await?;
         }
         for a in std::mem::take(&mut self.queue) {
             let id = wire::client_id(&a);
@@ -450,7 +400,7 @@ impl Session {
 /// The outcome of the running action, or never when there is none.
 async fn wait_running(running: &mut Option<Running>) -> Outcome {
     match running {
-        Some(r) => match (&mut r.rx).await {
+        Some(rx) => match rx.await {
             Ok(o) => o,
             Err(_) => Outcome {
                 bytes: wire::error(None, "Internal error"),
@@ -458,6 +408,16 @@ async fn wait_running(running: &mut Option<Running>) -> Outcome {
             },
         },
         None => std::future::pending().await,
+    }
+}
+
+impl Tagged for Arc<TapEvent> {
+    fn action_id(&self) -> Option<&[u8]> {
+        TapEvent::action_id(self)
+    }
+
+    fn ends_mapping(&self) -> bool {
+        &*self.name == b"OriginateResponse"
     }
 }
 
