@@ -674,6 +674,40 @@ fn a_client_that_stops_reading_is_dropped_and_nobody_waits() {
     assert!(confirmed >= 1500.0, "the bus fell behind: {m}");
 }
 
+/// F17: a client that pauses (its socket full, events piling up in the
+/// ring) gets every event afterwards, in order: the backlog is written in
+/// batches and none is lost between them.
+#[test]
+fn a_client_that_pauses_gets_every_event_after_the_pause() {
+    let t = trace("calls_small.ami");
+    let expected = broadcast_events(&t);
+    let s = Setup::start(
+        &["--loop", "0", "--rate", "3000"],
+        &[t],
+        "writetimeout_ms = 20000\nqueue_events = 65536\n",
+    );
+    let (mut a, _) = Ami::login(&s.facade, "all", "allpass", None);
+    skip_boot(&mut a);
+    std::thread::sleep(Duration::from_secs(4));
+    let mut got = Vec::new();
+    while got.len() < 15_000 {
+        let m = a
+            .read(Duration::from_secs(10))
+            .expect("events after the pause");
+        got.push(key_of(&m));
+    }
+    assert!(
+        contiguous_in_loop(&got, &expected),
+        "{}",
+        explain(&got, &expected)
+    );
+    assert!(
+        !s.metrics().contains("facade_dropped_sessions_total{"),
+        "{}",
+        s.metrics()
+    );
+}
+
 /// F28: the backend goes away: sessions are closed, new ones refused;
 /// after the bridge reconnects, a new login gets FullyBooted.
 #[test]

@@ -109,6 +109,10 @@ impl<E: Tagged> ActionIds<E> {
     /// An event this session gets: `None` while it waits for the running
     /// action's response, else how to write it.
     pub fn route(&mut self, ev: E) -> Option<(E, Restore)> {
+        if self.running.is_none() && self.mapped.is_empty() {
+            // Most sessions, most of the time: nothing to look up.
+            return Some((ev, Restore::AsIs));
+        }
         let id = ev.action_id();
         if let (Some(r), Some(id)) = (&self.running, id)
             && r.bridge_id.as_bytes() == id

@@ -286,7 +286,7 @@ impl Session {
     ) -> Result<(), End> {
         let mut out = Vec::new();
         let mut item = first;
-        for _ in 0..BATCH {
+        for n in 1.. {
             match item {
                 Ok(TapItem::Event(ev)) => self.on_event(ev, &mut out),
                 Ok(TapItem::Down(server)) => {
@@ -299,6 +299,10 @@ impl Session {
                     return Err(End::Dropped(DropReason::QueueFull));
                 }
                 Err(broadcast::error::RecvError::Closed) => return Err(End::Client),
+            }
+            if n == BATCH {
+                // The rest stays in the ring for the next round.
+                break;
             }
             item = match events.try_recv() {
                 Ok(i) => Ok(i),
