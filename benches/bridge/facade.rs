@@ -239,8 +239,8 @@ impl Clients {
         }
         let (ticks, hwm) = self.done.ok_or("facade clients gave no result")?;
         let bytes = std::fs::read(&self.out).map_err(|e| e.to_string())?;
-        let times = split_times(&bytes, self.n)?;
         let expected = s.broadcast.len();
+        let times = split_times(&bytes, self.n, expected)?;
         let mut side = FacadeSide {
             clients: self.n,
             expected,
@@ -259,6 +259,9 @@ impl Clients {
         for t in &times {
             let mut mine = Vec::with_capacity(t.len());
             for (k, &at) in t.iter().enumerate() {
+                if at == 0 {
+                    continue; // never received
+                }
                 let stamp = s
                     .broadcast
                     .get(k)
@@ -286,23 +289,21 @@ impl Clients {
     }
 }
 
-/// The child's times file: per client, a u64 count and that many u64s.
-fn split_times(b: &[u8], n: usize) -> Res<Vec<Vec<u64>>> {
-    let mut words = b
-        .chunks_exact(8)
-        .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])));
-    let mut out = Vec::with_capacity(n);
-    for i in 0..n {
-        let k = words
-            .next()
-            .ok_or_else(|| format!("times of client {i} missing"))? as usize;
-        let v: Vec<u64> = words.by_ref().take(k).collect();
-        if v.len() != k {
-            return Err(format!("times of client {i} cut short"));
-        }
-        out.push(v);
+/// The child's times file: per client, one u64 per expected event.
+fn split_times(b: &[u8], n: usize, expected: usize) -> Res<Vec<Vec<u64>>> {
+    if b.len() != n * expected * 8 {
+        return Err(format!(
+            "times file has {} bytes, expected {n} × {expected} × 8",
+            b.len()
+        ));
     }
-    Ok(out)
+    Ok(b.chunks_exact(expected * 8)
+        .map(|c| {
+            c.chunks_exact(8)
+                .map(|w| u64::from_le_bytes(w.try_into().unwrap_or([0; 8])))
+                .collect()
+        })
+        .collect())
 }
 
 /// What the facade clients of one run got.
@@ -315,12 +316,22 @@ pub(crate) struct FacadeSide {
     pub(crate) complete: usize,
     /// Events received, all clients.
     pub(crate) received: usize,
-    /// Events at a place where another event was expected (order, loss).
+    /// Expected events a client never got (a later one came first).
+    pub(crate) lost: usize,
+    /// Clients that lost at least one event.
+    pub(crate) lossy: usize,
+    /// The most frequent distance between two lost events, per client
+    /// (smallest, largest), and where the first losses were (a client).
+    pub(crate) lost_gap: (usize, usize),
+    pub(crate) lost_at: String,
+    /// Events that match no expected event near their place (order).
     pub(crate) out_of_place: usize,
     /// Events in place whose bytes differ from the trace's.
     pub(crate) bytes_diff: usize,
-    /// Clients whose connection ended early (dropped by the facade).
-    pub(crate) eof: usize,
+    /// Clients whose connection the facade closed before the last event.
+    pub(crate) closed: usize,
+    /// Clients still short of the last event when stopped.
+    pub(crate) stopped: usize,
     /// Messages without `Privilege:` after login, all clients.
     pub(crate) other: usize,
     pub(crate) extra: usize,
@@ -341,36 +352,63 @@ impl FacadeSide {
     /// Adds one `client i got … eof …` line.
     fn add_report(&mut self, line: &str, expected: usize) {
         let f: Vec<&str> = line.split_whitespace().collect();
-        let get = |k: &str| -> i64 {
+        let word = |k: &str| -> &str {
             f.iter()
                 .position(|x| *x == k)
-                .and_then(|i| f.get(i + 1)?.parse().ok())
-                .unwrap_or(0)
+                .and_then(|i| f.get(i + 1).copied())
+                .unwrap_or("")
         };
-        let (got, diff, bad, other, extra, eof) = (
-            get("got") as usize,
-            get("bytes_diff") as usize,
-            get("key_bad") as usize,
-            get("other") as usize,
-            get("extra") as usize,
-            get("eof") != 0,
+        let get = |k: &str| -> usize { word(k).parse().unwrap_or(0) };
+        let (got, lost, bad, gap) = (
+            get("got"),
+            get("lost"),
+            get("out_of_place"),
+            get("lost_gap"),
         );
+        let (closed, stopped) = (get("closed") != 0, get("stopped") != 0);
         self.received += got;
+        self.lost += lost;
         self.out_of_place += bad;
-        self.bytes_diff += diff - bad.min(diff);
-        self.other += other;
-        self.extra += extra;
-        if eof {
-            self.eof += 1;
+        self.bytes_diff += get("bytes_diff");
+        self.other += get("other");
+        self.extra += get("extra");
+        self.closed += usize::from(closed);
+        self.stopped += usize::from(stopped);
+        if lost > 0 {
+            self.lossy += 1;
+            if gap > 0 {
+                self.lost_gap = if self.lost_gap.0 == 0 {
+                    (gap, gap)
+                } else {
+                    (self.lost_gap.0.min(gap), self.lost_gap.1.max(gap))
+                };
+            }
+            if self.lost_at.is_empty() {
+                self.lost_at = format!(
+                    "{}: events {}",
+                    f.get(..2).map(|x| x.join(" ")).unwrap_or_default(),
+                    word("lost_at")
+                );
+            }
         }
-        if got == expected && bad == 0 && extra == 0 {
+        if got == expected && bad == 0 && get("extra") == 0 {
             self.complete += 1;
-        } else if self.notes.len() < 5 {
+        } else if self.notes.len() < 3 {
             self.notes.push(format!(
-                "{}: {got} of {expected} events, {bad} out of place (first at {}), {extra} extra{}",
+                "{}: {got} of {expected} events, {lost} lost, {bad} out of place{}{}",
                 f.get(..2).map(|x| x.join(" ")).unwrap_or_default(),
-                get("first_bad"),
-                if eof { ", connection closed" } else { "" }
+                if bad > 0 {
+                    format!(" (first where event {} was expected)", word("first_bad"))
+                } else {
+                    String::new()
+                },
+                if closed {
+                    ", connection closed by the facade"
+                } else if stopped {
+                    ", stopped waiting"
+                } else {
+                    ""
+                }
             ));
         }
     }
@@ -503,18 +541,30 @@ fn report(r: &FResult) {
     }
     if let Some(f) = f {
         println!(
-            "  facade clients: {}/{} got all {} broadcast events in the relay's order; {} events received in all, {} out of place, {} in place with other bytes, {} extra, {} other messages; {} connections closed early; facade_dropped_sessions_total {}",
+            "  facade clients: {}/{} got all {} broadcast events in the relay's order; {} events received in all, {} lost ({} clients), {} out of place, {} matched by Event/Uniqueid only, {} extra, {} other messages; closed by the facade {}, still waiting when stopped {}; facade_dropped_sessions_total {}",
             f.complete,
             f.clients,
             f.expected,
             f.received,
+            f.lost,
+            f.lossy,
             f.out_of_place,
             f.bytes_diff,
             f.extra,
             f.other,
-            f.eof,
-            f.dropped.map_or("?".into(), |d| format!("{d:.0}"))
+            f.closed,
+            f.stopped,
+            f.dropped.map_or("?".into(), |d| format!("{:.0}", d + 0.0))
         );
+        if f.lost > 0 {
+            println!(
+                "  facade clients: lost events {} on average per client; first losses of {}; most frequent distance between two lost events {}–{} (per client)",
+                f.lost / f.lossy.max(1),
+                f.lost_at,
+                f.lost_gap.0,
+                f.lost_gap.1
+            );
+        }
         println!(
             "  facade latency (relay hands the event to the bridge → client has it), all clients: p50 {:.3} / p99 {:.3} / p99.9 {:.3} / max {:.3} ms over {} events; per-client p99 {:.3}–{:.3} ms",
             f.latency.p50,

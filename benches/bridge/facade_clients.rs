@@ -7,18 +7,26 @@
 //! relay holds the bridge's AMI connection closed), says `ready`, and then
 //! runs one thread per client with blocking reads: split the stream at
 //! `\r\n\r\n`, and for every event with a `Privilege:` header record the
-//! time the read that completed it returned, and compare it with the
-//! expected k-th broadcast event (`BENCH_FACADE_EXPECT`, from
+//! time the read that completed it returned, and match it with the next
+//! expected broadcast event (`BENCH_FACADE_EXPECT`, from
 //! [`crate::facade::Expected`]): the CRC32 of its bytes, else of its
-//! `Event/Uniqueid` key. A thread ends when it has every expected event, at
-//! EOF (the facade dropped it), or when stdin says `stop` (the parent gave
-//! up waiting: every socket is shut down). Then the times go to
-//! `BENCH_FACADE_OUT` (per client: u64 count, then the count's u64 µs
-//! stamps, little-endian), one `client …` line per client and
-//! `done <cpu ticks> <VmHWM bytes>` to stdout.
+//! `Event/Uniqueid` key. An event that matches none of the next
+//! [`LOOKAHEAD`] expected ones by its bytes, nor the next by its key, is
+//! out of place; one that matches a later one means the events in between
+//! were lost (counted, and the client stays in step, so that later events
+//! are still matched to the right stamp). Events are only ever matched
+//! forward: order is kept or the event is out of place. A thread ends when
+//! it has the last expected event, at EOF (the facade closed it), or when
+//! stdin says `stop` (the parent gave up waiting: every socket is shut
+//! down). Then the times go to `BENCH_FACADE_OUT` (per client, one u64 µs
+//! stamp per expected event, 0 = never received, little-endian), one
+//! `client …` line per client and `done <cpu ticks> <VmHWM bytes>` to
+//! stdout.
 
 use std::io::{BufRead, Read, Write};
 use std::net::{Shutdown, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -28,6 +36,9 @@ use crate::Res;
 use crate::facade::{LOGIN_PASS, LOGIN_USER, key_crc, message_crc};
 use crate::measure::{cpu_ticks, vm_bytes};
 use crate::trace::now_us;
+
+/// How many expected events ahead an event is looked for (lost events).
+const LOOKAHEAD: usize = 64;
 
 pub(crate) fn main() {
     if let Err(e) = run() {
@@ -46,7 +57,7 @@ fn run() -> Res<()> {
     let n: usize = var("BENCH_FACADE_CLIENTS")?
         .parse()
         .map_err(|_| "BENCH_FACADE_CLIENTS")?;
-    let expect = std::sync::Arc::new(read_expect(&var("BENCH_FACADE_EXPECT")?)?);
+    let expect = Arc::new(read_expect(&var("BENCH_FACADE_EXPECT")?)?);
     let out = var("BENCH_FACADE_OUT")?;
 
     let mut logged = Vec::with_capacity(n);
@@ -66,13 +77,14 @@ fn run() -> Res<()> {
     println!("ready {n} {boots}");
     std::io::stdout().flush().ok();
 
+    let stopping = Arc::new(AtomicBool::new(false));
     let (tx, rx) = mpsc::channel::<(usize, Client)>();
     for (i, (s, rest)) in logged.into_iter().enumerate() {
-        let (tx, expect) = (tx.clone(), expect.clone());
+        let (tx, expect, stopping) = (tx.clone(), expect.clone(), stopping.clone());
         std::thread::Builder::new()
             .name(format!("client-{i}"))
             .spawn(move || {
-                let _ = tx.send((i, read_events(s, rest, &expect)));
+                let _ = tx.send((i, read_events(s, rest, &expect, &stopping)));
             })
             .map_err(|e| e.to_string())?;
     }
@@ -81,6 +93,7 @@ fn run() -> Res<()> {
     std::thread::spawn(move || {
         for line in std::io::stdin().lock().lines().map_while(Result::ok) {
             if line.trim() == "stop" {
+                stopping.store(true, Ordering::SeqCst);
                 for s in &socks {
                     let _ = s.shutdown(Shutdown::Both);
                 }
@@ -91,24 +104,36 @@ fn run() -> Res<()> {
     for (i, c) in rx {
         results[i] = Some(c);
     }
-    let mut bin = Vec::new();
+    let mut bin = Vec::with_capacity(n * expect.len() * 8);
     for (i, c) in results.iter().enumerate() {
         let c = c
             .as_ref()
             .ok_or_else(|| format!("client {i} has no result"))?;
-        bin.extend_from_slice(&(c.times.len() as u64).to_le_bytes());
         for t in &c.times {
             bin.extend_from_slice(&t.to_le_bytes());
         }
         println!(
-            "client {i} got {} bytes_diff {} key_bad {} first_bad {} other {} extra {} eof {}",
-            c.times.len(),
+            "client {i} got {} lost {} bytes_diff {} out_of_place {} first_bad {} other {} extra {} closed {} stopped {} lost_at {} lost_gap {}",
+            c.got,
+            c.lost.len(),
             c.bytes_diff,
-            c.key_bad,
+            c.out_of_place,
             c.first_bad.map_or(-1, |k| k as i64),
             c.other,
             c.extra,
-            u8::from(c.eof)
+            u8::from(c.closed),
+            u8::from(c.stopped),
+            if c.lost.is_empty() {
+                "-".to_string()
+            } else {
+                c.lost
+                    .iter()
+                    .take(4)
+                    .map(|k| k.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            },
+            common_gap(&c.lost)
         );
     }
     std::fs::write(&out, bin).map_err(|e| format!("write {out}: {e}"))?;
@@ -194,22 +219,46 @@ fn skip_login_boot(s: &mut TcpStream, rest: &mut Vec<u8>) -> usize {
     0
 }
 
+/// The most frequent distance between consecutive lost events (0: fewer
+/// than two lost).
+fn common_gap(lost: &[usize]) -> usize {
+    let mut gaps: Vec<usize> = lost.windows(2).map(|w| w[1] - w[0]).collect();
+    gaps.sort_unstable();
+    let mut best = (0, 0);
+    let mut i = 0;
+    while i < gaps.len() {
+        let j = gaps[i..].iter().take_while(|&&g| g == gaps[i]).count();
+        if j > best.1 {
+            best = (gaps[i], j);
+        }
+        i += j;
+    }
+    best.0
+}
+
 /// What one client received.
 #[derive(Default)]
 struct Client {
-    /// Receive time (µs) of each broadcast event, in arrival order.
+    /// Receive time (µs) of each expected event, 0 = not received.
     times: Vec<u64>,
-    /// Events whose bytes differ from the expected event's.
+    /// The next expected event.
+    next: usize,
+    got: usize,
+    /// Expected events skipped over (a later one came first).
+    lost: Vec<usize>,
+    /// Events matched by their key, not their bytes.
     bytes_diff: usize,
-    /// ... and whose Event/Uniqueid differ too: out of order or missing.
-    key_bad: usize,
+    /// Events that match none of the next expected ones.
+    out_of_place: usize,
     first_bad: Option<usize>,
     /// Messages without `Privilege:` (not broadcast events).
     other: usize,
-    /// Broadcast events beyond the expected ones.
+    /// Broadcast events after the last expected one.
     extra: usize,
-    /// The connection ended before every event was in.
-    eof: bool,
+    /// The facade closed the connection before the last event.
+    closed: bool,
+    /// The parent stopped the client before the last event.
+    stopped: bool,
 }
 
 impl Client {
@@ -218,26 +267,53 @@ impl Client {
             self.other += 1;
             return;
         }
-        let k = self.times.len();
-        let Some(&(full, key)) = expect.get(k) else {
+        let k = self.next;
+        if k >= expect.len() {
             self.extra += 1;
             return;
-        };
-        if message_crc(msg) != full {
-            self.bytes_diff += 1;
-            if key_crc(msg) != key {
-                self.key_bad += 1;
-                self.first_bad.get_or_insert(k);
-            }
         }
-        self.times.push(t);
+        let crc = message_crc(msg);
+        let at = if crc == expect[k].0 {
+            Some(k)
+        } else if let Some(j) = expect[k + 1..]
+            .iter()
+            .take(LOOKAHEAD)
+            .position(|e| e.0 == crc)
+        {
+            Some(k + 1 + j)
+        } else if key_crc(msg) == expect[k].1 {
+            self.bytes_diff += 1;
+            Some(k)
+        } else {
+            None
+        };
+        let Some(at) = at else {
+            self.out_of_place += 1;
+            self.first_bad.get_or_insert(k);
+            return;
+        };
+        self.lost.extend(k..at);
+        self.times[at] = t;
+        self.got += 1;
+        self.next = at + 1;
+    }
+
+    /// The connection ended before the last event.
+    fn ended(&mut self, stopping: &AtomicBool) {
+        self.stopped = stopping.load(Ordering::SeqCst);
+        self.closed = !self.stopped;
     }
 }
 
-/// Reads one client's socket until every expected event is in, or EOF.
-fn read_events(mut s: TcpStream, mut buf: Vec<u8>, expect: &[(u32, u32)]) -> Client {
+/// Reads one client's socket until the last expected event is in, or EOF.
+fn read_events(
+    mut s: TcpStream,
+    mut buf: Vec<u8>,
+    expect: &[(u32, u32)],
+    stopping: &AtomicBool,
+) -> Client {
     let mut c = Client {
-        times: Vec::with_capacity(expect.len()),
+        times: vec![0; expect.len()],
         ..Default::default()
     };
     let finder = memmem::Finder::new(b"\r\n\r\n");
@@ -254,7 +330,7 @@ fn read_events(mut s: TcpStream, mut buf: Vec<u8>, expect: &[(u32, u32)]) -> Cli
             scan = start;
         }
         scan = buf.len().saturating_sub(3).max(start);
-        if c.times.len() >= expect.len() {
+        if c.next >= expect.len() {
             break;
         }
         if start > 0 {
@@ -264,7 +340,7 @@ fn read_events(mut s: TcpStream, mut buf: Vec<u8>, expect: &[(u32, u32)]) -> Cli
         }
         match s.read(&mut chunk) {
             Ok(0) => {
-                c.eof = true;
+                c.ended(stopping);
                 break;
             }
             Ok(k) => {
@@ -273,7 +349,7 @@ fn read_events(mut s: TcpStream, mut buf: Vec<u8>, expect: &[(u32, u32)]) -> Cli
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(_) => {
-                c.eof = true;
+                c.ended(stopping);
                 break;
             }
         }
