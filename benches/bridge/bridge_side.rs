@@ -16,6 +16,7 @@ use crate::Res;
 use crate::ami_feed::{Relay, relay, start_replay};
 use crate::common::procs::try_free_port;
 use crate::consumer::Sink;
+use crate::facade::{Clients, FacadeSide};
 use crate::measure::{cpu_ticks, ctx_switches, http_get, start_perf, stop_perf, vm_bytes};
 use crate::outcome::{Outcome, SendCheck};
 use crate::setup::Setup;
@@ -35,6 +36,8 @@ struct BridgeRun {
     gate: Option<oneshot::Sender<()>>,
     relay_task: JoinHandle<Res<()>>,
     relay_state: Arc<Mutex<Relay>>,
+    /// Scenario f: the facade's listen address (`None`: no `[facade]`).
+    facade: Option<String>,
 }
 
 /// What was measured while the events flowed.
@@ -48,16 +51,36 @@ struct Measured {
 }
 
 pub(crate) async fn run_bridge(s: &Setup, scenario: &str, pace: Pace) -> Res<Outcome> {
+    run_bridge_with(s, scenario, pace, 0).await.map(|(o, _)| o)
+}
+
+/// The bridge side; with `clients` > 0 (scenario f) the bridge has a
+/// `[facade]` section and that many AMI clients ([`crate::facade`]) are
+/// connected and logged in before the gate opens, and the measurement
+/// lasts until they, too, have every event.
+pub(crate) async fn run_bridge_with(
+    s: &Setup,
+    scenario: &str,
+    pace: Pace,
+    clients: usize,
+) -> Res<(Outcome, Option<FacadeSide>)> {
     let n = s.names.len();
     let track = pace != Pace::Max;
     let sink = s.sink(&format!("{}.{scenario}.bridge", s.exchange)).await?;
-    let mut b = BridgeRun::start(s, scenario, &pace, track).await?;
+    let mut b = BridgeRun::start(s, scenario, &pace, track, clients > 0).await?;
     b.wait_connected().await?;
+    let mut cl = match &b.facade {
+        Some(addr) if clients > 0 => Some(Clients::start(s, addr, clients, &b.work).await?),
+        _ => None,
+    };
     let hwm_before = vm_bytes(b.pid, "VmHWM");
     let poller = Poller::spawn(b.metrics.clone(), pace == Pace::Timing);
-    let m = b.measure(s, scenario, &sink, &pace).await?;
+    let m = b.measure(s, scenario, &sink, &pace, cl.as_mut()).await?;
     let samples = poller.stop().await;
     let text = http_get(&b.metrics, "/metrics").await;
+    let dropped = text
+        .as_deref()
+        .map(|t| prom_sum(t, "facade_dropped_sessions_total"));
     let hist = text
         .as_deref()
         .map(|t| prom_buckets(t, "publish_latency_seconds"))
@@ -98,13 +121,23 @@ pub(crate) async fn run_bridge(s: &Setup, scenario: &str, pace: Pace) -> Res<Out
     o.confirm_from_histogram = true;
     o.delivered = delivered;
     o.samples = samples;
-    Ok(o)
+    let side = match cl {
+        Some(c) => Some(c.finish(s, &o.arrivals, dropped).await?),
+        None => None,
+    };
+    Ok((o, side))
 }
 
 impl BridgeRun {
     /// Starts the replay, the bridge (its AMI connection held by the
     /// relay's gate) and the relay.
-    async fn start(s: &Setup, scenario: &str, pace: &Pace, track: bool) -> Res<BridgeRun> {
+    async fn start(
+        s: &Setup,
+        scenario: &str,
+        pace: &Pace,
+        track: bool,
+        facade: bool,
+    ) -> Res<BridgeRun> {
         let work = s.dir.path().join(format!("bridge-{scenario}"));
         std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
         let (replay, replay_addr) = start_replay(s, pace, &work.join("replay.log")).await?;
@@ -122,9 +155,20 @@ impl BridgeRun {
             )),
             Err(_) => work.join("spool"),
         };
+        let facade = if facade {
+            Some(format!(
+                "127.0.0.1:{}",
+                try_free_port().map_err(|e| e.to_string())?
+            ))
+        } else {
+            None
+        };
+        let mut text = config_text(s, &ami_addr, &metrics, &spool_dir);
+        if let Some(addr) = &facade {
+            text.push_str(&crate::facade::config_section(addr));
+        }
         let config = work.join("ami2amqp.toml");
-        std::fs::write(&config, config_text(s, &ami_addr, &metrics, &spool_dir))
-            .map_err(|e| e.to_string())?;
+        std::fs::write(&config, text).map_err(|e| e.to_string())?;
         let log = std::fs::File::create(work.join("bridge.log")).map_err(|e| e.to_string())?;
         let bridge = tokio::process::Command::new(&s.bin)
             .args(["run", "--config"])
@@ -156,6 +200,7 @@ impl BridgeRun {
             gate: Some(gate_tx),
             relay_task,
             relay_state,
+            facade,
         })
     }
 
@@ -184,14 +229,15 @@ impl BridgeRun {
         }
     }
 
-    /// Opens the gate, waits for every message at the consumer, then lets
-    /// the bridge idle.
+    /// Opens the gate, waits for every message at the consumer (and every
+    /// event at the facade clients, if any), then lets the bridge idle.
     async fn measure(
         &mut self,
         s: &Setup,
         scenario: &str,
         sink: &Sink,
         pace: &Pace,
+        clients: Option<&mut Clients>,
     ) -> Res<Measured> {
         let pid = self.pid;
         let perf = start_perf(s, scenario, "bridge", pid);
@@ -205,9 +251,16 @@ impl BridgeRun {
             let _ = gate.send(());
         }
         let n = s.names.len();
-        let ok = sink
+        let mut ok = sink
             .wait_all(n, tokio::time::Instant::now() + pace.limit(n))
             .await;
+        if let Some(c) = clients {
+            // The clients get their events as the bridge reads them, long
+            // before the bus has drained; 30 s is only for a stuck client.
+            ok &= c
+                .wait_done(tokio::time::Instant::now() + Duration::from_secs(30))
+                .await;
+        }
         let cpu1 = cpu_ticks(pid).ok_or("cpu")?;
         let cs1 = ctx_switches(pid);
         let hwm = vm_bytes(pid, "VmHWM");

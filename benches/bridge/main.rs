@@ -45,6 +45,14 @@
 //!   events in its busiest second; latency, backlog, memory, and whether
 //!   the AMI socket ever stalled (the relay's stamps against the trace's
 //!   schedule, and `ami_events_total` from /metrics over time).
+//! * **f, AMI facade** — scenario c's bridge set-up twice: as in c, then
+//!   with a `[facade]` section and `BENCH_FACADE_CLIENTS` (default 50) AMI
+//!   clients logged in (read all) before the gate opens, in a child
+//!   process (this binary, `AMI2AMQP_BENCH_ROLE=facade-clients`). Every
+//!   client must get every broadcast event in the relay's order; latency
+//!   from the relay's stamp to the client's read; the bridge's extra CPU
+//!   per event per client (with − without); RSS, the consumer's count and
+//!   the AMI stall check of both runs. No raw side. See [`facade`].
 //!
 //! Latency is measured end to end from the consumer side: a durable queue
 //! (`x-queue-version` 2 unless `BENCH_QUEUE_VERSION` says otherwise) bound
@@ -60,11 +68,12 @@
 //! on this machine.
 //!
 //! Environment: `AMQP_URL` (default `amqp://guest:guest@127.0.0.1:5672/%2f`),
-//! `BENCH_SCENARIOS` (default `s,a,b,c`), `BENCH_SIDES` (default
+//! `BENCH_SCENARIOS` (default `s,a,b,c,f`), `BENCH_FACADE_CLIENTS`
+//! (scenario f, default 50), `BENCH_SIDES` (default
 //! `raw,bridge,batched`), `BENCH_RATE` (default 5000),
 //! `BENCH_QUEUE_VERSION` (default 2), `BENCH_PERF=PREFIX` (during scenario
 //! a, run `perf $BENCH_PERF_ARGS -o PREFIX.<side>.data -p <pid>` on each
-//! side; `BENCH_PERF_ARGS` defaults to `record -F 999`, `stat -e …` works
+//! side, and on the bridge of both runs of f as PREFIX.f0 / PREFIX.f50; `BENCH_PERF_ARGS` defaults to `record -F 999`, `stat -e …` works
 //! too), `BENCH_SPOOL_DIR` (put the bridge's spool under this
 //! directory instead of the temporary one, e.g. /dev/shm to take the disk
 //! out of the picture), `BENCH_FSYNC_MS` (the bridge's
@@ -80,6 +89,8 @@
 //! * [`raw_publisher`] — the raw lapin baseline (the child process), and
 //!   [`raw`] — its side of a scenario, run from the parent;
 //! * [`bridge_side`] — the bridge's side of a scenario;
+//! * [`facade`] — scenario f, and [`facade_clients`] — its AMI clients
+//!   (the child process);
 //! * [`consumer`] — the queue both sides are measured at;
 //! * [`measure`] (/proc, perf, HTTP) and [`stats`] (percentiles, histograms,
 //!   backlog) — measurement;
@@ -105,6 +116,8 @@ mod common;
 mod ami_feed;
 mod bridge_side;
 mod consumer;
+mod facade;
+mod facade_clients;
 mod measure;
 mod outcome;
 mod raw;
@@ -123,9 +136,10 @@ use trace::Pace;
 type Res<T> = Result<T, String>;
 
 fn main() {
-    if std::env::var("AMI2AMQP_BENCH_ROLE").as_deref() == Ok("raw") {
-        raw_publisher::main();
-        return;
+    match std::env::var("AMI2AMQP_BENCH_ROLE").as_deref() {
+        Ok("raw") => return raw_publisher::main(),
+        Ok("facade-clients") => return facade_clients::main(),
+        _ => {}
     }
     // `cargo bench` passes `--bench`; `cargo test --all-targets` runs this
     // target without it, and must not start a three-minute benchmark.
@@ -155,7 +169,7 @@ async fn orchestrate() -> Res<()> {
     let t_setup = Instant::now();
     let facts = TraceFacts::load()?;
     let (span, peak_1s) = (facts.span, facts.peak_1s);
-    let s = Setup::new(&p, facts.names, facts.timing).await?;
+    let s = Setup::new(&p, facts).await?;
     print_header(&p, &s, &machine, span, peak_1s, t_setup);
 
     let mut results: BTreeMap<&str, (Res<Outcome>, Res<Outcome>)> = BTreeMap::new();
@@ -174,7 +188,15 @@ async fn orchestrate() -> Res<()> {
         let (raw, bridge) = run_scenario(&p, &s, name, &pace).await;
         results.insert(name, (raw, bridge));
     }
+    let f = if p.wants("f") && p.sides.contains("bridge") {
+        Some(facade::run_f(&s).await)
+    } else {
+        None
+    };
     targets(&results, p.rate);
+    if let Some(f) = &f {
+        facade::target(f);
+    }
     s.finish().await
 }
 

@@ -45,14 +45,23 @@ pub(crate) fn ctx_switches(pid: u32) -> u64 {
         .sum()
 }
 
-/// `perf record` attached to `pid` (scenario a only, with BENCH_PERF).
+/// `perf record` attached to `pid` (with BENCH_PERF: scenario a, and both
+/// bridge runs of scenario f, whose side is then `f0` / `f50`).
 pub(crate) fn start_perf(
     s: &Setup,
     scenario: &str,
     side: &str,
     pid: u32,
 ) -> Option<tokio::process::Child> {
-    let prefix = s.perf.as_ref().filter(|_| scenario == "a")?;
+    let prefix = s
+        .perf
+        .as_ref()
+        .filter(|_| scenario == "a" || scenario.starts_with('f'))?;
+    let side = if scenario.starts_with('f') {
+        scenario
+    } else {
+        side
+    };
     tokio::process::Command::new("perf")
         .args(env_or("BENCH_PERF_ARGS", "record -F 999").split_whitespace())
         .args([

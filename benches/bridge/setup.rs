@@ -12,6 +12,7 @@ use lapin::{Connection, ConnectionProperties};
 
 use crate::Res;
 use crate::common::procs::{copy_mappings, declare_exchange};
+use crate::facade::Expected;
 use crate::measure::clk_tck;
 use crate::trace::{decode_event, env_or, load_stream};
 
@@ -29,7 +30,7 @@ impl Params {
     pub(crate) fn from_env() -> Res<Params> {
         Ok(Params {
             url: env_or("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"),
-            scenarios: env_or("BENCH_SCENARIOS", "s,a,b,c"),
+            scenarios: env_or("BENCH_SCENARIOS", "s,a,b,c,f"),
             sides: env_or("BENCH_SIDES", "raw,bridge,batched"),
             rate: env_or("BENCH_RATE", "5000")
                 .parse()
@@ -50,6 +51,8 @@ impl Params {
 /// The trace's event names and recorded schedule.
 pub(crate) struct TraceFacts {
     pub(crate) names: Vec<String>,
+    /// The events a facade broadcasts, in order (scenario f).
+    pub(crate) broadcast: Vec<Expected>,
     pub(crate) timing: Vec<Duration>,
     pub(crate) span: Duration,
     /// Events in the busiest 1-s window of the recorded pace.
@@ -60,9 +63,13 @@ impl TraceFacts {
     pub(crate) fn load() -> Res<TraceFacts> {
         let timed = load_stream(true)?;
         let mut names = Vec::with_capacity(timed.events.len());
-        for ev in &timed.events {
+        let mut broadcast = Vec::with_capacity(timed.events.len());
+        for (i, ev) in timed.events.iter().enumerate() {
             let m = decode_event(&ev.bytes)?;
             names.push(m.event_name().unwrap_or_default().into_owned());
+            if let Some(e) = Expected::of(i, &ev.bytes, &m) {
+                broadcast.push(e);
+            }
         }
         let timing: Vec<Duration> = timed.events.iter().map(|e| e.at).collect();
         let span = timing.last().copied().unwrap_or_default();
@@ -79,6 +86,7 @@ impl TraceFacts {
         };
         Ok(TraceFacts {
             names,
+            broadcast,
             timing,
             span,
             peak_1s,
@@ -100,6 +108,8 @@ pub(crate) struct Setup {
     pub(crate) names: Arc<Vec<String>>,
     /// Each event's time in the recorded pace, relative to the first.
     pub(crate) timing: Vec<Duration>,
+    /// The events a facade client should receive, in order (scenario f).
+    pub(crate) broadcast: Arc<Vec<Expected>>,
     pub(crate) admin: Connection,
     pub(crate) tck: f64,
     pub(crate) perf: Option<String>,
@@ -108,7 +118,13 @@ pub(crate) struct Setup {
 impl Setup {
     /// A temporary directory with the default mappings sending to a fresh
     /// exchange, declared on the broker as the bridge declares it.
-    pub(crate) async fn new(p: &Params, names: Vec<String>, timing: Vec<Duration>) -> Res<Setup> {
+    pub(crate) async fn new(p: &Params, facts: TraceFacts) -> Res<Setup> {
+        let TraceFacts {
+            names,
+            broadcast,
+            timing,
+            ..
+        } = facts;
         let dir = tempfile::Builder::new()
             .prefix("ami2amqp-bench.")
             .tempdir()
@@ -146,6 +162,7 @@ impl Setup {
             queue_version: p.queue_version,
             names: Arc::new(names),
             timing,
+            broadcast: Arc::new(broadcast),
             admin,
             tck: clk_tck(),
             perf: std::env::var("BENCH_PERF").ok(),
