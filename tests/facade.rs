@@ -578,6 +578,40 @@ fn permissions_servers_and_asterisk_errors() {
     );
 }
 
+/// `[[actions.allow]]` entries naming `ami:<user>` narrow what that facade
+/// user may run, with the AMQP path's engine; other users are untouched.
+#[test]
+fn allow_list_entries_narrow_a_facade_user() {
+    let allow = "\n[[actions.allow]]\nuser = \"ami:all\"\nactions = [\"CoreSettings\"]\n";
+    let s = Setup::start(
+        &["--rate", "20", "--loop", "0"],
+        &[trace("calls_small.ami")],
+        allow,
+    );
+    let (mut a, _) = Ami::login(&s.facade, "all", "allpass", Some("off"));
+    a.send(&[("Action", "CoreSettings"), ("ActionID", "ok")]);
+    assert!(
+        a.response()
+            .starts_with("Response: Success\r\nActionID: ok\r\n")
+    );
+    a.send(&[("Action", "CoreShowChannels"), ("ActionID", "no")]);
+    assert_eq!(
+        a.response(),
+        "Response: Error\r\nActionID: no\r\nMessage: Permission denied\r\n\r\n"
+    );
+    // Ping is the facade's own: the allow-list does not apply.
+    a.send(&[("Action", "Ping"), ("ActionID", "p")]);
+    assert!(a.response().contains("Ping: Pong"));
+    // "Calls" has no entry: only its write classes apply (none: denied;
+    // ListCommands has authority 0: allowed).
+    let (mut c, _) = Ami::login(&s.facade, "calls", "callpass", Some("off"));
+    c.send(&[("Action", "ListCommands"), ("ActionID", "l")]);
+    assert!(
+        c.response()
+            .starts_with("Response: Success\r\nActionID: l\r\n")
+    );
+}
+
 /// F3: hostile input gets Asterisk's error replies; the session and the
 /// bridge live on.
 #[test]
