@@ -73,6 +73,7 @@ enum Command {
     Replay(ReplayArgs),
     Record(RecordArgs),
     Inspect(InspectArgs),
+    Generate(GenerateArgs),
 }
 
 impl Command {
@@ -87,6 +88,7 @@ impl Command {
             Command::Replay(a) => replay(a).await,
             Command::Record(a) => record(a).await,
             Command::Inspect(a) => inspect(a).await,
+            Command::Generate(a) => generate(a),
         }
     }
 }
@@ -183,6 +185,48 @@ fn config(a: ConfigArgs) -> Result<(), BoxError> {
             }
         }
     }
+}
+
+/// Write files generated from this command-line definition, for packagers:
+/// man pages and shell completions.
+///
+/// `ami2amqp generate man DIR` writes `ami2amqp.1` and one
+/// `ami2amqp-<command>.1` per subcommand; `ami2amqp generate completions
+/// DIR` writes `ami2amqp.bash`, `_ami2amqp` (zsh) and `ami2amqp.fish`. The
+/// Debian package (make deb) installs both.
+#[derive(Args, Debug)]
+struct GenerateArgs {
+    #[command(subcommand)]
+    what: GenerateCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum GenerateCommand {
+    /// Man pages (section 1) into DIR.
+    Man { dir: PathBuf },
+    /// Completions for bash, zsh and fish into DIR.
+    Completions { dir: PathBuf },
+}
+
+fn generate(a: GenerateArgs) -> Result<(), BoxError> {
+    use clap::CommandFactory;
+    let cmd = Cli::command();
+    match a.what {
+        GenerateCommand::Man { dir } => {
+            std::fs::create_dir_all(&dir)?;
+            clap_mangen::generate_to(cmd, &dir)
+                .map_err(|e| format!("{}: cannot write man pages: {e}", dir.display()))?;
+        }
+        GenerateCommand::Completions { dir } => {
+            use clap_complete::Shell;
+            std::fs::create_dir_all(&dir)?;
+            for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
+                clap_complete::generate_to(shell, &mut cmd.clone(), "ami2amqp", &dir)
+                    .map_err(|e| format!("{}: cannot write completions: {e}", dir.display()))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Dry run: feed traces through the mappings and print every message that
