@@ -5,7 +5,8 @@
 #   make lint    rustfmt check + clippy with warnings as errors (whole workspace)
 #   make bench   start RabbitMQ if needed, then the benchmarks
 #   make fuzz    scripts/fuzz.sh
-#   make demo    release build, then scripts/demo.sh (its AMI client: make facade-clients)
+#   make demo    release build, then scripts/demo.sh
+#   make deb     release build, then the Debian package (scripts/build-deb.sh) (its AMI client: make facade-clients)
 #   make build   release build
 #   make clean   cargo clean
 
@@ -16,7 +17,7 @@ endif
 
 CARGO ?= cargo
 
-.PHONY: all test lint fmt-check clippy bench fuzz demo build clean rabbitmq facade-clients
+.PHONY: all test lint fmt-check clippy bench fuzz demo build clean rabbitmq facade-clients deb deb-tools
 
 all: build
 
@@ -28,13 +29,22 @@ rabbitmq:
 facade-clients:
 	bash scripts/ensure-facade-clients.sh
 
+# dpkg-deb, binutils, lintian, systemd-analyze, adduser: building and
+# checking the Debian package (tests/deb_package.rs installs it: root).
+deb-tools:
+	bash scripts/ensure-deb-tools.sh
+
+# The Debian package, from a release build: target/debian/ami2amqp_*.deb.
+deb: build deb-tools
+	bash scripts/build-deb.sh
+
 # Doc tests and bench smoke runs first, so that the output ends with the
 # summary of the main run.
 # Every test target, plus the two in-process benches as quick smoke runs
 # (the end-to-end benches start brokers' worth of load: `make bench` only).
 # --no-fail-fast: run every test binary and list all failing ones at the end.
 # --workspace: the crates under crates/ (ami-proto) too, not only ami2amqp.
-test: rabbitmq facade-clients
+test: rabbitmq facade-clients deb-tools
 	$(CARGO) test --workspace --doc
 	$(CARGO) test --bench parse --bench route
 	$(CARGO) test --workspace --lib --bins --tests --no-fail-fast
