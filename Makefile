@@ -5,8 +5,8 @@
 #   make lint    rustfmt check + clippy with warnings as errors (whole workspace)
 #   make bench   start RabbitMQ if needed, then the benchmarks
 #   make fuzz    scripts/fuzz.sh
-#   make demo    release build, then scripts/demo.sh
-#   make deb     release build, then the Debian package (scripts/build-deb.sh) (its AMI client: make facade-clients)
+#   make demo    release build, then scripts/demo.sh (its AMI client: make facade-clients)
+#   make deb     release build, then the Debian package (scripts/build-deb.sh)
 #   make build   release build
 #   make clean   cargo clean
 
