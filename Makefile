@@ -1,7 +1,7 @@
 # ami2amqp — common tasks. `make lint` then `make test` is what CI runs (.ci/run).
 #
-#   make test    start RabbitMQ and install the facade test clients if needed,
-#                then every test target
+#   make test    start RabbitMQ, install the facade test clients and promtool
+#                if needed, then every test target
 #   make lint    rustfmt check + clippy with warnings as errors (whole workspace)
 #   make bench   start RabbitMQ if needed, then the benchmarks
 #   make fuzz    scripts/fuzz.sh
@@ -16,7 +16,7 @@ endif
 
 CARGO ?= cargo
 
-.PHONY: all test lint fmt-check clippy bench fuzz demo build clean rabbitmq facade-clients
+.PHONY: all test lint fmt-check clippy bench fuzz demo build clean rabbitmq facade-clients promtool
 
 all: build
 
@@ -28,13 +28,19 @@ rabbitmq:
 facade-clients:
 	bash scripts/ensure-facade-clients.sh
 
+# promtool, which tests/contrib_monitoring.rs runs on contrib/prometheus/
+# (extracted from Debian's prometheus package to target/promtool/, without
+# installing the package: see the script).
+promtool:
+	bash scripts/ensure-promtool.sh
+
 # Doc tests and bench smoke runs first, so that the output ends with the
 # summary of the main run.
 # Every test target, plus the two in-process benches as quick smoke runs
 # (the end-to-end benches start brokers' worth of load: `make bench` only).
 # --no-fail-fast: run every test binary and list all failing ones at the end.
 # --workspace: the crates under crates/ (ami-proto) too, not only ami2amqp.
-test: rabbitmq facade-clients
+test: rabbitmq facade-clients promtool
 	$(CARGO) test --workspace --doc
 	$(CARGO) test --bench parse --bench route
 	$(CARGO) test --workspace --lib --bins --tests --no-fail-fast
