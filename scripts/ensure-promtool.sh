@@ -46,8 +46,6 @@ command -v dpkg-deb >/dev/null 2>&1 || die "not found, and no dpkg-deb to unpack
 work="$(mktemp -d "${TMPDIR:-/tmp}/ensure-promtool.XXXXXX")"
 log="$work/log"
 trap 'rm -rf "$work"' EXIT
-# _apt, which apt-get download drops to, must be able to write the file.
-chmod 755 "$work"
 
 download() { (cd "$work" && apt-get download -qq prometheus) >"$log" 2>&1 </dev/null; }
 
