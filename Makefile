@@ -1,7 +1,7 @@
 # ami2amqp — common tasks. `make lint` then `make test` is what CI runs (.ci/run).
 #
-#   make test    start RabbitMQ and install the facade test clients if needed,
-#                then every test target
+#   make test    start RabbitMQ, install the facade test clients and promtool
+#                if needed, then every test target
 #   make lint    rustfmt check + clippy with warnings as errors (whole workspace)
 #   make bench   start RabbitMQ if needed, then the benchmarks
 #   make fuzz    scripts/fuzz.sh
@@ -17,7 +17,7 @@ endif
 
 CARGO ?= cargo
 
-.PHONY: all test lint fmt-check clippy bench fuzz demo build clean rabbitmq facade-clients deb deb-tools
+.PHONY: all test lint fmt-check clippy bench fuzz demo build clean rabbitmq facade-clients promtool deb deb-tools
 
 all: build
 
@@ -28,6 +28,12 @@ rabbitmq:
 # asterisk-manager), under target/facade-clients/.
 facade-clients:
 	bash scripts/ensure-facade-clients.sh
+
+# promtool, which tests/contrib_monitoring.rs runs on contrib/prometheus/
+# (extracted from Debian's prometheus package to target/promtool/, without
+# installing the package: see the script).
+promtool:
+	bash scripts/ensure-promtool.sh
 
 # dpkg-deb, binutils, lintian, systemd-analyze, adduser: building and
 # checking the Debian package (tests/deb_package.rs installs it: root).
@@ -44,7 +50,7 @@ deb: build deb-tools
 # (the end-to-end benches start brokers' worth of load: `make bench` only).
 # --no-fail-fast: run every test binary and list all failing ones at the end.
 # --workspace: the crates under crates/ (ami-proto) too, not only ami2amqp.
-test: rabbitmq facade-clients deb-tools
+test: rabbitmq facade-clients promtool deb-tools
 	$(CARGO) test --workspace --doc
 	$(CARGO) test --bench parse --bench route
 	$(CARGO) test --workspace --lib --bins --tests --no-fail-fast
