@@ -73,6 +73,7 @@ enum Command {
     Replay(ReplayArgs),
     Record(RecordArgs),
     Inspect(InspectArgs),
+    Doctor(DoctorArgs),
     Generate(GenerateArgs),
 }
 
@@ -88,6 +89,7 @@ impl Command {
             Command::Replay(a) => replay(a).await,
             Command::Record(a) => record(a).await,
             Command::Inspect(a) => inspect(a).await,
+            Command::Doctor(a) => doctor(a).await,
             Command::Generate(a) => generate(a),
         }
     }
@@ -184,6 +186,33 @@ fn config(a: ConfigArgs) -> Result<(), BoxError> {
                 r => Ok(r?),
             }
         }
+    }
+}
+
+/// Check a config against the real world: connect to every Asterisk and
+/// broker once and report what works, line by line.
+///
+/// Per server: DNS, TCP, the AMI login (with the bridge's own client), the
+/// actions its user may run against those [[actions.allow]] grants, and
+/// the event classes that arrive in 3 s (and a reminder about
+/// writetimeout, which Asterisk does not report over AMI). Per broker URL: DNS, TCP, the login,
+/// and whether each exchange the mappings, status messages and action path
+/// use exists (passive declares: doctor never declares or publishes).
+/// Lines start with `ok`, `warn` or `FAIL`; the exit status is 0 only when
+/// no check failed.
+#[derive(Args, Debug)]
+struct DoctorArgs {
+    /// The config file.
+    #[arg(long, short)]
+    config: PathBuf,
+}
+
+async fn doctor(a: DoctorArgs) -> Result<(), BoxError> {
+    let cfg = ami2amqp::config::Config::load(&a.config)?;
+    let mut out = std::io::stdout().lock();
+    match ami2amqp::tools::doctor(&cfg, &mut out).await {
+        0 => Ok(()),
+        _ => Err("some checks failed (see above)".into()),
     }
 }
 

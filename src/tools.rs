@@ -7,6 +7,10 @@
 //! arrives on the bus. They share the library code the bridge runs, so what
 //! they show is what the bridge does.
 
+mod doctor;
+
+pub use doctor::doctor;
+
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,360 @@
+//! `ami2amqp doctor`: connect to every Asterisk and broker of a config once
+//! and say, line by line, what works and what does not.
+//!
+//! Each check prints one line, `ok`, `warn` or `FAIL`, the part it is
+//! about (`pbx1`, `broker`), the check and what it found. The checks use
+//! the bridge's own connection code (the AMI client, the AMQP connect), so
+//! what doctor sees is what `run` will see; it only reads (passive
+//! declares, `ListCommands`, `manager show user`), never publishes or
+//! declares anything. The exit status is 0 only when nothing failed.
+
+use std::io::Write;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::ami::{Client, ConnState, Incoming, Message, ServerSpec};
+use crate::config::Config;
+use crate::logs::clip;
+
+/// The outcome of one check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Ok,
+    /// Something to look at by hand; not counted.
+    Info,
+    Warn,
+    Fail,
+}
+
+/// The report: one line per check, written as it is made.
+pub struct Report<'a> {
+    out: &'a mut dyn Write,
+    pub failed: usize,
+    pub warned: usize,
+}
+
+impl<'a> Report<'a> {
+    pub fn new(out: &'a mut dyn Write) -> Self {
+        Report {
+            out,
+            failed: 0,
+            warned: 0,
+        }
+    }
+
+    pub fn line(&mut self, status: Status, part: &str, check: &str, text: &str) {
+        let tag = match status {
+            Status::Ok => "ok  ",
+            Status::Info => "info",
+            Status::Warn => {
+                self.warned += 1;
+                "warn"
+            }
+            Status::Fail => {
+                self.failed += 1;
+                "FAIL"
+            }
+        };
+        let _ = writeln!(self.out, "{tag}  {part:<12} {check:<12} {text}");
+    }
+}
+
+/// How long doctor listens for events on each server.
+const LISTEN: Duration = Duration::from_secs(3);
+
+/// Runs every check of `cfg`; returns the exit status (0: nothing failed).
+pub async fn doctor(cfg: &Config, out: &mut dyn Write) -> i32 {
+    let mut r = Report::new(out);
+    match cfg.server_specs() {
+        Ok(specs) => {
+            for spec in specs {
+                server(cfg, spec, &mut r).await;
+            }
+        }
+        Err(e) => r.line(Status::Fail, "config", "secrets", &e.0),
+    }
+    for url in cfg.amqp.urls() {
+        broker(cfg, &url, &mut r).await;
+    }
+    let _ = writeln!(
+        r.out,
+        "{} check(s) failed, {} warning(s)",
+        r.failed, r.warned
+    );
+    i32::from(r.failed > 0)
+}
+
+/// DNS and TCP to `address` (host:port); false when either fails.
+async fn reach(part: &str, address: &str, timeout: Duration, r: &mut Report<'_>) -> bool {
+    let addrs: Vec<_> = match tokio::net::lookup_host(address).await {
+        Ok(a) => a.collect(),
+        Err(e) => {
+            r.line(
+                Status::Fail,
+                part,
+                "dns",
+                &format!("{}: {e}", clip(address)),
+            );
+            return false;
+        }
+    };
+    let shown: Vec<String> = addrs.iter().map(|a| a.ip().to_string()).collect();
+    r.line(
+        Status::Ok,
+        part,
+        "dns",
+        &format!("{} → {}", clip(address), shown.join(", ")),
+    );
+    match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&addrs[..])).await {
+        Ok(Ok(_)) => {
+            r.line(
+                Status::Ok,
+                part,
+                "tcp",
+                &format!("{} accepts connections", clip(address)),
+            );
+            true
+        }
+        Ok(Err(e)) => {
+            r.line(
+                Status::Fail,
+                part,
+                "tcp",
+                &format!("{}: {e}", clip(address)),
+            );
+            false
+        }
+        Err(_) => {
+            let msg = format!(
+                "{}: no answer within {timeout:?} (firewall?)",
+                clip(address)
+            );
+            r.line(Status::Fail, part, "tcp", &msg);
+            false
+        }
+    }
+}
+
+/// One Asterisk server: reachable, login, what its user may do.
+async fn server(cfg: &Config, mut spec: ServerSpec, r: &mut Report<'_>) {
+    let name = spec.client.server.to_string();
+    let timeout = spec.client.connect_timeout;
+    if !reach(&name, &spec.client.address, timeout, r).await {
+        return;
+    }
+    spec.client.role = "doctor".into();
+    spec.client.backoff.initial = Duration::from_secs(3600);
+    let (tx, mut rx) = mpsc::channel(4096);
+    let client = Client::spawn(spec.client.clone(), Some(tx));
+    if let Err(why) = first_attempt(&client, timeout + Duration::from_secs(1)).await {
+        r.line(Status::Fail, &name, "login", &why);
+        client.shutdown();
+        return;
+    }
+    if let ConnState::Connected { banner } = &*client.state().borrow() {
+        let user = &spec.client.credentials.username;
+        r.line(
+            Status::Ok,
+            &name,
+            "login",
+            &format!("as {user:?}: {banner}"),
+        );
+    }
+    permissions(cfg, &name, &client, r).await;
+    write_timeout(&name, r);
+    events(&name, &mut rx, r).await;
+    client.shutdown();
+}
+
+/// Waits for the client's first connection attempt to end: logged in, or
+/// why not.
+async fn first_attempt(client: &Client, timeout: Duration) -> Result<(), String> {
+    let mut state = client.state();
+    let ended = tokio::time::timeout(timeout, async {
+        loop {
+            match &*state.borrow_and_update() {
+                ConnState::Connected { .. } => return Ok(()),
+                ConnState::Disconnected { reason } => return Err(reason.clone()),
+                _ => {}
+            }
+            if state.changed().await.is_err() {
+                return Err("the connection task stopped".to_string());
+            }
+        }
+    })
+    .await;
+    ended.unwrap_or_else(|_| Err(format!("no login within {timeout:?}")))
+}
+
+/// The actions the allow-list names, against what this user may run.
+async fn permissions(cfg: &Config, name: &str, client: &Client, r: &mut Report<'_>) {
+    let list = Message::from_pairs([("Action", "ListCommands")]);
+    let res = match client
+        .send_action(list, Some(Duration::from_secs(10)))
+        .await
+    {
+        Ok(res) if res.is_success() => res,
+        Ok(res) => {
+            let msg = res.response.get("Message").unwrap_or_default().into_owned();
+            r.line(
+                Status::Fail,
+                name,
+                "actions",
+                &format!("ListCommands refused: {msg}"),
+            );
+            return;
+        }
+        Err(e) => {
+            r.line(Status::Fail, name, "actions", &format!("ListCommands: {e}"));
+            return;
+        }
+    };
+    let table = ami_proto::ActionClasses::from_list_commands(&res.response);
+    r.line(
+        Status::Ok,
+        name,
+        "actions",
+        &format!("this user may run {} action(s)", table.len()),
+    );
+    if !cfg.actions.enabled {
+        return;
+    }
+    let mut wanted: Vec<&str> = cfg
+        .actions
+        .allow
+        .iter()
+        .flat_map(|e| e.actions.iter().map(String::as_str))
+        .filter(|a| *a != "*")
+        .collect();
+    wanted.sort_unstable_by_key(|a| a.to_ascii_lowercase());
+    wanted.dedup_by(|a, b| a.eq_ignore_ascii_case(b));
+    for a in wanted {
+        if table.authority(a).is_none() {
+            let msg = format!(
+                "[[actions.allow]] grants {:?}, but this AMI user may not run it: add its class to write= in manager.conf",
+                clip(a)
+            );
+            r.line(Status::Warn, name, "actions", &msg);
+        }
+    }
+}
+
+/// Asterisk reports a user's `writetimeout` nowhere over AMI (`manager
+/// show user` leaves it out), yet it decides whether a short stall drops
+/// the bridge's session: say so, once per server.
+fn write_timeout(name: &str, r: &mut Report<'_>) {
+    let msg = "not readable over AMI: check writetimeout in this user's manager.conf section (5000 suggested: docs/deploy.md)";
+    r.line(Status::Info, name, "writetimeout", msg);
+}
+
+/// Listens for events a few seconds: which classes arrive.
+async fn events(name: &str, rx: &mut mpsc::Receiver<Incoming>, r: &mut Report<'_>) {
+    let mut n = 0usize;
+    let mut classes = std::collections::BTreeSet::new();
+    let deadline = tokio::time::Instant::now() + LISTEN;
+    while let Ok(Some(item)) = tokio::time::timeout_at(deadline, rx.recv()).await {
+        if let Incoming::Event(ev) = item {
+            n += 1;
+            if let Some(p) = ev.message.get("Privilege") {
+                classes.extend(
+                    p.split(',')
+                        .map(|c| c.trim().to_string())
+                        .filter(|c| c != "all"),
+                );
+            }
+        }
+    }
+    if n == 0 {
+        let msg = format!(
+            "none in {LISTEN:?}: an idle server, or read= in manager.conf lacks the classes the mappings route"
+        );
+        r.line(Status::Warn, name, "events", &msg);
+    } else {
+        let seen: Vec<String> = classes.into_iter().collect();
+        let msg = format!("{n} in {LISTEN:?}, classes: {}", seen.join(", "));
+        r.line(Status::Ok, name, "events", &msg);
+    }
+}
+
+/// One broker URL: reachable, login, the exchanges and queues the bridge uses.
+async fn broker(cfg: &Config, url: &str, r: &mut Report<'_>) {
+    let shown = crate::config::redact_url(url);
+    let part = "broker";
+    let address = match crate::config::parse_amqp_url(url) {
+        Ok(u) => format!("{}:{}", u.authority.host, u.authority.port),
+        Err(e) => {
+            r.line(Status::Fail, part, "url", &format!("{shown}: {e}"));
+            return;
+        }
+    };
+    if !reach(part, &address, Duration::from_secs(10), r).await {
+        return;
+    }
+    let conn = match crate::amqp::connect::connect(url, Duration::from_secs(10)).await {
+        Ok(c) => c,
+        Err(e) => {
+            r.line(Status::Fail, part, "login", &format!("{shown}: {e}"));
+            return;
+        }
+    };
+    r.line(Status::Ok, part, "login", &shown);
+    for (exchange, what) in needed(cfg) {
+        exchange_check(&conn, &exchange, what, r).await;
+    }
+    let _ = conn.close(200, "doctor done".into()).await;
+}
+
+/// The exchanges the bridge publishes to or consumes from, and why.
+fn needed(cfg: &Config) -> Vec<(String, &'static str)> {
+    let mut v: Vec<(String, &'static str)> = Vec::new();
+    if let Ok(m) = crate::mapping::Mappings::load(&cfg.mappings.dirs()) {
+        for (name, _) in m.current().exchanges() {
+            v.push((name.to_string(), "events"));
+        }
+    }
+    if !v.iter().any(|(n, _)| *n == cfg.status.exchange) {
+        v.push((cfg.status.exchange.clone(), "status messages"));
+    }
+    if cfg.actions.enabled {
+        v.push((cfg.actions.exchange.clone(), "action requests"));
+    }
+    v
+}
+
+/// A passive declare: the exchange exists, is missing (the bridge declares
+/// it at start: it needs configure permission) or is refused.
+async fn exchange_check(conn: &lapin::Connection, name: &str, what: &str, r: &mut Report<'_>) {
+    let part = "broker";
+    let ch = match conn.create_channel().await {
+        Ok(ch) => ch,
+        Err(e) => {
+            r.line(Status::Fail, part, "channel", &e.to_string());
+            return;
+        }
+    };
+    let opts = lapin::options::ExchangeDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let res = ch
+        .exchange_declare(
+            name.into(),
+            lapin::ExchangeKind::Topic,
+            opts,
+            lapin::types::FieldTable::default(),
+        )
+        .await;
+    let check = format!("exchange {}", clip(name));
+    match res {
+        Ok(()) => r.line(Status::Ok, part, &check, &format!("exists ({what})")),
+        Err(e) if crate::amqp::connect::is_not_found(&e) => {
+            let msg = format!(
+                "missing ({what}): the bridge declares it at start, which needs configure permission on it"
+            );
+            r.line(Status::Warn, part, &check, &msg);
+        }
+        Err(e) => r.line(Status::Fail, part, &check, &e.to_string()),
+    }
+    let _ = ch.close(200, "doctor".into()).await;
+}
