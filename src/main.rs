@@ -20,7 +20,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use ami2amqp::ami::{AuthType, Credentials, EventMask};
-use ami2amqp::trace::replay::{Account, Pace, ReplayConfig, ReplayServer};
+use ami2amqp::trace::replay::{Account, Pace, ReplayConfig, ReplayServer, ReplayTls};
 use ami2amqp::trace::{inspect, record};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -458,6 +458,13 @@ struct ReplayArgs {
     /// Exit after N clients have connected and disconnected.
     #[arg(long, value_name = "N")]
     exit_after_clients: Option<u64>,
+    /// Serve TLS, like Asterisk's manager TLS listener (tlsenable), with
+    /// this certificate (PEM, the chain if any); needs --tls-key.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Trace files (raw server→client bytes, `.zst` accepted), streamed
     /// one after the other.
     #[arg(required = true, value_name = "TRACE")]
@@ -489,6 +496,13 @@ async fn replay(a: ReplayArgs) -> Result<(), BoxError> {
             Some(1)
         } else {
             a.exit_after_clients
+        },
+        tls: match (a.tls_cert, a.tls_key) {
+            (Some(cert_file), Some(key_file)) => Some(ReplayTls {
+                cert_file,
+                key_file,
+            }),
+            _ => None,
         },
     };
     let server = ReplayServer::bind(config).await?;

@@ -154,7 +154,44 @@ fn servers(cfg: &Config, f: &mut Findings) {
             );
         }
         server_secret(s, &k, f);
+        server_tls(s, &k, f);
         server_numbers(s, &k, f);
+    }
+}
+
+/// `tls = true` loads its files here, so a missing, unreadable or
+/// non-PEM file stops `check` and `run` alike. A `tls_*` key without
+/// `tls = true` is an error: the bridge would otherwise talk plain text to
+/// a server the file meant to reach over TLS.
+fn server_tls(s: &ServerConfig, k: &dyn Fn(&str) -> String, f: &mut Findings) {
+    if !s.tls {
+        for key in s.tls_keys_set() {
+            f.err(
+                k(key),
+                "is set but tls is not true: set tls = true (Asterisk's TLS port, 5039 by default) or remove it",
+            );
+        }
+        return;
+    }
+    if let Err(e) = s.tls() {
+        // The text starts with the key it is about ("tls_ca_file /x: …").
+        let key = e
+            .split([' ', ':'])
+            .next()
+            .filter(|w| w.starts_with("tls_"))
+            .unwrap_or("tls");
+        f.err(
+            k(key),
+            e.strip_prefix(key)
+                .unwrap_or(&e)
+                .trim_start_matches(':')
+                .trim(),
+        );
+    }
+    if let Some(p) = &s.tls_key_file
+        && let Some(w) = others_can_access(p)
+    {
+        f.warn(k("tls_key_file"), w);
     }
 }
 
