@@ -17,7 +17,7 @@ use futures::StreamExt;
 
 use crate::ami::{Frame, Kind, Limits};
 use crate::amqp::connect::{
-    CLI_CLOSE_TIMEOUT, CliConnectError, close_bounded, connect_cli, is_not_found,
+    AmqpTls, CLI_CLOSE_TIMEOUT, CliConnectError, close_bounded, connect_cli, is_not_found,
 };
 use crate::config::Config;
 use crate::mapping::load::{overlay_files, show_dirs};
@@ -391,7 +391,7 @@ pub async fn tail(
     duration: Option<Duration>,
     out: &mut (dyn Write + Send),
 ) -> Result<u64, TailError> {
-    let conn = connect_cli(url).await?;
+    let conn = connect_cli(url, &AmqpTls::default()).await?;
     let deadline = duration.map(|d| tokio::time::Instant::now() + d);
     let ch = wait_for_exchange(&conn, exchange, deadline).await?;
     let mut consumer = tail_consumer(&ch, exchange, bindings).await?;

@@ -15,7 +15,9 @@ use lapin::options::{BasicConsumeOptions, BasicPublishOptions};
 use lapin::types::FieldTable;
 use serde_json::Value;
 
-use crate::amqp::connect::{CLI_CLOSE_TIMEOUT, CliConnectError, close_bounded, connect_cli};
+use crate::amqp::connect::{
+    AmqpTls, CLI_CLOSE_TIMEOUT, CliConnectError, close_bounded, connect_cli,
+};
 use crate::amqp::publisher::short;
 use crate::config::redact_url;
 
@@ -80,7 +82,7 @@ pub async fn call(
     timeout: Duration,
     user_id: Option<&str>,
 ) -> Result<Value, CallError> {
-    let conn = connect_cli(url).await?;
+    let conn = connect_cli(url, &AmqpTls::default()).await?;
     let ch = conn.create_channel().await?;
     let mut replies = ch
         .basic_consume(
