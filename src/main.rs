@@ -564,6 +564,24 @@ struct RecordArgs {
     /// SIGINT/SIGTERM or the server closes).
     #[arg(long, value_name = "SECONDS")]
     duration: Option<f64>,
+    /// Connect with TLS (Asterisk's manager TLS listener, tlsenable, port
+    /// 5039 by default); the certificate is verified, no plain-text
+    /// fallback.
+    #[arg(long)]
+    tls: bool,
+    /// With --tls: PEM file of the CA(s) to trust (default: the system's).
+    #[arg(long, value_name = "PEM", requires = "tls")]
+    tls_ca_file: Option<PathBuf>,
+    /// With --tls: the name the certificate must carry (default: the host
+    /// of --server).
+    #[arg(long, value_name = "NAME", requires = "tls")]
+    tls_server_name: Option<String>,
+    /// With --tls: a client certificate to present (PEM; with --tls-key).
+    #[arg(long, value_name = "PEM", requires_all = ["tls", "tls_key"])]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 async fn record(a: RecordArgs) -> Result<(), BoxError> {
@@ -586,6 +604,18 @@ async fn record(a: RecordArgs) -> Result<(), BoxError> {
     config.events = EventMask::parse(&a.events);
     config.timing = a.timing;
     config.duration = duration;
+    if a.tls {
+        let files = ami2amqp::ami::ClientFiles {
+            ca_file: a.tls_ca_file,
+            cert_file: a.tls_cert,
+            key_file: a.tls_key,
+        };
+        let name = match &a.tls_server_name {
+            Some(n) => n.clone(),
+            None => ami2amqp::ami::host_of(&config.server).to_string(),
+        };
+        config.tls = Some(ami2amqp::ami::AmiTls::new(&files, &name)?);
+    }
     record::record(config, shutdown_signal()).await?;
     Ok(())
 }

@@ -344,3 +344,43 @@ fn check_loads_the_files_and_wants_tls_true_for_tls_keys() {
     ));
     assert!(ok, "{text}");
 }
+
+#[tokio::test]
+async fn record_captures_over_tls_and_names_a_wrong_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path(), "ca");
+    let other = TestCa::new(dir.path(), "other");
+    let server = ca.server("pbx", &["pbx.test"]);
+    let addr = tls_replay(&server).await;
+    let out = dir.path().join("rec.ami");
+    let record = |ca_file: &Path| {
+        tokio::process::Command::new(bin())
+            .args(["--log-level", "warn", "record", "--server", &addr])
+            .args(["--username", "bridge", "--secret", "bridgepass"])
+            .args(["--duration", "1", "--tls", "--tls-server-name", "pbx.test"])
+            .arg("--tls-ca-file")
+            .arg(ca_file)
+            .arg("--out")
+            .arg(&out)
+            .kill_on_drop(true)
+            .output()
+    };
+    let o = tokio::time::timeout(Duration::from_secs(20), record(&ca.cert))
+        .await
+        .expect("record finished")
+        .expect("run record");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // The decrypted stream: the banner, then every event of the trace.
+    let text = String::from_utf8_lossy(&std::fs::read(&out).unwrap()).into_owned();
+    assert!(text.starts_with("Asterisk Call Manager/"), "{text:.200}");
+    let events = |t: &str| t.lines().filter(|l| l.starts_with("Event: ")).count();
+    let original = std::fs::read_to_string(trace("calls_small.ami")).unwrap();
+    assert_eq!(events(&text), events(&original));
+
+    let o = tokio::time::timeout(Duration::from_secs(20), record(&other.cert))
+        .await
+        .expect("record finished")
+        .expect("run record");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("unknown CA"), "{err}");
+}

@@ -36,7 +36,7 @@ pub use client::{
 };
 pub(crate) mod pool;
 pub(crate) mod stream;
-pub use crate::support::tls::ClientFiles;
+pub use crate::support::tls::{ClientFiles, host_of};
 pub use config::{EventsCfg, ServerConfig};
 pub use pool::{Pool, PoolError, ServerSpec};
 pub use stream::{AmiStream, AmiTls};
