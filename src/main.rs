@@ -288,9 +288,48 @@ struct AmqpArgs {
     /// over --amqp and AMQP_URL).
     #[arg(long, value_name = "FILE")]
     amqp_file: Option<PathBuf>,
+    /// For amqps:// URLs: PEM file of the CA(s) the broker's certificate
+    /// must be signed by (default: the system's).
+    #[arg(long, value_name = "PEM")]
+    tls_ca_file: Option<PathBuf>,
+    /// For amqps:// URLs: the name the broker's certificate must carry
+    /// (default: the URL's host).
+    #[arg(long, value_name = "NAME")]
+    tls_server_name: Option<String>,
+    /// For amqps:// URLs: a client certificate to present (PEM; with
+    /// --tls-key; with ?auth_mechanism=external it replaces the password).
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 impl AmqpArgs {
+    /// The URL with the TLS settings of the --tls-* options.
+    fn broker(&self) -> Result<ami2amqp::amqp::Broker, BoxError> {
+        let files = ami2amqp::ami::ClientFiles {
+            ca_file: self.tls_ca_file.clone(),
+            cert_file: self.tls_cert.clone(),
+            key_file: self.tls_key.clone(),
+        };
+        let tls =
+            ami2amqp::amqp::AmqpTls::new(&files, self.tls_server_name.as_deref()).map_err(|e| {
+                [
+                    ("amqp.tls_ca_file", "--tls-ca-file"),
+                    ("amqp.tls_server_name", "--tls-server-name"),
+                    ("amqp.tls_cert_file", "--tls-cert"),
+                    ("amqp.tls_key_file", "--tls-key"),
+                ]
+                .iter()
+                .fold(e, |e, (k, o)| e.replace(k, o))
+            })?;
+        Ok(ami2amqp::amqp::Broker {
+            url: self.url()?,
+            tls,
+        })
+    }
+
     fn url(&self) -> Result<String, BoxError> {
         let Some(f) = &self.amqp_file else {
             return Ok(self.amqp.clone());
@@ -327,8 +366,17 @@ fn secret_from(
 async fn tail(a: TailArgs) -> Result<(), BoxError> {
     let mut out = std::io::stdout();
     let d = a.duration.map(Duration::from_secs_f64);
-    let url = a.amqp.url()?;
-    ami2amqp::tools::tail(&url, &a.exchange, &a.bindings, a.json, a.count, d, &mut out).await?;
+    let broker = a.amqp.broker()?;
+    ami2amqp::tools::tail(
+        &broker,
+        &a.exchange,
+        &a.bindings,
+        a.json,
+        a.count,
+        d,
+        &mut out,
+    )
+    .await?;
     Ok(())
 }
 
@@ -374,14 +422,14 @@ struct ActionArgs {
 async fn action(a: ActionArgs) -> Result<(), BoxError> {
     use ami2amqp::actions::client;
     let body = client::body_from_args(&a.action, &a.fields)?;
-    let url = a.amqp.url()?;
+    let broker = a.amqp.broker()?;
     let user = match a.user_id.clone() {
         Some(u) => u,
-        None => client::default_user_id(&url)?,
+        None => client::default_user_id(&broker.url)?,
     };
     let timeout = Duration::from_secs_f64(a.timeout.max(0.001));
     let reply = client::call(
-        &url,
+        &broker,
         &a.exchange,
         &a.server,
         body.to_string().as_bytes(),

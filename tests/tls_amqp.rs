@@ -271,3 +271,58 @@ fn check_wants_an_amqps_url_for_the_tls_keys_and_loads_the_files() {
         run("url = \"amqps://u:p@rabbit.example:5671/%2f\"\ntls_server_name = \"bad name!\"");
     assert!(!ok && text.contains("amqp.tls_server_name"), "{text}");
 }
+
+#[tokio::test]
+async fn tail_reads_over_amqps_with_a_ca_file_and_names_a_wrong_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path(), "ca");
+    let other = TestCa::new(dir.path(), "other");
+    let server = ca.server("rabbit", &["127.0.0.1"]);
+    let (broker, port) = tls_broker(&ca.cert, &server, &[], "");
+    let url = format!("amqps://guest:guest@127.0.0.1:{port}/%2f");
+    let tail = |ca_file: &Path| {
+        tokio::process::Command::new(bin())
+            .args(["tail", "--amqp", &url, "--exchange", "amq.topic"])
+            .args(["--count", "1", "--duration", "20", "--tls-ca-file"])
+            .arg(ca_file)
+            .arg("tls.test")
+            .kill_on_drop(true)
+            .output()
+    };
+    // Publish on the plain port until the tail has what it waits for.
+    let plain = lapin::Connection::connect(&broker.amqp_url(), Default::default())
+        .await
+        .unwrap();
+    let ch = plain.create_channel().await.unwrap();
+    let publisher = tokio::spawn(async move {
+        loop {
+            let _ = ch
+                .basic_publish(
+                    "amq.topic".into(),
+                    "tls.test".into(),
+                    BasicPublishOptions::default(),
+                    b"{\"via\":\"amqps\"}",
+                    BasicProperties::default(),
+                )
+                .await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let o = tokio::time::timeout(Duration::from_secs(30), tail(&ca.cert))
+        .await
+        .expect("tail finished")
+        .expect("run tail");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success() && out.contains("tls.test") && out.contains("amqps"),
+        "{out}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = tokio::time::timeout(Duration::from_secs(30), tail(&other.cert))
+        .await
+        .expect("tail finished")
+        .expect("run tail");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("unknown CA"), "{err}");
+    publisher.abort();
+}

@@ -82,6 +82,23 @@ impl fmt::Debug for AmqpTls {
     }
 }
 
+/// A broker URL with the TLS settings for it (the command-line tools).
+#[derive(Clone, Debug)]
+pub struct Broker {
+    pub url: String,
+    pub tls: AmqpTls,
+}
+
+impl Broker {
+    /// `url` with the default TLS settings (the system's CAs).
+    pub fn plain_settings(url: impl Into<String>) -> Broker {
+        Broker {
+            url: url.into(),
+            tls: AmqpTls::default(),
+        }
+    }
+}
+
 /// The `[amqp]` keys of the TLS files, for error texts.
 pub const TLS_KEYS: [&str; 3] = [
     "amqp.tls_ca_file",
