@@ -513,6 +513,10 @@ struct ReplayArgs {
     /// The private key of --tls-cert (PEM).
     #[arg(long, value_name = "PEM", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// With --tls-cert: require every client to present a certificate
+    /// signed by a CA of this PEM file.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
     /// Trace files (raw server→client bytes, `.zst` accepted), streamed
     /// one after the other.
     #[arg(required = true, value_name = "TRACE")]
@@ -549,6 +553,7 @@ async fn replay(a: ReplayArgs) -> Result<(), BoxError> {
             (Some(cert_file), Some(key_file)) => Some(ReplayTls {
                 cert_file,
                 key_file,
+                client_ca: a.tls_client_ca,
             }),
             _ => None,
         },

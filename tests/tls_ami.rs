@@ -26,6 +26,11 @@ use tokio::io::AsyncReadExt;
 /// A TLS replay in this process, serving `calls_small.ami` with `server`'s
 /// certificate; returns its address.
 async fn tls_replay(server: &Pem) -> String {
+    tls_replay_with(server, None).await
+}
+
+/// [`tls_replay`], requiring client certificates of `client_ca` if given.
+async fn tls_replay_with(server: &Pem, client_ca: Option<&Path>) -> String {
     let srv = ReplayServer::bind(ReplayConfig {
         listen: "127.0.0.1:0".into(),
         traces: vec![trace("calls_small.ami")],
@@ -36,6 +41,7 @@ async fn tls_replay(server: &Pem) -> String {
         tls: Some(ReplayTls {
             cert_file: server.cert.clone(),
             key_file: server.key.clone(),
+            client_ca: client_ca.map(Path::to_path_buf),
         }),
         ..ReplayConfig::default()
     })
@@ -383,4 +389,39 @@ async fn record_captures_over_tls_and_names_a_wrong_ca() {
         .expect("run record");
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("unknown CA"), "{err}");
+}
+
+#[tokio::test]
+async fn a_client_certificate_is_presented_when_the_server_requires_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path(), "ca");
+    let other = TestCa::new(dir.path(), "other");
+    let server = ca.server("pbx", &["pbx.test"]);
+    let addr = tls_replay_with(&server, Some(&ca.cert)).await;
+    let with_cert = |cert: &Pem| {
+        AmiTls::new(
+            &ClientFiles {
+                ca_file: Some(ca.cert.clone()),
+                cert_file: Some(cert.cert.clone()),
+                key_file: Some(cert.key.clone()),
+            },
+            "pbx.test",
+        )
+        .unwrap()
+    };
+    // Signed by the CA the server trusts: logged in.
+    let good = ca.client("bridge");
+    let ok = first_outcome(client_config(&addr, Some(with_cert(&good)))).await;
+    assert!(ok.is_ok(), "{ok:?}");
+    // No certificate: the server says it requires one.
+    let e = first_outcome(client_config(&addr, Some(tls(&ca.cert, "pbx.test"))))
+        .await
+        .unwrap_err();
+    assert!(e.contains("requires a client certificate"), "{e}");
+    // A certificate of another CA: rejected.
+    let stranger = other.client("stranger");
+    let e = first_outcome(client_config(&addr, Some(with_cert(&stranger))))
+        .await
+        .unwrap_err();
+    assert!(e.contains("rejected our client certificate"), "{e}");
 }

@@ -656,6 +656,11 @@ impl Supervisor {
                     "AMI login rejected: check username/secret and manager.conf");
                 Err(e.to_string())
             }
+            // With TLS 1.3 a rejected client certificate shows up here,
+            // on the first read after the handshake.
+            Err(LoginError::Io(e)) if c.tls.is_some() => {
+                Err(format!("login: {}", crate::support::tls::describe_io(&e)))
+            }
             Err(e) => Err(format!("login: {e}")),
         }
     }

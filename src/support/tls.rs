@@ -114,23 +114,39 @@ pub fn client_config(files: &ClientFiles, keys: [&str; 3]) -> Result<rustls::Cli
 }
 
 /// A server configuration from a certificate (chain) and key file (the
-/// replay's `--tls-cert` / `--tls-key`); clients are not asked for a
-/// certificate.
-pub fn server_config(cert_file: &Path, key_file: &Path) -> Result<rustls::ServerConfig, String> {
+/// replay's `--tls-cert` / `--tls-key`). With `client_ca` every client
+/// must present a certificate signed by a CA of that file
+/// (`--tls-client-ca`); without, clients are not asked for one.
+pub fn server_config(
+    cert_file: &Path,
+    key_file: &Path,
+    client_ca: Option<&Path>,
+) -> Result<rustls::ServerConfig, String> {
     let chain = load_certs(cert_file, "--tls-cert")?;
     let key = load_key(key_file, "--tls-key")?;
-    rustls::ServerConfig::builder_with_provider(provider())
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS setup: {e}"))?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .map_err(|e| {
-            format!(
-                "--tls-cert {} / --tls-key {}: {e}",
-                cert_file.display(),
-                key_file.display()
+        .map_err(|e| format!("TLS setup: {e}"))?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(p) => {
+            let roots = roots(Some(p), "--tls-client-ca")?;
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider(),
             )
-        })
+            .build()
+            .map_err(|e| format!("--tls-client-ca {}: {e}", p.display()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    builder.with_single_cert(chain, key).map_err(|e| {
+        format!(
+            "--tls-cert {} / --tls-key {}: {e}",
+            cert_file.display(),
+            key_file.display()
+        )
+    })
 }
 
 /// Parses the name the server's certificate must carry (a DNS name or an

@@ -166,6 +166,8 @@ pub struct ReplayConfig {
 pub struct ReplayTls {
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
+    /// Require a client certificate signed by a CA of this file.
+    pub client_ca: Option<PathBuf>,
 }
 
 impl Default for ReplayConfig {
@@ -388,8 +390,12 @@ impl ReplayServer {
         }
         let acceptor = match &config.tls {
             Some(t) => {
-                let c = crate::support::tls::server_config(&t.cert_file, &t.key_file)
-                    .map_err(TraceError::Config)?;
+                let c = crate::support::tls::server_config(
+                    &t.cert_file,
+                    &t.key_file,
+                    t.client_ca.as_deref(),
+                )
+                .map_err(TraceError::Config)?;
                 Some(tokio_rustls::TlsAcceptor::from(Arc::new(c)))
             }
             None => None,
