@@ -510,13 +510,14 @@ fn exchange_source(mappings: &Mappings, status_exchange: &str) -> ExchangeSource
 /// Starts the publisher task, which drains the spool.
 fn start_publisher(
     cfg: &Config,
+    amqp_tls: crate::amqp::connect::AmqpTls,
     spool: &Spool,
     mappings: &Mappings,
     cancel: CancellationToken,
 ) -> (tokio::task::JoinHandle<()>, watch::Receiver<BrokerState>) {
     let (broker_tx, broker_rx) = watch::channel(BrokerState::Connecting);
     let task = tokio::spawn(publisher::run(
-        cfg.amqp.publisher(),
+        cfg.amqp.publisher(amqp_tls),
         spool.clone(),
         exchange_source(mappings, &cfg.status.exchange),
         broker_tx,
@@ -562,6 +563,10 @@ impl Bridge {
             ))
         })?;
         let specs = cfg.server_specs().map_err(|e| BridgeError(e.to_string()))?;
+        let amqp_tls = cfg
+            .amqp
+            .tls()
+            .map_err(|e| BridgeError(format!("{}: {e}", cfg.path.display())))?;
         let facade_listener = crate::facade::bind(&cfg.facade)
             .await
             .map_err(BridgeError)?;
@@ -600,8 +605,13 @@ impl Bridge {
         .with_tap(tap);
         let router_task = tokio::spawn(router.run(rx));
         let pub_cancel = CancellationToken::new();
-        let (publisher_task, broker_rx) =
-            start_publisher(&cfg, &spool, &mappings, pub_cancel.clone());
+        let (publisher_task, broker_rx) = start_publisher(
+            &cfg,
+            amqp_tls.clone(),
+            &spool,
+            &mappings,
+            pub_cancel.clone(),
+        );
         let watcher = mappings
             .spawn_watcher(cfg.mappings.watch, Duration::from_millis(300), None)
             .map_err(|e| BridgeError(format!("cannot watch the mappings directory {e}")))?;
@@ -611,8 +621,13 @@ impl Bridge {
             tokio::spawn(crate::facade::serve(f, facade_cancel.clone()));
         }
         let actions_cancel = CancellationToken::new();
-        let (actions_task, actions_rx) =
-            start_actions(&mut cfg, &pool, instance, actions_cancel.clone());
+        let (actions_task, actions_rx) = start_actions(
+            &mut cfg,
+            amqp_tls.clone(),
+            &pool,
+            instance,
+            actions_cancel.clone(),
+        );
         let metrics_cancel = CancellationToken::new();
         if let Some(l) = metrics_listener {
             let health = health_fn(pool.clone(), spool.clone(), broker_rx, actions_rx);
@@ -682,6 +697,7 @@ impl Bridge {
 #[allow(clippy::type_complexity)]
 fn start_actions(
     cfg: &mut Config,
+    amqp_tls: crate::amqp::connect::AmqpTls,
     pool: &Arc<Pool>,
     instance: String,
     cancel: CancellationToken,
@@ -696,8 +712,8 @@ fn start_actions(
     let a = std::mem::take(&mut cfg.actions);
     let task = tokio::spawn(crate::actions::rpc::run(
         a,
-        cfg.amqp.urls(),
-        cfg.amqp.backoff(),
+        crate::amqp::connect::Reconnect::new(cfg.amqp.urls(), cfg.amqp.backoff())
+            .with_tls(amqp_tls),
         pool.clone(),
         instance,
         tx,

@@ -167,12 +167,14 @@ impl Config {
                 let what = format!("server {:?}", s.name());
                 let secret = resolve_secret(&what, &s.secret, &s.secret_file, &s.secret_env)
                     .map_err(|m| self.err(m))?;
-                Ok(s.spec(
+                let mut spec = s.spec(
                     secret,
                     limits,
                     self.bridge.max_buffered_bytes,
                     self.actions.max_reply_bytes,
-                ))
+                );
+                spec.client.tls = s.tls().map_err(|m| self.err(format!("{what}: {m}")))?;
+                Ok(spec)
             })
             .collect()
     }

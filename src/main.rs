@@ -20,7 +20,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use ami2amqp::ami::{AuthType, Credentials, EventMask};
-use ami2amqp::trace::replay::{Account, Pace, ReplayConfig, ReplayServer};
+use ami2amqp::trace::replay::{Account, Pace, ReplayConfig, ReplayServer, ReplayTls};
 use ami2amqp::trace::{inspect, record};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -361,9 +361,48 @@ struct AmqpArgs {
     /// over --amqp and AMQP_URL).
     #[arg(long, value_name = "FILE")]
     amqp_file: Option<PathBuf>,
+    /// For amqps:// URLs: PEM file of the CA(s) the broker's certificate
+    /// must be signed by (default: the system's).
+    #[arg(long, value_name = "PEM")]
+    tls_ca_file: Option<PathBuf>,
+    /// For amqps:// URLs: the name the broker's certificate must carry
+    /// (default: the URL's host).
+    #[arg(long, value_name = "NAME")]
+    tls_server_name: Option<String>,
+    /// For amqps:// URLs: a client certificate to present (PEM; with
+    /// --tls-key; with ?auth_mechanism=external it replaces the password).
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 impl AmqpArgs {
+    /// The URL with the TLS settings of the --tls-* options.
+    fn broker(&self) -> Result<ami2amqp::amqp::Broker, BoxError> {
+        let files = ami2amqp::ami::ClientFiles {
+            ca_file: self.tls_ca_file.clone(),
+            cert_file: self.tls_cert.clone(),
+            key_file: self.tls_key.clone(),
+        };
+        let tls =
+            ami2amqp::amqp::AmqpTls::new(&files, self.tls_server_name.as_deref()).map_err(|e| {
+                [
+                    ("amqp.tls_ca_file", "--tls-ca-file"),
+                    ("amqp.tls_server_name", "--tls-server-name"),
+                    ("amqp.tls_cert_file", "--tls-cert"),
+                    ("amqp.tls_key_file", "--tls-key"),
+                ]
+                .iter()
+                .fold(e, |e, (k, o)| e.replace(k, o))
+            })?;
+        Ok(ami2amqp::amqp::Broker {
+            url: self.url()?,
+            tls,
+        })
+    }
+
     fn url(&self) -> Result<String, BoxError> {
         let Some(f) = &self.amqp_file else {
             return Ok(self.amqp.clone());
@@ -400,8 +439,17 @@ fn secret_from(
 async fn tail(a: TailArgs) -> Result<(), BoxError> {
     let mut out = std::io::stdout();
     let d = a.duration.map(Duration::from_secs_f64);
-    let url = a.amqp.url()?;
-    ami2amqp::tools::tail(&url, &a.exchange, &a.bindings, a.json, a.count, d, &mut out).await?;
+    let broker = a.amqp.broker()?;
+    ami2amqp::tools::tail(
+        &broker,
+        &a.exchange,
+        &a.bindings,
+        a.json,
+        a.count,
+        d,
+        &mut out,
+    )
+    .await?;
     Ok(())
 }
 
@@ -447,14 +495,14 @@ struct ActionArgs {
 async fn action(a: ActionArgs) -> Result<(), BoxError> {
     use ami2amqp::actions::client;
     let body = client::body_from_args(&a.action, &a.fields)?;
-    let url = a.amqp.url()?;
+    let broker = a.amqp.broker()?;
     let user = match a.user_id.clone() {
         Some(u) => u,
-        None => client::default_user_id(&url)?,
+        None => client::default_user_id(&broker.url)?,
     };
     let timeout = Duration::from_secs_f64(a.timeout.max(0.001));
     let reply = client::call(
-        &url,
+        &broker,
         &a.exchange,
         &a.server,
         body.to_string().as_bytes(),
@@ -531,6 +579,17 @@ struct ReplayArgs {
     /// Exit after N clients have connected and disconnected.
     #[arg(long, value_name = "N")]
     exit_after_clients: Option<u64>,
+    /// Serve TLS, like Asterisk's manager TLS listener (tlsenable), with
+    /// this certificate (PEM, the chain if any); needs --tls-key.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// With --tls-cert: require every client to present a certificate
+    /// signed by a CA of this PEM file.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
     /// Trace files (raw server→client bytes, `.zst` accepted), streamed
     /// one after the other.
     #[arg(required = true, value_name = "TRACE")]
@@ -562,6 +621,14 @@ async fn replay(a: ReplayArgs) -> Result<(), BoxError> {
             Some(1)
         } else {
             a.exit_after_clients
+        },
+        tls: match (a.tls_cert, a.tls_key) {
+            (Some(cert_file), Some(key_file)) => Some(ReplayTls {
+                cert_file,
+                key_file,
+                client_ca: a.tls_client_ca,
+            }),
+            _ => None,
         },
     };
     let server = ReplayServer::bind(config).await?;
@@ -623,6 +690,24 @@ struct RecordArgs {
     /// SIGINT/SIGTERM or the server closes).
     #[arg(long, value_name = "SECONDS")]
     duration: Option<f64>,
+    /// Connect with TLS (Asterisk's manager TLS listener, tlsenable, port
+    /// 5039 by default); the certificate is verified, no plain-text
+    /// fallback.
+    #[arg(long)]
+    tls: bool,
+    /// With --tls: PEM file of the CA(s) to trust (default: the system's).
+    #[arg(long, value_name = "PEM", requires = "tls")]
+    tls_ca_file: Option<PathBuf>,
+    /// With --tls: the name the certificate must carry (default: the host
+    /// of --server).
+    #[arg(long, value_name = "NAME", requires = "tls")]
+    tls_server_name: Option<String>,
+    /// With --tls: a client certificate to present (PEM; with --tls-key).
+    #[arg(long, value_name = "PEM", requires_all = ["tls", "tls_key"])]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 async fn record(a: RecordArgs) -> Result<(), BoxError> {
@@ -645,6 +730,18 @@ async fn record(a: RecordArgs) -> Result<(), BoxError> {
     config.events = EventMask::parse(&a.events);
     config.timing = a.timing;
     config.duration = duration;
+    if a.tls {
+        let files = ami2amqp::ami::ClientFiles {
+            ca_file: a.tls_ca_file,
+            cert_file: a.tls_cert,
+            key_file: a.tls_key,
+        };
+        let name = match &a.tls_server_name {
+            Some(n) => n.clone(),
+            None => ami2amqp::ami::host_of(&config.server).to_string(),
+        };
+        config.tls = Some(ami2amqp::ami::AmiTls::new(&files, &name)?);
+    }
     record::record(config, shutdown_signal()).await?;
     Ok(())
 }

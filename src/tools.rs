@@ -21,7 +21,7 @@ use futures::StreamExt;
 
 use crate::ami::{Frame, Kind, Limits};
 use crate::amqp::connect::{
-    CLI_CLOSE_TIMEOUT, CliConnectError, close_bounded, connect_cli, is_not_found,
+    Broker, CLI_CLOSE_TIMEOUT, CliConnectError, close_bounded, connect_cli, is_not_found,
 };
 use crate::config::Config;
 use crate::mapping::load::{overlay_files, show_dirs};
@@ -387,7 +387,7 @@ fn tail_line(d: &lapin::message::Delivery, json: bool) -> String {
 /// (default `#`) and prints what arrives until `limit` messages or
 /// `duration` or Ctrl-C.
 pub async fn tail(
-    url: &str,
+    broker: &Broker,
     exchange: &str,
     bindings: &[String],
     json: bool,
@@ -395,7 +395,7 @@ pub async fn tail(
     duration: Option<Duration>,
     out: &mut (dyn Write + Send),
 ) -> Result<u64, TailError> {
-    let conn = connect_cli(url).await?;
+    let conn = connect_cli(&broker.url, &broker.tls).await?;
     let deadline = duration.map(|d| tokio::time::Instant::now() + d);
     let ch = wait_for_exchange(&conn, exchange, deadline).await?;
     let mut consumer = tail_consumer(&ch, exchange, bindings).await?;
@@ -441,9 +441,17 @@ mod tests {
             .port();
         let url = format!("amqp://guest:s3cret@127.0.0.1:{port}/%2f");
         let mut out = Vec::new();
-        let e = tail(&url, "x", &[], false, Some(1), None, &mut out)
-            .await
-            .expect_err("nothing listens");
+        let e = tail(
+            &Broker::plain_settings(url),
+            "x",
+            &[],
+            false,
+            Some(1),
+            None,
+            &mut out,
+        )
+        .await
+        .expect_err("nothing listens");
         assert!(matches!(e, TailError::Connect(_)), "{e:?}");
         let text = e.to_string();
         let want = format!("cannot connect to amqp://guest:***@127.0.0.1:{port}/");

@@ -616,6 +616,8 @@ fn every_toml_block_of_docs_config_md_passes_check() {
     let dir = tempfile::tempdir().unwrap();
     let secret = dir.path().join("pbx1.secret");
     std::fs::write(&secret, "s3cret\n").unwrap();
+    // The TLS examples name CA files: real ones, made here.
+    let ca = common::certs::TestCa::new(dir.path(), "ca");
     let blocks: Vec<&str> = doc
         .split("```toml\n")
         .skip(1)
@@ -628,7 +630,9 @@ fn every_toml_block_of_docs_config_md_passes_check() {
             .replace(
                 "/etc/ami2amqp/mappings",
                 repo().join("mappings").to_str().unwrap(),
-            );
+            )
+            .replace("/etc/ami2amqp/rabbit-ca.pem", ca.cert.to_str().unwrap())
+            .replace("/etc/ami2amqp/asterisk-ca.pem", ca.cert.to_str().unwrap());
         let cfg = dir.path().join(format!("block{i}.toml"));
         std::fs::write(&cfg, text).unwrap();
         let o = Command::new(bin())

@@ -15,7 +15,9 @@ use lapin::options::{BasicConsumeOptions, BasicPublishOptions};
 use lapin::types::FieldTable;
 use serde_json::Value;
 
-use crate::amqp::connect::{CLI_CLOSE_TIMEOUT, CliConnectError, close_bounded, connect_cli};
+use crate::amqp::connect::{
+    Broker, CLI_CLOSE_TIMEOUT, CliConnectError, close_bounded, connect_cli,
+};
 use crate::amqp::publisher::short;
 use crate::config::redact_url;
 
@@ -73,14 +75,14 @@ pub enum CallError {
 
 /// Sends `body` to `server` and returns the reply body.
 pub async fn call(
-    url: &str,
+    broker: &Broker,
     exchange: &str,
     server: &str,
     body: &[u8],
     timeout: Duration,
     user_id: Option<&str>,
 ) -> Result<Value, CallError> {
-    let conn = connect_cli(url).await?;
+    let conn = connect_cli(&broker.url, &broker.tls).await?;
     let ch = conn.create_channel().await?;
     let mut replies = ch
         .basic_consume(
@@ -205,9 +207,16 @@ mod tests {
             .expect("a free port")
             .port();
         let url = format!("amqp://guest:s3cret@127.0.0.1:{port}/%2f");
-        let e = call(&url, "x", "pbx", b"{}", Duration::from_secs(1), None)
-            .await
-            .expect_err("nothing listens");
+        let e = call(
+            &Broker::plain_settings(url),
+            "x",
+            "pbx",
+            b"{}",
+            Duration::from_secs(1),
+            None,
+        )
+        .await
+        .expect_err("nothing listens");
         assert!(matches!(e, CallError::Connect(_)), "{e:?}");
         let text = e.to_string();
         assert!(

@@ -56,12 +56,11 @@ use super::limits::{Labels, PerUser};
 use super::request::{self, ErrorKind, Reply, Request};
 use crate::ami::client::ActionError;
 use crate::ami::{Pool, PoolError};
-use crate::amqp::connect::{AmqpError, Reconnect, close_bounded, connect};
+use crate::amqp::connect::{AmqpError, AmqpTls, Reconnect, close_bounded, connect};
 use crate::amqp::publisher::short;
 use crate::config::doc::documented;
 use crate::config::redact_url;
 use crate::logs::{Throttle, clip};
-use crate::support::backoff::Backoff;
 
 documented! {
     /// The action path (AMQP -> AMI): docs/actions.md. The allow-list is
@@ -184,13 +183,14 @@ struct Ctx {
     per_user: Arc<PerUser>,
     labels: Labels,
     health: watch::Sender<PathHealth>,
+    /// For `amqps://` URLs.
+    tls: AmqpTls,
 }
 
 /// Runs the action path until `cancel` fires; its state goes to `health`.
 pub async fn run(
     cfg: ActionsConfig,
-    urls: Vec<String>,
-    backoff: Backoff,
+    mut urls: Reconnect,
     pool: Arc<Pool>,
     instance: String,
     health: watch::Sender<PathHealth>,
@@ -209,8 +209,8 @@ pub async fn run(
         instance,
         labels,
         health,
+        tls: urls.tls().clone(),
     });
-    let mut urls = Reconnect::new(urls, backoff);
     loop {
         let url = urls.url().to_string();
         // The session watches `cancel` itself: racing it here as well
@@ -434,7 +434,7 @@ async fn session(
 /// Connects, declares the topology and starts the consumers; returns the
 /// connection with the channel for replies, and the merged requests.
 async fn set_up(ctx: &Arc<Ctx>, url: &str) -> Result<(Replies, Requests), SessionError> {
-    let conn = connect(url, CONNECT_LIMIT).await?;
+    let conn = connect(url, &ctx.tls, CONNECT_LIMIT).await?;
     let ch = conn.create_channel().await?;
     let queues = declare(ctx, &ch).await?;
     ch.basic_qos(ctx.cfg.prefetch.max(1), BasicQosOptions::default())

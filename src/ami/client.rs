@@ -52,6 +52,7 @@ use tokio_util::sync::CancellationToken;
 use super::codec::{AmiCodec, Frame, Limits, Malformed};
 use super::login::{Credentials, EventMask, LoginError, login_within};
 use super::message::{Kind, Message, MessageBuilder};
+use super::stream::{AmiStream, open};
 use crate::logs::clip;
 use ami_proto::{EventLists, ListStep};
 
@@ -82,6 +83,8 @@ pub struct ClientConfig {
     pub max_list_bytes: usize,
     /// A label for this connection in logs (`events`, `action-1`, …).
     pub role: String,
+    /// TLS to the manager's TLS listener; `None`: plain TCP.
+    pub tls: Option<super::stream::AmiTls>,
 }
 
 impl ClientConfig {
@@ -99,6 +102,7 @@ impl ClientConfig {
             max_buffered_bytes: 64 * 1024 * 1024,
             max_list_bytes: 16 * 1024 * 1024,
             role: "events".into(),
+            tls: None,
         }
     }
 }
@@ -469,7 +473,7 @@ async fn reserve(tx: &Option<mpsc::Sender<Incoming>>) -> Option<mpsc::Permit<'_,
     }
 }
 
-type AmiFramed = Framed<TcpStream, AmiCodec>;
+type AmiFramed = Framed<AmiStream, AmiCodec>;
 
 /// The state of one logged-in session.
 #[derive(Default)]
@@ -611,20 +615,28 @@ impl Supervisor {
         })
     }
 
-    async fn connect(
-        &self,
-    ) -> Result<(Framed<TcpStream, AmiCodec>, super::login::LoginOk), String> {
+    async fn connect(&self) -> Result<(AmiFramed, super::login::LoginOk), String> {
         let c = &self.config;
-        let stream = tokio::time::timeout(c.connect_timeout, TcpStream::connect(&c.address))
-            .await
-            .map_err(|_| {
-                format!(
-                    "connect to {} timed out after {:?}",
-                    c.address, c.connect_timeout
-                )
-            })?
-            .map_err(|e| format!("connect to {}: {e}", c.address))?;
-        let _ = stream.set_nodelay(true);
+        let timed_out = || {
+            format!(
+                "connect to {} timed out after {:?}",
+                c.address, c.connect_timeout
+            )
+        };
+        // TCP connect and TLS handshake share the connect timeout (the
+        // login gets its own).
+        let stream = tokio::time::timeout(c.connect_timeout, async {
+            let tcp = TcpStream::connect(&c.address)
+                .await
+                .map_err(|e| format!("connect to {}: {e}", c.address))?;
+            open(tcp, c.tls.as_ref()).await.map_err(|e| {
+                tracing::error!(server = %c.server, role = %c.role, address = %c.address, error = %e,
+                    "AMI TLS handshake failed (no plain-text fallback)");
+                format!("TLS to {}: {e}", c.address)
+            })
+        })
+        .await
+        .map_err(|_| timed_out())??;
         let mut framed = Framed::new(stream, AmiCodec::new(c.limits));
         // The byte budget holds from the first byte: what the login may
         // keep is what the queue has room for.
@@ -643,6 +655,11 @@ impl Supervisor {
                 tracing::error!(server = %c.server, role = %c.role, error = %e,
                     "AMI login rejected: check username/secret and manager.conf");
                 Err(e.to_string())
+            }
+            // With TLS 1.3 a rejected client certificate shows up here,
+            // on the first read after the handshake.
+            Err(LoginError::Io(e)) if c.tls.is_some() => {
+                Err(format!("login: {}", crate::support::tls::describe_io(&e)))
             }
             Err(e) => Err(format!("login: {e}")),
         }

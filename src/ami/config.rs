@@ -10,9 +10,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
-use super::{AuthType, ClientConfig, Credentials, EventMask, Limits, ServerSpec};
+use super::{AmiTls, AuthType, ClientConfig, Credentials, EventMask, Limits, ServerSpec};
 use crate::config::doc::documented;
 use crate::config::reconnect_backoff;
+use crate::support::tls::{ClientFiles, host_of};
 
 /// `events = "on"`, `"off"` or a class list.
 #[derive(Debug, Deserialize, Serialize, Clone)]
@@ -77,6 +78,25 @@ documented! {
         pub reconnect_initial_ms: u64,
         /// Longest wait before reconnecting (doubling, ±20 % jitter).
         pub reconnect_max_ms: u64,
+        /// Connect with TLS to the manager's TLS listener (manager.conf
+        /// tlsenable, port 5039 by default) on the event and the action
+        /// connections alike. A failed handshake is an error, never a
+        /// retry in plain text. The tls_* keys need tls = true.
+        pub tls: bool,
+        /// PEM file of the CA certificate(s) that signed Asterisk's
+        /// certificate (unset: the system's CAs).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub tls_ca_file: Option<PathBuf>,
+        /// The name Asterisk's certificate must carry (unset: the host of
+        /// address).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub tls_server_name: Option<String>,
+        /// PEM file of a client certificate to present (with tls_key_file).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub tls_cert_file: Option<PathBuf>,
+        /// PEM file of the client certificate's private key.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub tls_key_file: Option<PathBuf>,
     }
 }
 
@@ -104,6 +124,11 @@ impl Default for ServerConfig {
             connect_timeout_s: 10,
             reconnect_initial_ms: 500,
             reconnect_max_ms: 30_000,
+            tls: false,
+            tls_ca_file: None,
+            tls_server_name: None,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -118,6 +143,7 @@ impl fmt::Debug for ServerConfig {
             .field("secret_file", &self.secret_file)
             .field("secret_env", &self.secret_env)
             .field("auth", &self.auth)
+            .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
 }
@@ -131,6 +157,42 @@ impl ServerConfig {
     /// The server name.
     pub fn name(&self) -> &str {
         self.name.get_ref()
+    }
+
+    /// The tls_* keys that are set, by name (they need `tls = true`).
+    pub fn tls_keys_set(&self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        if self.tls_ca_file.is_some() {
+            v.push("tls_ca_file");
+        }
+        if self.tls_server_name.is_some() {
+            v.push("tls_server_name");
+        }
+        if self.tls_cert_file.is_some() {
+            v.push("tls_cert_file");
+        }
+        if self.tls_key_file.is_some() {
+            v.push("tls_key_file");
+        }
+        v
+    }
+
+    /// The TLS settings with their files loaded (`None` without
+    /// `tls = true`); the error names the key and the file.
+    pub fn tls(&self) -> Result<Option<AmiTls>, String> {
+        if !self.tls {
+            return Ok(None);
+        }
+        let files = ClientFiles {
+            ca_file: self.tls_ca_file.clone(),
+            cert_file: self.tls_cert_file.clone(),
+            key_file: self.tls_key_file.clone(),
+        };
+        let name = match &self.tls_server_name {
+            Some(n) => n.as_str(),
+            None => host_of(self.address.get_ref()),
+        };
+        AmiTls::new(&files, name).map(Some)
     }
 
     /// The pool's view of this server, with its `secret` resolved, the

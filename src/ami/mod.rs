@@ -35,5 +35,8 @@ pub use client::{
     ActionError, ActionResult, Backoff, Client, ClientConfig, ConnState, Incoming, ServerEvent,
 };
 pub(crate) mod pool;
+pub(crate) mod stream;
+pub use crate::support::tls::{ClientFiles, host_of};
 pub use config::{EventsCfg, ServerConfig};
 pub use pool::{Pool, PoolError, ServerSpec};
+pub use stream::{AmiStream, AmiTls};

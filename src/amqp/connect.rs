@@ -10,14 +10,21 @@
 //! test the broker's reply ([`is_not_found`]) instead of searching error
 //! texts.
 
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+use lapin::tcp::{AsyncTcpStream, RustlsConnector};
+use lapin::uri::{AMQPScheme, AMQPUri};
 use lapin::{Connection, ConnectionProperties, ErrorKind};
 
 use super::publisher::short;
 use crate::config::redact_url;
 use crate::support::backoff::Backoff;
+use crate::support::tls::{self, ClientFiles};
 
 /// Why talking to the broker failed; the texts are the log/health texts.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +35,9 @@ pub enum AmqpError {
     /// The broker refused the connection, or it broke during the handshake.
     #[error("connect: {0}")]
     Connect(#[source] lapin::Error),
+    /// The TLS settings could not be loaded (no system CAs).
+    #[error("TLS setup: {0}")]
+    Tls(String),
     /// An operation on an open connection failed; `what` says which.
     #[error("{what}: {source}")]
     Op {
@@ -51,14 +61,124 @@ pub fn is_not_found(e: &lapin::Error) -> bool {
         if matches!(p.kind(), AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)))
 }
 
-/// Opens a connection to `url`, giving up after `timeout`.
-pub async fn connect(url: &str, timeout: Duration) -> Result<Connection, AmqpError> {
-    tokio::time::timeout(
-        timeout,
-        Connection::connect(url, ConnectionProperties::default()),
+/// TLS settings for `amqps://` URLs: the CA(s) to trust (a file, or the
+/// system's), an optional client certificate, and an optional name the
+/// broker's certificate must carry instead of the URL's host. `amqp://`
+/// URLs ignore them. Cloning is cheap.
+#[derive(Clone, Default)]
+pub struct AmqpTls {
+    /// Built from the files once; `None`: the system's CAs, no client
+    /// certificate (built at connect time).
+    config: Option<Arc<rustls::ClientConfig>>,
+    server_name: Option<String>,
+}
+
+impl fmt::Debug for AmqpTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AmqpTls")
+            .field("custom", &self.config.is_some())
+            .field("server_name", &self.server_name)
+            .finish()
+    }
+}
+
+/// A broker URL with the TLS settings for it (the command-line tools).
+#[derive(Clone, Debug)]
+pub struct Broker {
+    pub url: String,
+    pub tls: AmqpTls,
+}
+
+impl Broker {
+    /// `url` with the default TLS settings (the system's CAs).
+    pub fn plain_settings(url: impl Into<String>) -> Broker {
+        Broker {
+            url: url.into(),
+            tls: AmqpTls::default(),
+        }
+    }
+}
+
+/// The `[amqp]` keys of the TLS files, for error texts.
+pub const TLS_KEYS: [&str; 3] = [
+    "amqp.tls_ca_file",
+    "amqp.tls_cert_file",
+    "amqp.tls_key_file",
+];
+
+impl AmqpTls {
+    /// Loads the files (an error names the key and the file) and checks
+    /// `server_name`.
+    pub fn new(files: &ClientFiles, server_name: Option<&str>) -> Result<AmqpTls, String> {
+        if let Some(n) = server_name {
+            tls::server_name(n).map_err(|e| format!("amqp.tls_server_name: {e}"))?;
+        }
+        let config = if *files == ClientFiles::default() {
+            None
+        } else {
+            Some(Arc::new(tls::client_config(files, TLS_KEYS)?))
+        };
+        Ok(AmqpTls {
+            config,
+            server_name: server_name.map(str::to_string),
+        })
+    }
+
+    fn client_config(&self) -> Result<Arc<rustls::ClientConfig>, String> {
+        match &self.config {
+            Some(c) => Ok(c.clone()),
+            None => tls::client_config(&ClientFiles::default(), TLS_KEYS).map(Arc::new),
+        }
+    }
+}
+
+/// Opens a connection to `url`, giving up after `timeout`. An `amqps://`
+/// URL is opened with `tls` (see [`AmqpTls`]); a failed handshake is an
+/// error naming its cause, never a plain-text retry.
+pub async fn connect(url: &str, tls: &AmqpTls, timeout: Duration) -> Result<Connection, AmqpError> {
+    tokio::time::timeout(timeout, open(url, tls))
+        .await
+        .map_err(|_| AmqpError::ConnectTimeout)?
+}
+
+async fn open(url: &str, tls: &AmqpTls) -> Result<Connection, AmqpError> {
+    let props = ConnectionProperties::default();
+    let uri = match url.parse::<AMQPUri>() {
+        Ok(u) if u.scheme == AMQPScheme::AMQPS => u,
+        // amqp:// (and what lapin refuses, with lapin's own error).
+        _ => {
+            return Connection::connect(url, props)
+                .await
+                .map_err(AmqpError::Connect);
+        }
+    };
+    let config = tls.client_config().map_err(AmqpError::Tls)?;
+    let connector = Arc::new(RustlsConnector::from(config));
+    let name = tls
+        .server_name
+        .clone()
+        .unwrap_or_else(|| uri.authority.host.clone());
+    let runtime = lapin::runtime::default_runtime().map_err(AmqpError::Connect)?;
+    // Our own TCP + TLS step instead of lapin's: the CA file or system
+    // roots, the client certificate, the server name override, and an
+    // error that names the cause.
+    Connection::connector(
+        uri,
+        runtime,
+        async move |uri, runtime| {
+            let host = uri.authority.host.as_str();
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, uri.authority.port))
+                .await
+                .map_err(lapin::Error::from)?
+                .collect();
+            let tcp = AsyncTcpStream::connect(&runtime, addrs).await?;
+            tcp.into_rustls(&connector, &name)
+                .await
+                .map_err(|e| lapin::Error::from(io::Error::new(e.kind(), tls::describe_io(&e))))
+        },
+        props,
     )
     .await
-    .map_err(|_| AmqpError::ConnectTimeout)?
     .map_err(AmqpError::Connect)
 }
 
@@ -69,8 +189,8 @@ pub const CLI_CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// [`connect`] for the command-line tools: the error names the (redacted)
 /// URL, as `cannot connect to amqp://user:***@host:5672/%2F: …`.
-pub async fn connect_cli(url: &str) -> Result<Connection, CliConnectError> {
-    connect(url, CLI_CONNECT_TIMEOUT)
+pub async fn connect_cli(url: &str, tls: &AmqpTls) -> Result<Connection, CliConnectError> {
+    connect(url, tls, CLI_CONNECT_TIMEOUT)
         .await
         .map_err(|source| CliConnectError {
             url: redact_url(url),
@@ -109,6 +229,7 @@ pub struct Reconnect {
     index: usize,
     attempt: u32,
     backoff: Backoff,
+    tls: AmqpTls,
 }
 
 impl Reconnect {
@@ -119,7 +240,19 @@ impl Reconnect {
             index: 0,
             attempt: 0,
             backoff,
+            tls: AmqpTls::default(),
         }
+    }
+
+    /// With `tls` for the `amqps://` URLs.
+    pub fn with_tls(mut self, tls: AmqpTls) -> Reconnect {
+        self.tls = tls;
+        self
+    }
+
+    /// The TLS settings of the `amqps://` URLs.
+    pub fn tls(&self) -> &AmqpTls {
+        &self.tls
     }
 
     /// The URL to connect to now; `""` if the list is empty.
@@ -221,7 +354,7 @@ mod tests {
             l.local_addr().expect("addr").port()
         );
         let t = std::time::Instant::now();
-        let r = connect(&url, Duration::from_millis(300)).await;
+        let r = connect(&url, &AmqpTls::default(), Duration::from_millis(300)).await;
         assert!(matches!(r, Err(AmqpError::ConnectTimeout)), "{r:?}");
         assert!(t.elapsed() < Duration::from_secs(5));
         drop(l);

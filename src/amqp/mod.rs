@@ -11,5 +11,6 @@ pub(crate) mod spool;
 mod syncer;
 
 // What the benchmarks use to build the same messages the bridge publishes.
+pub use connect::{AmqpError, AmqpTls, Broker, connect};
 pub use publisher::{properties, short};
 pub use record::Record;

@@ -70,7 +70,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::confirm::{Advance, ConfirmWindow, Confirmation, Id, Resolved};
-use super::connect::{AmqpError, Reconnect, close_bounded, connect};
+use super::connect::{AmqpError, AmqpTls, Reconnect, close_bounded, connect};
 use super::record::Record;
 use super::spool::{ReadRecord, Spool};
 use crate::config::redact_url;
@@ -90,6 +90,8 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Clone, Debug)]
 pub struct PublisherConfig {
     pub urls: Vec<String>,
+    /// For the `amqps://` URLs.
+    pub tls: AmqpTls,
     pub confirm_window: usize,
     pub backoff: Backoff,
     pub declare_exchanges: bool,
@@ -384,7 +386,7 @@ impl Publisher {
     }
 
     async fn connect_and_declare(&mut self, url: &str) -> Result<(Connection, Channel), AmqpError> {
-        let conn = connect(url, Duration::from_secs(10)).await?;
+        let conn = connect(url, &self.cfg.tls, Duration::from_secs(10)).await?;
         let ch = conn
             .create_channel()
             .await

@@ -154,7 +154,44 @@ fn servers(cfg: &Config, f: &mut Findings) {
             );
         }
         server_secret(s, &k, f);
+        server_tls(s, &k, f);
         server_numbers(s, &k, f);
+    }
+}
+
+/// `tls = true` loads its files here, so a missing, unreadable or
+/// non-PEM file stops `check` and `run` alike. A `tls_*` key without
+/// `tls = true` is an error: the bridge would otherwise talk plain text to
+/// a server the file meant to reach over TLS.
+fn server_tls(s: &ServerConfig, k: &dyn Fn(&str) -> String, f: &mut Findings) {
+    if !s.tls {
+        for key in s.tls_keys_set() {
+            f.err(
+                k(key),
+                "is set but tls is not true: set tls = true (Asterisk's TLS port, 5039 by default) or remove it",
+            );
+        }
+        return;
+    }
+    if let Err(e) = s.tls() {
+        // The text starts with the key it is about ("tls_ca_file /x: …").
+        let key = e
+            .split([' ', ':'])
+            .next()
+            .filter(|w| w.starts_with("tls_"))
+            .unwrap_or("tls");
+        f.err(
+            k(key),
+            e.strip_prefix(key)
+                .unwrap_or(&e)
+                .trim_start_matches(':')
+                .trim(),
+        );
+    }
+    if let Some(p) = &s.tls_key_file
+        && let Some(w) = others_can_access(p)
+    {
+        f.warn(k("tls_key_file"), w);
     }
 }
 
@@ -459,6 +496,46 @@ fn reconnect(prefix: &str, initial: u64, max: u64, f: &mut Findings) {
     );
 }
 
+/// `[amqp] tls_*` apply to amqps:// URLs: set with no amqps:// URL they
+/// are an error (the file meant TLS; the broker password would go out in
+/// plain text). With one, the files are loaded here, so `check` and the
+/// start fail alike on a missing or non-PEM file.
+fn amqp_tls(cfg: &Config, f: &mut Findings) {
+    let a = &cfg.amqp;
+    let set = a.tls_keys_set();
+    if set.is_empty() {
+        return;
+    }
+    if !a.urls().iter().any(|u| u.starts_with("amqps://")) {
+        for key in set {
+            f.err(
+                format!("amqp.{key}"),
+                "is set but no broker URL is amqps://: use amqps:// URLs (RabbitMQ's TLS port, 5671 by default) or remove it",
+            );
+        }
+        return;
+    }
+    if let Err(e) = a.tls() {
+        let key = e
+            .split([' ', ':'])
+            .next()
+            .filter(|w| w.starts_with("amqp.tls_"))
+            .unwrap_or("amqp");
+        f.err(
+            key,
+            e.strip_prefix(key)
+                .unwrap_or(&e)
+                .trim_start_matches(':')
+                .trim(),
+        );
+    }
+    if let Some(p) = &a.tls_key_file
+        && let Some(w) = others_can_access(p)
+    {
+        f.warn("amqp.tls_key_file", w);
+    }
+}
+
 fn amqp(cfg: &Config, f: &mut Findings) {
     let a = &cfg.amqp;
     let urls = a.url.iter().map(|u| ("amqp.url".to_string(), u));
@@ -484,6 +561,7 @@ fn amqp(cfg: &Config, f: &mut Findings) {
         "publishes awaiting a confirm",
     );
     f.name("amqp.alternate_exchange", &a.alternate_exchange);
+    amqp_tls(cfg, f);
     reconnect("amqp.", a.reconnect_initial_ms, a.reconnect_max_ms, f);
     f.range(
         "amqp.shutdown_timeout_s",

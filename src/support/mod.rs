@@ -11,3 +11,4 @@
 pub mod backoff;
 pub mod text;
 pub mod time;
+pub mod tls;

@@ -291,7 +291,14 @@ async fn broker(cfg: &Config, url: &str, r: &mut Report<'_>) {
     if !reach(part, &address, Duration::from_secs(10), r).await {
         return;
     }
-    let conn = match crate::amqp::connect::connect(url, Duration::from_secs(10)).await {
+    let tls = match cfg.amqp.tls() {
+        Ok(t) => t,
+        Err(e) => {
+            r.line(Status::Fail, part, "tls", &e);
+            return;
+        }
+    };
+    let conn = match crate::amqp::connect::connect(url, &tls, Duration::from_secs(10)).await {
         Ok(c) => c,
         Err(e) => {
             r.line(Status::Fail, part, "login", &format!("{shown}: {e}"));

@@ -10,6 +10,10 @@
 //! therefore starts with the banner and holds everything received, byte for
 //! byte, in the order and the chunks it arrived.
 //!
+//! With `tls` the stream is that of Asterisk's manager TLS listener,
+//! verified like the bridge's (`crate::ami::AmiTls`): the trace holds the
+//! decrypted bytes, and the clock starts once the handshake is done.
+//!
 //! The timing file gets one line per socket read: seconds since the TCP
 //! connection was established and the cumulative number of bytes received,
 //! which is what [`super::replay`] needs to reproduce the pace.
@@ -42,7 +46,8 @@ use tokio_util::codec::Framed;
 use super::TraceError;
 use super::file::TraceWriter;
 use crate::ami::login::{Credentials, EventMask, login};
-use crate::ami::{AmiCodec, Frame, Kind, Message};
+use crate::ami::stream::open;
+use crate::ami::{AmiCodec, AmiTls, Frame, Kind, Message};
 
 /// Everything `record` needs.
 #[derive(Clone, Debug)]
@@ -62,6 +67,9 @@ pub struct RecordConfig {
     pub connect_timeout: Duration,
     /// How long to wait for the `Goodbye` after `Logoff`.
     pub logoff_timeout: Duration,
+    /// TLS to the manager's TLS listener (`--tls`); `None`: plain TCP.
+    /// The trace holds the decrypted bytes, as with plain TCP.
+    pub tls: Option<AmiTls>,
 }
 
 impl RecordConfig {
@@ -79,6 +87,7 @@ impl RecordConfig {
             duration: None,
             connect_timeout: Duration::from_secs(10),
             logoff_timeout: Duration::from_secs(2),
+            tls: None,
         }
     }
 }
@@ -237,8 +246,14 @@ async fn run_session(
     stop: impl Future<Output = ()>,
 ) -> Result<(u64, Duration, StopReason), TraceError> {
     let addr = config.server.clone();
-    let stream = match tokio::time::timeout(config.connect_timeout, TcpStream::connect(&addr)).await
-    {
+    let connect = async {
+        let tcp = TcpStream::connect(&addr).await?;
+        // With TLS: the handshake or a one-line cause, never plain text.
+        open(tcp, config.tls.as_ref())
+            .await
+            .map_err(io::Error::other)
+    };
+    let stream = match tokio::time::timeout(config.connect_timeout, connect).await {
         Ok(Ok(s)) => s,
         Ok(Err(source)) => return Err(TraceError::Connect { addr, source }),
         Err(_) => {

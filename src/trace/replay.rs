@@ -22,6 +22,10 @@
 //! 4. When the stream is over the connection stays open, as a real
 //!    Asterisk's would, answering actions until the client leaves.
 //!
+//! With `tls` (`--tls-cert`, `--tls-key`) every client must first complete
+//! a TLS handshake, as with Asterisk's manager TLS listener (`tlsenable`);
+//! a client that fails it is logged with the cause and dropped.
+//!
 //! ## What is streamed
 //!
 //! The trace's *events*, byte for byte. The recorded responses are not
@@ -83,7 +87,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -152,6 +156,18 @@ pub struct ReplayConfig {
     pub include_list_events: bool,
     /// Stop after this many clients have come and gone.
     pub exit_after_clients: Option<u64>,
+    /// Serve TLS (as Asterisk's `tlsenable` listener does) with this
+    /// certificate (chain) and key, both PEM; `None`: plain TCP.
+    pub tls: Option<ReplayTls>,
+}
+
+/// The replay's TLS certificate and key files (`--tls-cert`, `--tls-key`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplayTls {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// Require a client certificate signed by a CA of this file.
+    pub client_ca: Option<PathBuf>,
 }
 
 impl Default for ReplayConfig {
@@ -166,6 +182,7 @@ impl Default for ReplayConfig {
             auth_fail_delay: Duration::from_millis(100),
             include_list_events: false,
             exit_after_clients: None,
+            tls: None,
         }
     }
 }
@@ -355,6 +372,7 @@ pub struct ReplayServer {
     listener: TcpListener,
     shared: Arc<Shared>,
     exit_after_clients: Option<u64>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl ReplayServer {
@@ -370,6 +388,18 @@ impl ReplayServer {
         {
             return Err(TraceError::Config(format!("--rate must be > 0, got {r}")));
         }
+        let acceptor = match &config.tls {
+            Some(t) => {
+                let c = crate::support::tls::server_config(
+                    &t.cert_file,
+                    &t.key_file,
+                    t.client_ca.as_deref(),
+                )
+                .map_err(TraceError::Config)?;
+                Some(tokio_rustls::TlsAcceptor::from(Arc::new(c)))
+            }
+            None => None,
+        };
         let cfg = config.clone();
         let (stream, canned) = tokio::task::spawn_blocking(move || {
             let timings = match &cfg.pace {
@@ -413,6 +443,7 @@ impl ReplayServer {
             listener,
             shared,
             exit_after_clients: config.exit_after_clients,
+            tls: acceptor,
         })
     }
 
@@ -454,7 +485,7 @@ impl ReplayServer {
                     Ok((socket, peer)) => {
                         accepted += 1;
                         let shared = self.shared.clone();
-                        sessions.spawn(serve_client(socket, peer, shared));
+                        sessions.spawn(serve_client(socket, peer, shared, self.tls.clone()));
                     }
                     Err(e) => {
                         // Usually "too many open files": back off a little.
@@ -482,12 +513,40 @@ enum Out {
     Close,
 }
 
-async fn serve_client(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
-    tracing::info!(%peer, "client connected");
+/// How long a client has to finish the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn serve_client(
+    socket: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
+    tracing::info!(%peer, tls = tls.is_some(), "client connected");
     if let Err(e) = socket.set_nodelay(true) {
         tracing::debug!(%peer, error = %e, "set_nodelay failed");
     }
-    let (rd, wr) = socket.into_split();
+    let Some(acceptor) = tls else {
+        let (rd, wr) = socket.into_split();
+        return serve_halves(rd, wr, peer, shared).await;
+    };
+    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(socket)).await {
+        Ok(Ok(s)) => {
+            let (rd, wr) = tokio::io::split(s);
+            serve_halves(rd, wr, peer, shared).await;
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(%peer, error = %crate::support::tls::describe_io(&e), "TLS handshake failed");
+        }
+        Err(_) => tracing::warn!(%peer, "TLS handshake timed out"),
+    }
+}
+
+async fn serve_halves<R, W>(rd: R, wr: W, peer: SocketAddr, shared: Arc<Shared>)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let (tx, rx) = mpsc::channel(64);
     let writer = write_loop(wr, rx, shared.clone(), peer);
     let reader = read_loop(rd, tx, shared, peer);
@@ -722,8 +781,8 @@ fn malformed_answer(m: &Malformed) -> Vec<u8> {
 
 /// Reads and answers the client's actions until it logs off, fails to log
 /// in or goes away.
-async fn read_loop(
-    rd: OwnedReadHalf,
+async fn read_loop<R: AsyncRead + Unpin>(
+    rd: R,
     tx: mpsc::Sender<Out>,
     shared: Arc<Shared>,
     peer: SocketAddr,
@@ -872,8 +931,8 @@ impl StreamState {
 
 /// Owns the write half: sends the banner, responses and events (see
 /// "Structure of a session" in the module docs).
-async fn write_loop(
-    mut wr: OwnedWriteHalf,
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut wr: W,
     mut rx: mpsc::Receiver<Out>,
     shared: Arc<Shared>,
     peer: SocketAddr,
@@ -883,8 +942,8 @@ async fn write_loop(
     }
 }
 
-async fn write_session(
-    wr: &mut OwnedWriteHalf,
+async fn write_session<W: AsyncWrite + Unpin>(
+    wr: &mut W,
     rx: &mut mpsc::Receiver<Out>,
     shared: &Shared,
 ) -> std::io::Result<()> {

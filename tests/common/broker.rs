@@ -21,7 +21,7 @@
 //! | AMQP port | `RABBITMQ_NODE_PORT`, a free port, bound to `127.0.0.1` only (`RABBITMQ_NODE_IP_ADDRESS`) |
 //! | distribution | `RABBITMQ_DIST_PORT`, a free port, and a private `epmd` on a third free port (`ERL_EPMD_PORT`), so the shared epmd is never used, started or killed |
 //! | data, logs | `RABBITMQ_MNESIA_BASE`, `RABBITMQ_LOG_BASE`, `RABBITMQ_PID_FILE` under a [`TempDir`] |
-//! | configuration | `RABBITMQ_CONFIG_FILE`, `RABBITMQ_ADVANCED_CONFIG_FILE`, `RABBITMQ_CONFIG_FILES` (the `conf.d` glob) point into the temp dir, `RABBITMQ_CONF_ENV_FILE` and `RABBITMQ_ENABLED_PLUGINS_FILE` at empty files there: nothing in `/etc/rabbitmq` is read |
+//! | configuration | `RABBITMQ_CONFIG_FILE`, `RABBITMQ_ADVANCED_CONFIG_FILE`, `RABBITMQ_CONFIG_FILES` (the `conf.d` glob) point into the temp dir, `RABBITMQ_CONF_ENV_FILE` and `RABBITMQ_ENABLED_PLUGINS_FILE` at files there (empty, or the plugins given to [`PrivateBroker::start_with_plugins`]): nothing in `/etc/rabbitmq` is read |
 //! | Erlang cookie | `HOME` is a directory of the temp dir holding a fresh `.erlang.cookie`; `rabbitmqctl` run through [`PrivateBroker::ctl`] gets the same `HOME` |
 //!
 //! The scripts are run from `/usr/lib/rabbitmq/bin` (or
@@ -151,6 +151,12 @@ impl PrivateBroker {
     /// as the node's `rabbitmq.conf`. It stays in effect for
     /// [`start_again`](Self::start_again).
     pub fn start_with_config(rabbitmq_conf: &str) -> Self {
+        Self::start_with_plugins(rabbitmq_conf, &[])
+    }
+
+    /// Like [`start_with_config`](Self::start_with_config), with these
+    /// plugins enabled (e.g. `rabbitmq_auth_mechanism_ssl` for EXTERNAL).
+    pub fn start_with_plugins(rabbitmq_conf: &str, plugins: &[&str]) -> Self {
         reap_orphans();
         let pid = std::process::id();
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
@@ -171,7 +177,11 @@ impl PrivateBroker {
         fs::write(&cookie, format!("AMIAMQPTEST{pid}X{n}X{nanos}")).expect("writing cookie");
         // Erlang refuses a cookie file that others can read.
         fs::set_permissions(&cookie, fs::Permissions::from_mode(0o400)).expect("chmod cookie");
-        fs::write(root.join("enabled_plugins"), "").expect("writing enabled_plugins");
+        let enabled = match plugins {
+            [] => String::new(),
+            p => format!("[{}].\n", p.join(",")),
+        };
+        fs::write(root.join("enabled_plugins"), enabled).expect("writing enabled_plugins");
         fs::write(root.join("rabbitmq-env.conf"), "").expect("writing rabbitmq-env.conf");
         if !rabbitmq_conf.is_empty() {
             fs::write(root.join("rabbitmq.conf"), rabbitmq_conf).expect("writing rabbitmq.conf");

@@ -7,5 +7,6 @@
 #![allow(dead_code)]
 
 pub mod broker;
+pub mod certs;
 pub mod cleanup;
 pub mod procs;
