@@ -425,3 +425,89 @@ async fn a_client_certificate_is_presented_when_the_server_requires_one() {
         .unwrap_err();
     assert!(e.contains("rejected our client certificate"), "{e}");
 }
+
+/// The AMI facade serves TLS too (`[facade] tls_cert_file`/`tls_key_file`):
+/// an AMI client with the right CA logs in and is answered; another CA
+/// fails with "unknown CA"; a client that does not speak TLS never gets a
+/// banner.
+#[tokio::test]
+async fn the_facade_serves_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path(), "ca");
+    let other_ca = TestCa::new(dir.path(), "other-ca");
+    let cert = ca.server("facade", &["facade.test", "127.0.0.1"]);
+    let (_replay, addr) = replay(&[
+        "--rate",
+        "50",
+        "--loop",
+        "0",
+        trace("calls_small.ami").to_str().unwrap(),
+    ]);
+    let facade = format!("127.0.0.1:{}", common::procs::free_port());
+    let extra = format!(
+        "[actions]\nenabled = false\n\n[facade]\nlisten = \"{facade}\"\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n\n\
+         [[facade.user]]\nname = \"crm\"\nsecret = \"crmpass\"\nread = [\"all\"]\nwrite = [\"all\"]\n",
+        cert.cert.display(),
+        cert.key.display()
+    );
+    let setup = BridgeSetup::new(&addr, &shared_amqp_url(), &extra);
+    let mut bridge = setup.start();
+    let creds = |auth| Credentials {
+        username: "crm".into(),
+        secret: "crmpass".into(),
+        auth,
+    };
+    let facade_client = |tls: Option<AmiTls>, auth| {
+        let mut c = ClientConfig::new("facade", &facade, creds(auth));
+        c.events = EventMask::Off;
+        c.connect_timeout = Duration::from_secs(5);
+        c.tls = tls;
+        c
+    };
+    // The facade accepts clients once the bridge's own server is connected.
+    let up = wait_until(Duration::from_secs(20), || {
+        setup.log().contains("AMI connected")
+    });
+    assert!(up, "{}", setup.log());
+    let mut ok = Err(String::new());
+    for _ in 0..20 {
+        ok = first_outcome(facade_client(
+            Some(tls(&ca.cert, "facade.test")),
+            AuthType::Md5,
+        ))
+        .await;
+        if ok.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let banner = ok.unwrap_or_else(|e| panic!("{e}\n{}", setup.log()));
+    assert!(banner.starts_with("Asterisk Call Manager/"), "{banner}");
+
+    let client = Client::spawn(
+        facade_client(Some(tls(&ca.cert, "facade.test")), AuthType::Plain),
+        None,
+    );
+    assert!(client.wait_connected(Duration::from_secs(10)).await);
+    let ping = ami2amqp::ami::Message::from_pairs([("Action", "Ping")]);
+    let r = client
+        .send_action(ping, None)
+        .await
+        .expect("Ping through the facade");
+    assert_eq!(r.response.get("Ping").as_deref(), Some("Pong"));
+    client.shutdown();
+
+    let e = first_outcome(facade_client(
+        Some(tls(&other_ca.cert, "facade.test")),
+        AuthType::Md5,
+    ))
+    .await
+    .unwrap_err();
+    assert!(e.contains("unknown CA"), "{e}");
+    let e = first_outcome(facade_client(None, AuthType::Md5))
+        .await
+        .unwrap_err();
+    assert!(!e.is_empty(), "a plain client logged in to a TLS facade");
+    bridge.signal("TERM");
+    let _ = bridge.wait_timeout(Duration::from_secs(5));
+}

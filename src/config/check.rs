@@ -371,6 +371,14 @@ fn facade(cfg: &Config, f: &mut Findings) {
             ),
         );
     }
+    if let Err(e) = fc.tls_server_config() {
+        f.err("facade.tls_cert_file", e);
+    }
+    if let Some(p) = &fc.tls_key_file
+        && let Some(w) = others_can_access(p)
+    {
+        f.warn("facade.tls_key_file", w);
+    }
     let mut seen = std::collections::HashSet::new();
     for (i, u) in fc.user.iter().enumerate() {
         facade_user(cfg, i, u, &mut seen, f);

@@ -48,6 +48,17 @@ documented! {
         /// Close new connections at once while none of the servers is
         /// connected, so that clients retry (their own reconnect logic).
         pub refuse_when_down: bool,
+        /// Serve TLS with this certificate (chain, PEM), as Asterisk's
+        /// tlsenable listener does; with tls_key_file. Not set: plain TCP.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub tls_cert_file: Option<PathBuf>,
+        /// The private key (PEM) of tls_cert_file.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub tls_key_file: Option<PathBuf>,
+        /// Ask every client for a certificate signed by a CA of this file
+        /// (PEM); without it clients are not asked for one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub tls_client_ca_file: Option<PathBuf>,
         /// The users: one [[facade.user]] table each.
         #[serde(skip_serializing_if = "Vec::is_empty")]
         pub user: Vec<FacadeUser>,
@@ -66,6 +77,9 @@ impl Default for FacadeConfig {
             queue_events: 4096,
             version: "11.0.0".into(),
             refuse_when_down: true,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_client_ca_file: None,
             user: Vec::new(),
         }
     }
@@ -158,6 +172,29 @@ impl FacadeConfig {
     /// The listen address, when the facade is on.
     pub fn listen(&self) -> Option<&str> {
         self.listen.as_ref().map(|l| l.get_ref().as_str())
+    }
+
+    /// The TLS server configuration, when `tls_cert_file` and
+    /// `tls_key_file` are set (both or neither: `check` says so).
+    pub fn tls_server_config(&self) -> Result<Option<rustls::ServerConfig>, String> {
+        match (&self.tls_cert_file, &self.tls_key_file) {
+            (None, None) if self.tls_client_ca_file.is_none() => Ok(None),
+            (Some(cert), Some(key)) => crate::support::tls::server_config_named(
+                cert,
+                key,
+                self.tls_client_ca_file.as_deref(),
+                [
+                    "facade.tls_cert_file",
+                    "facade.tls_key_file",
+                    "facade.tls_client_ca_file",
+                ],
+            )
+            .map(Some),
+            _ => Err(
+                "facade: set both tls_cert_file and tls_key_file (tls_client_ca_file needs them)"
+                    .into(),
+            ),
+        }
     }
 
     pub fn write_timeout(&self) -> Duration {

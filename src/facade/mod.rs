@@ -74,6 +74,7 @@ pub async fn bind(cfg: &FacadeConfig) -> Result<Option<TcpListener>, String> {
 pub struct Prepared {
     facade: Arc<Facade>,
     listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// Resolves the users and compiles the allow-list's `ami:` rules.
@@ -85,10 +86,14 @@ pub fn prepare(
     allow: &[crate::actions::allow::AllowEntry],
 ) -> Result<Prepared, String> {
     let users = Users::new(cfg.users(pool.server_names())?);
+    let tls = cfg
+        .tls_server_config()?
+        .map(|c| tokio_rustls::TlsAcceptor::from(Arc::new(c)));
     let facade = Facade::new(cfg, users, pool, tap, allow)?;
     Ok(Prepared {
         facade: Arc::new(facade),
         listener,
+        tls,
     })
 }
 
@@ -97,7 +102,7 @@ pub async fn serve(p: Prepared, cancel: CancellationToken) {
     let all = Arc::new(AtomicUsize::new(0));
     let unauth = Arc::new(AtomicUsize::new(0));
     if let Ok(a) = p.listener.local_addr() {
-        tracing::info!(target: "ami2amqp::facade", listen = %a, users = p.facade.users_len(), "AMI facade listening");
+        tracing::info!(target: "ami2amqp::facade", listen = %a, users = p.facade.users_len(), tls = p.tls.is_some(), "AMI facade listening");
     }
     loop {
         let (stream, peer) = tokio::select! {
@@ -116,10 +121,11 @@ pub async fn serve(p: Prepared, cancel: CancellationToken) {
             Ok((slot, pending)) => {
                 let facade = p.facade.clone();
                 let cancel = cancel.clone();
+                let tls = p.tls.clone();
                 tokio::spawn(async move {
                     let _slot = slot;
                     tokio::select! {
-                        _ = session::Session::serve(facade, stream, peer, pending) => {}
+                        _ = session::Session::serve(facade, stream, peer, pending, tls) => {}
                         _ = cancel.cancelled() => {}
                     }
                 });

@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 use ami_proto::{AmiCodec, Boot, Frame, Limits, MalformedKind, ServerSession, Step};
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{broadcast, oneshot};
 use tokio_util::codec::FramedRead;
 
@@ -57,7 +57,7 @@ pub struct Session {
     peer: String,
     proto: ServerSession,
     user: Option<Arc<User>>,
-    out: OwnedWriteHalf,
+    out: Writer,
     queue: VecDeque<Message>,
     running: Option<Running>,
     /// The running action's ids, events held for its response, and the
@@ -67,11 +67,45 @@ pub struct Session {
     unauth: Option<super::Slot>,
 }
 
+/// The client's socket halves (plain TCP or TLS).
+type Reader = Box<dyn AsyncRead + Unpin + Send>;
+type Writer = Box<dyn AsyncWrite + Unpin + Send>;
+
 impl Session {
-    /// Serves one accepted client until it ends.
-    pub async fn serve(facade: Arc<Facade>, stream: TcpStream, peer: String, unauth: super::Slot) {
+    /// Serves one accepted client until it ends; with `tls`, after the
+    /// handshake (a failed one is logged and the socket closed).
+    pub async fn serve(
+        facade: Arc<Facade>,
+        stream: TcpStream,
+        peer: String,
+        unauth: super::Slot,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) {
         let _ = stream.set_nodelay(true);
-        let (rd, out) = stream.into_split();
+        let (rd, out): (Reader, Writer) = match tls {
+            None => {
+                let (r, w) = stream.into_split();
+                (Box::new(r), Box::new(w))
+            }
+            Some(acceptor) => {
+                let t = facade.cfg.auth_timeout();
+                match tokio::time::timeout(t, acceptor.accept(stream)).await {
+                    Ok(Ok(s)) => {
+                        let (r, w) = tokio::io::split(s);
+                        (Box::new(r), Box::new(w))
+                    }
+                    Ok(Err(e)) => {
+                        let why = crate::support::tls::describe_io(&e);
+                        tracing::warn!(target: "ami2amqp::facade", %peer, error = %why, "AMI facade: TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::warn!(target: "ami2amqp::facade", %peer, "AMI facade: TLS handshake timed out");
+                        return;
+                    }
+                }
+            }
+        };
         let mut s = Session {
             facade,
             peer,
@@ -91,7 +125,7 @@ impl Session {
 
     async fn run(
         &mut self,
-        mut input: FramedRead<tokio::net::tcp::OwnedReadHalf, AmiCodec>,
+        mut input: FramedRead<Reader, AmiCodec>,
         mut events: broadcast::Receiver<TapItem>,
     ) -> End {
         let banner = format!("Asterisk Call Manager/{}\r\n", self.version());

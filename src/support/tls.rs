@@ -122,27 +122,44 @@ pub fn server_config(
     key_file: &Path,
     client_ca: Option<&Path>,
 ) -> Result<rustls::ServerConfig, String> {
-    let chain = load_certs(cert_file, "--tls-cert")?;
-    let key = load_key(key_file, "--tls-key")?;
+    server_config_named(
+        cert_file,
+        key_file,
+        client_ca,
+        ["--tls-cert", "--tls-key", "--tls-client-ca"],
+    )
+}
+
+/// [`server_config`], naming the files in errors as the caller's options
+/// or keys do (`[cert, key, client_ca]`).
+pub fn server_config_named(
+    cert_file: &Path,
+    key_file: &Path,
+    client_ca: Option<&Path>,
+    names: [&str; 3],
+) -> Result<rustls::ServerConfig, String> {
+    let [cert_name, key_name, ca_name] = names;
+    let chain = load_certs(cert_file, cert_name)?;
+    let key = load_key(key_file, key_name)?;
     let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS setup: {e}"))?;
     let builder = match client_ca {
         None => builder.with_no_client_auth(),
         Some(p) => {
-            let roots = roots(Some(p), "--tls-client-ca")?;
+            let roots = roots(Some(p), ca_name)?;
             let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
                 Arc::new(roots),
                 provider(),
             )
             .build()
-            .map_err(|e| format!("--tls-client-ca {}: {e}", p.display()))?;
+            .map_err(|e| format!("{ca_name} {}: {e}", p.display()))?;
             builder.with_client_cert_verifier(verifier)
         }
     };
     builder.with_single_cert(chain, key).map_err(|e| {
         format!(
-            "--tls-cert {} / --tls-key {}: {e}",
+            "{cert_name} {} / {key_name} {}: {e}",
             cert_file.display(),
             key_file.display()
         )
