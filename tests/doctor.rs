@@ -116,3 +116,70 @@ fn each_fault_is_one_fail_line() {
     assert!(!ok && has_line(&out, "FAIL", "broker", "tcp"), "{out}");
     assert!(has_line(&out, "ok", &s.server, "login"), "{out}");
 }
+
+/// A broker user without configure permission: the bridge could not
+/// declare its exchanges at connect, and doctor says so on a FAIL line.
+#[test]
+fn a_broker_user_without_configure_permission_fails() {
+    let (_r, addr) = asterisk();
+    let user = common::procs::unique("doctor");
+    let ctl = |args: &[&str]| {
+        let o = Command::new("rabbitmqctl")
+            .args(args)
+            .env(
+                "PATH",
+                format!(
+                    "{}:/usr/sbin:/sbin",
+                    std::env::var("PATH").unwrap_or_default()
+                ),
+            )
+            .output()
+            .expect("rabbitmqctl (the system RabbitMQ's)");
+        assert!(
+            o.status.success(),
+            "rabbitmqctl {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    struct DeleteUser(String);
+    impl Drop for DeleteUser {
+        fn drop(&mut self) {
+            let _ = Command::new("rabbitmqctl")
+                .args(["delete_user", &self.0])
+                .env(
+                    "PATH",
+                    format!(
+                        "{}:/usr/sbin:/sbin",
+                        std::env::var("PATH").unwrap_or_default()
+                    ),
+                )
+                .output();
+        }
+    }
+    ctl(&["add_user", &user, "pw"]);
+    let _gone = DeleteUser(user.clone());
+    ctl(&["set_permissions", "-p", "/", &user, "^$", ".*", ".*"]);
+    let url = shared_amqp_url().replacen("guest:guest", &format!("{user}:pw"), 1);
+    let s = BridgeSetup::new(&addr, &url, "[actions]\nenabled = false\n");
+    // The events exchange exists, declared as the bridge declares it.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let conn = lapin::Connection::connect(&shared_amqp_url(), Default::default())
+            .await
+            .unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        common::procs::declare_exchange(&ch, &s.exchange)
+            .await
+            .unwrap();
+        let _ = conn.close(200, "".into()).await;
+    });
+    let (ok, out) = doctor(&s);
+    assert!(!ok, "{out}");
+    let check = format!("exchange {}", s.exchange);
+    assert!(
+        out.lines().any(|l| l.starts_with("FAIL")
+            && l.contains(&check)
+            && l.contains("no configure permission")),
+        "{out}"
+    );
+}

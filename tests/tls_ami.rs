@@ -511,3 +511,46 @@ async fn the_facade_serves_tls() {
     bridge.signal("TERM");
     let _ = bridge.wait_timeout(Duration::from_secs(5));
 }
+
+/// `doctor` on a TLS server: a verified certificate is an `ok tls` line,
+/// another CA a `FAIL tls` line naming the cause.
+#[tokio::test]
+async fn doctor_reports_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path(), "ca");
+    let other_ca = TestCa::new(dir.path(), "other-ca");
+    let server = ca.server("pbx", &["pbx.test"]);
+    let addr = tls_replay(&server).await;
+    for (ca_file, want) in [(&ca.cert, "ok"), (&other_ca.cert, "FAIL")] {
+        let setup = BridgeSetup::new(&addr, &shared_amqp_url(), "[actions]\nenabled = false\n");
+        add_server_lines(
+            &setup,
+            &format!(
+                "tls = true\ntls_ca_file = \"{}\"\ntls_server_name = \"pbx.test\"",
+                ca_file.display()
+            ),
+        );
+        let config = setup.config.clone();
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new(bin())
+                .args(["doctor", "--config"])
+                .arg(&config)
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text
+            .lines()
+            .find(|l| l.split_whitespace().nth(2) == Some("tls"))
+            .unwrap_or_else(|| panic!("no tls line:\n{text}"));
+        assert!(line.starts_with(want), "{text}");
+        if want == "FAIL" {
+            assert!(
+                line.contains("unknown CA") && !out.status.success(),
+                "{text}"
+            );
+        }
+    }
+}

@@ -122,7 +122,21 @@ pub fn short(s: &str) -> ShortString {
     ShortString::try_new(&s[..cut]).unwrap_or_else(|_| ShortString::from(""))
 }
 
-fn kind_of(t: ExchangeType) -> ExchangeKind {
+/// The arguments the bridge declares its exchanges with: the alternate
+/// exchange (`[amqp] alternate_exchange`, none when empty). `doctor`
+/// declares with the same, so that what it reports is what `run` meets.
+pub(crate) fn exchange_args(alternate_exchange: &str) -> FieldTable {
+    let mut args = FieldTable::default();
+    if !alternate_exchange.is_empty() {
+        args.insert(
+            short("alternate-exchange"),
+            AMQPValue::LongString(alternate_exchange.as_bytes().into()),
+        );
+    }
+    args
+}
+
+pub(crate) fn kind_of(t: ExchangeType) -> ExchangeKind {
     match t {
         ExchangeType::Topic => ExchangeKind::Topic,
         ExchangeType::Direct => ExchangeKind::Direct,
@@ -470,14 +484,7 @@ impl Publisher {
             durable: true,
             ..Default::default()
         };
-        let ae = &self.cfg.alternate_exchange;
-        let mut args = FieldTable::default();
-        if !ae.is_empty() {
-            args.insert(
-                short("alternate-exchange"),
-                AMQPValue::LongString(ae.as_bytes().into()),
-            );
-        }
+        let args = exchange_args(&self.cfg.alternate_exchange);
         let Err(e) = ch
             .exchange_declare(short(name), kind_of(t), durable, args)
             .await

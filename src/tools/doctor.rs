@@ -148,9 +148,20 @@ async fn server(cfg: &Config, mut spec: ServerSpec, r: &mut Report<'_>) {
     let (tx, mut rx) = mpsc::channel(4096);
     let client = Client::spawn(spec.client.clone(), Some(tx));
     if let Err(why) = first_attempt(&client, timeout + Duration::from_secs(1)).await {
-        r.line(Status::Fail, &name, "login", &why);
+        // A handshake failure is the TLS line's, anything else the login's.
+        let tls_failed = spec.client.tls.is_some() && why.contains("TLS");
+        r.line(
+            Status::Fail,
+            &name,
+            if tls_failed { "tls" } else { "login" },
+            &why,
+        );
         client.shutdown();
         return;
+    }
+    if let Some(tls) = &spec.client.tls {
+        let msg = format!("certificate verified for {:?}", tls.server_name());
+        r.line(Status::Ok, &name, "tls", &msg);
     }
     if let ConnState::Connected { banner } = &*client.state().borrow() {
         let user = &spec.client.credentials.username;
@@ -306,62 +317,133 @@ async fn broker(cfg: &Config, url: &str, r: &mut Report<'_>) {
         }
     };
     r.line(Status::Ok, part, "login", &shown);
-    for (exchange, what) in needed(cfg) {
-        exchange_check(&conn, &exchange, what, r).await;
+    for n in needed(cfg) {
+        exchange_check(&conn, cfg, &n, r).await;
     }
+    let msg =
+        "not checked: doctor never publishes (write permission on the exchanges above is needed)";
+    r.line(Status::Info, part, "publish", msg);
     let _ = conn.close(200, "doctor done".into()).await;
 }
 
-/// The exchanges the bridge publishes to or consumes from, and why.
-fn needed(cfg: &Config) -> Vec<(String, &'static str)> {
-    let mut v: Vec<(String, &'static str)> = Vec::new();
+/// The exchanges the bridge publishes to or consumes from, their type, and
+/// whether the bridge declares them with its event-side settings.
+fn needed(cfg: &Config) -> Vec<Needed> {
+    use crate::mapping::schema::ExchangeType;
+    let mut v: Vec<Needed> = Vec::new();
     if let Ok(m) = crate::mapping::Mappings::load(&cfg.mappings.dirs()) {
-        for (name, _) in m.current().exchanges() {
-            v.push((name.to_string(), "events"));
+        for (name, t) in m.current().exchanges() {
+            v.push(Needed {
+                name: name.to_string(),
+                kind: Some(*t),
+                what: "events",
+            });
         }
     }
-    if !v.iter().any(|(n, _)| *n == cfg.status.exchange) {
-        v.push((cfg.status.exchange.clone(), "status messages"));
+    if !v.iter().any(|n| n.name == cfg.status.exchange) {
+        v.push(Needed {
+            name: cfg.status.exchange.clone(),
+            kind: Some(ExchangeType::Topic),
+            what: "status messages",
+        });
     }
     if cfg.actions.enabled {
-        v.push((cfg.actions.exchange.clone(), "action requests"));
+        v.push(Needed {
+            name: cfg.actions.exchange.clone(),
+            kind: None,
+            what: "action requests",
+        });
     }
     v
 }
 
+/// One exchange the bridge uses.
+struct Needed {
+    name: String,
+    /// Its type when the publisher declares it (event side); `None` for
+    /// the action path's, which is only looked up.
+    kind: Option<crate::mapping::schema::ExchangeType>,
+    what: &'static str,
+}
+
 /// A passive declare: the exchange exists, is missing (the bridge declares
-/// it at start: it needs configure permission) or is refused.
-async fn exchange_check(conn: &lapin::Connection, name: &str, what: &str, r: &mut Report<'_>) {
+/// it at start: it needs configure permission) or is refused. An existing
+/// event-side exchange is then declared again exactly as the publisher does
+/// at every connect (a no-op that needs configure permission).
+async fn exchange_check(conn: &lapin::Connection, cfg: &Config, n: &Needed, r: &mut Report<'_>) {
     let part = "broker";
-    let ch = match conn.create_channel().await {
-        Ok(ch) => ch,
-        Err(e) => {
-            r.line(Status::Fail, part, "channel", &e.to_string());
-            return;
-        }
-    };
-    let opts = lapin::options::ExchangeDeclareOptions {
+    let check = format!("exchange {}", clip(&n.name));
+    let passive = lapin::options::ExchangeDeclareOptions {
         passive: true,
         ..Default::default()
     };
-    let res = ch
-        .exchange_declare(
-            name.into(),
-            lapin::ExchangeKind::Topic,
-            opts,
-            lapin::types::FieldTable::default(),
-        )
-        .await;
-    let check = format!("exchange {}", clip(name));
-    match res {
-        Ok(()) => r.line(Status::Ok, part, &check, &format!("exists ({what})")),
+    let found = declare(
+        conn,
+        &n.name,
+        lapin::ExchangeKind::Topic,
+        passive,
+        Default::default(),
+    )
+    .await;
+    match found {
+        Ok(()) => {}
         Err(e) if crate::amqp::connect::is_not_found(&e) => {
             let msg = format!(
-                "missing ({what}): the bridge declares it at start, which needs configure permission on it"
+                "missing ({}): the bridge declares it at start, which needs configure permission on it",
+                n.what
+            );
+            r.line(Status::Warn, part, &check, &msg);
+            return;
+        }
+        Err(e) => {
+            r.line(Status::Fail, part, &check, &e.to_string());
+            return;
+        }
+    }
+    let (Some(kind), true) = (n.kind, cfg.amqp.declare_exchanges) else {
+        r.line(Status::Ok, part, &check, &format!("exists ({})", n.what));
+        return;
+    };
+    let durable = lapin::options::ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    let args = crate::amqp::publisher::exchange_args(&cfg.amqp.alternate_exchange);
+    let kind = crate::amqp::publisher::kind_of(kind);
+    match declare(conn, &n.name, kind, durable, args).await {
+        Ok(()) => r.line(
+            Status::Ok,
+            part,
+            &check,
+            &format!("exists ({}), and this user may declare it", n.what),
+        ),
+        Err(e) if e.to_string().contains("ACCESS_REFUSED") => {
+            let msg = format!(
+                "no configure permission: the bridge declares its exchanges at every connect ({e})"
+            );
+            r.line(Status::Fail, part, &check, &msg);
+        }
+        Err(e) => {
+            let msg = format!(
+                "exists with other settings than the bridge declares (it will use it as it is): {e}"
             );
             r.line(Status::Warn, part, &check, &msg);
         }
-        Err(e) => r.line(Status::Fail, part, &check, &e.to_string()),
     }
-    let _ = ch.close(200, "doctor".into()).await;
+}
+
+/// One exchange declare on a channel of its own (an error closes it).
+async fn declare(
+    conn: &lapin::Connection,
+    name: &str,
+    kind: lapin::ExchangeKind,
+    opts: lapin::options::ExchangeDeclareOptions,
+    args: lapin::types::FieldTable,
+) -> Result<(), lapin::Error> {
+    let ch = conn.create_channel().await?;
+    let res = ch.exchange_declare(name.into(), kind, opts, args).await;
+    if res.is_ok() {
+        let _ = ch.close(200, "doctor".into()).await;
+    }
+    res
 }
