@@ -173,6 +173,7 @@ async fn server(cfg: &Config, mut spec: ServerSpec, r: &mut Report<'_>) {
         );
     }
     permissions(cfg, &name, &client, r).await;
+    user_perms(&spec, &name, &client, r).await;
     write_timeout(&name, r);
     events(&name, &mut rx, r).await;
     client.shutdown();
@@ -249,6 +250,76 @@ async fn permissions(cfg: &Config, name: &str, client: &Client, r: &mut Report<'
             r.line(Status::Warn, name, "actions", &msg);
         }
     }
+}
+
+/// The user's read and write classes as `manager show user` prints them
+/// (needs write = command), against the `events` classes this server's
+/// table asks for: a class the user may not read never arrives.
+async fn user_perms(spec: &ServerSpec, name: &str, client: &Client, r: &mut Report<'_>) {
+    let user = &spec.client.credentials.username;
+    let cmd = format!("manager show user {user}");
+    let action = Message::from_pairs([("Action", "Command"), ("Command", cmd.as_str())]);
+    let output = match client
+        .send_action(action, Some(Duration::from_secs(10)))
+        .await
+    {
+        Ok(res) if res.is_success() => res.output(),
+        _ => {
+            let msg =
+                "`manager show user` not allowed (write = command): read/write classes not checked";
+            r.line(Status::Info, name, "manager.conf", msg);
+            return;
+        }
+    };
+    let Some((read, write)) = perms_of(&output) else {
+        r.line(
+            Status::Info,
+            name,
+            "manager.conf",
+            "no read/write perm in `manager show user` output",
+        );
+        return;
+    };
+    r.line(
+        Status::Ok,
+        name,
+        "manager.conf",
+        &format!("read = {read}; write = {write}"),
+    );
+    let missing = unreadable(&read, &spec.client.events);
+    if !missing.is_empty() {
+        let msg = format!(
+            "events asks for {} but this user may not read them: add them to read= in manager.conf",
+            missing.join(", ")
+        );
+        r.line(Status::Warn, name, "manager.conf", &msg);
+    }
+}
+
+/// `read perm` and `write perm` of `manager show user` output.
+fn perms_of(output: &[String]) -> Option<(String, String)> {
+    let field = |key: &str| {
+        output.iter().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            (k.trim() == key).then(|| v.trim().to_string())
+        })
+    };
+    Some((field("read perm")?, field("write perm")?))
+}
+
+/// The classes `events` names that `read` does not allow (none for
+/// `events = "on"`: it means "whatever this user may read").
+fn unreadable(read: &str, events: &crate::ami::EventMask) -> Vec<&'static str> {
+    if matches!(events, crate::ami::EventMask::On) {
+        return Vec::new();
+    }
+    let readable = ami_proto::EventMask::parse(read).bits();
+    let wanted = events.bits();
+    ami_proto::CLASSES
+        .iter()
+        .filter(|(_, bit)| wanted & bit != 0 && readable & bit == 0)
+        .map(|(c, _)| *c)
+        .collect()
 }
 
 /// Asterisk reports a user's `writetimeout` nowhere over AMI (`manager
@@ -446,4 +517,31 @@ async fn declare(
         let _ = ch.close(200, "doctor".into()).await;
     }
     res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ami::EventMask;
+
+    #[test]
+    fn manager_show_user_perms_and_missing_classes() {
+        let out: Vec<String> = [
+            "          username: bridge",
+            "         read perm: system,call,agent",
+            "        write perm: system,call,originate",
+        ]
+        .map(String::from)
+        .to_vec();
+        let (read, write) = perms_of(&out).unwrap();
+        assert_eq!(
+            (read.as_str(), write.as_str()),
+            ("system,call,agent", "system,call,originate")
+        );
+        assert!(perms_of(&out[..1]).is_none());
+        let want = EventMask::Classes(vec!["call".into(), "cdr".into(), "agent".into()]);
+        assert_eq!(unreadable(&read, &want), vec!["cdr"]);
+        assert!(unreadable(&read, &EventMask::On).is_empty());
+        assert!(unreadable("all", &want).is_empty());
+    }
 }
