@@ -146,13 +146,14 @@ pub fn map_traces(
     let mut s = MapSummary::default();
     let mut out = Vec::new();
     for t in traces {
-        let data = crate::trace::file::read_trace(t).map_err(|source| MapError::Trace {
+        let trace_err = |source| MapError::Trace {
             path: t.clone(),
             source,
-        })?;
+        };
+        let frames = crate::trace::file::stream_trace(t, Limits::default()).map_err(trace_err)?;
         let mut open_lists = EventLists::new();
-        for f in ami_proto::DecodeAll::new(&data, Limits::default()) {
-            let m = match f {
+        for f in frames {
+            let m = match f.map_err(trace_err)? {
                 Frame::Message(m) => m,
                 Frame::Malformed(_) => {
                     s.malformed += 1;

@@ -60,12 +60,120 @@ pub fn load(path: &Path) -> Result<Bytes, TraceError> {
         })
 }
 
+/// The frames of a trace file, read and decoded a chunk at a time: memory
+/// stays at one chunk plus the codec's limits (`Limits::max_message`),
+/// whatever the size of the file (a day of a busy PBX is gigabytes).
+/// zstd is recognised by its magic bytes, as in [`read_trace`]. The frames
+/// are exactly those [`DecodeAll`] gives for the whole file at once (a
+/// test checks it with chunks of every small size).
+pub struct StreamFrames<R> {
+    reader: R,
+    codec: ami_proto::AmiCodec,
+    buf: bytes::BytesMut,
+    chunk: usize,
+    eof: bool,
+    done: bool,
+    read: u64,
+}
+
+/// Bytes read from the file at a time.
+const STREAM_CHUNK: usize = 256 * 1024;
+
+/// Opens `path` for [`StreamFrames`].
+pub fn stream_trace(
+    path: &Path,
+    limits: Limits,
+) -> io::Result<StreamFrames<Box<dyn io::Read + Send>>> {
+    use std::io::BufRead;
+    let mut file = io::BufReader::with_capacity(STREAM_CHUNK, File::open(path)?);
+    let zstd = file.fill_buf()?.starts_with(&ZSTD_MAGIC);
+    let reader: Box<dyn io::Read + Send> = if zstd {
+        Box::new(zstd::stream::read::Decoder::with_buffer(file)?)
+    } else {
+        Box::new(file)
+    };
+    Ok(StreamFrames::new(reader, limits, STREAM_CHUNK))
+}
+
+impl<R: io::Read> StreamFrames<R> {
+    /// Frames of `reader`, read `chunk` bytes at a time.
+    pub fn new(reader: R, limits: Limits, chunk: usize) -> Self {
+        StreamFrames {
+            reader,
+            codec: ami_proto::AmiCodec::new(limits),
+            buf: bytes::BytesMut::new(),
+            chunk: chunk.max(1),
+            eof: false,
+            done: false,
+            read: 0,
+        }
+    }
+
+    /// Bytes of (decompressed) input read so far.
+    pub fn bytes_read(&self) -> u64 {
+        self.read
+    }
+
+    /// Reads one more chunk; false at the end of the input.
+    fn fill(&mut self) -> io::Result<bool> {
+        let start = self.buf.len();
+        self.buf.resize(start + self.chunk, 0);
+        let n = loop {
+            match self.reader.read(&mut self.buf[start..]) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                r => break r,
+            }
+        };
+        let n = n.inspect_err(|_| self.buf.truncate(start))?;
+        self.buf.truncate(start + n);
+        self.read += n as u64;
+        Ok(n > 0)
+    }
+}
+
+impl<R: io::Read> Iterator for StreamFrames<R> {
+    type Item = io::Result<Frame>;
+
+    fn next(&mut self) -> Option<io::Result<Frame>> {
+        use tokio_util::codec::Decoder;
+        while !self.done {
+            let item = if self.eof {
+                self.done = true;
+                self.codec.decode_eof(&mut self.buf)
+            } else {
+                self.codec.decode(&mut self.buf)
+            };
+            match item {
+                Ok(Some(f)) => {
+                    // decode_eof may have more frames to give.
+                    self.done = false;
+                    return Some(Ok(f));
+                }
+                Ok(None) if self.eof => return None,
+                Ok(None) => match self.fill() {
+                    Ok(true) => {}
+                    Ok(false) => self.eof = true,
+                    Err(e) => {
+                        self.done = true;
+                        return Some(Err(e));
+                    }
+                },
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+            }
+        }
+        None
+    }
+}
+
 /// One item of a trace, with where it was in the file.
 #[derive(Clone, Debug)]
 pub enum TraceFrame {
-    /// The `Asterisk Call Manager/X.Y.Z` line; `bytes` is the line with its
-    /// line ending, as sent.
-    Banner { line: String, bytes: Bytes },
+    /// The `Asterisk Call Manager/X.Y.Z` line with its line ending, as
+    /// sent.
+    Banner { bytes: Bytes },
     /// A message. `bytes` is its exact wire text including the blank line
     /// that ended it; `end` the offset just past it in the trace.
     Message {
@@ -140,7 +248,7 @@ impl Iterator for Frames {
         Some(match frame {
             Frame::Banner(line) => {
                 let bytes = self.banner_bytes(&line, end);
-                TraceFrame::Banner { line, bytes }
+                TraceFrame::Banner { bytes }
             }
             Frame::Message(message) => {
                 let bytes = self.message_bytes(&message, end);
@@ -261,6 +369,76 @@ impl TraceWriter {
 }
 
 #[cfg(test)]
+mod stream_tests {
+    use super::*;
+
+    fn frames_of(data: &[u8], chunk: usize) -> Vec<Frame> {
+        StreamFrames::new(data, Limits::default(), chunk)
+            .map(|f| f.expect("in-memory reads do not fail"))
+            .collect()
+    }
+
+    #[test]
+    fn streamed_frames_equal_the_whole_buffer_decode() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/traces");
+        for name in [
+            "calls_small.ami",
+            "actions.ami",
+            "login_fail.ami",
+            "prelogin.ami",
+        ] {
+            let data = read_trace(dir.join(name)).unwrap();
+            let whole: Vec<Frame> = DecodeAll::new(&data, Limits::default()).collect();
+            for chunk in [1, 2, 3, 7, 64, 4096, 1 << 20] {
+                assert_eq!(frames_of(&data, chunk), whole, "{name}, chunk {chunk}");
+            }
+        }
+    }
+
+    #[test]
+    fn odd_endings_stream_like_the_whole_decode() {
+        for data in [
+            &b"Asterisk Call Manager/1.0\r\nEvent: A\r\nX: 1"[..],
+            b"Event: A\n\n\nEvent: B\r\n\r\nbad line\r\n\r\n",
+            b"",
+            b"\r\n\r\n\r\n",
+        ] {
+            // A malformed frame's excerpt is what was buffered when the
+            // decoder gave up on it, so it may be shorter when streamed.
+            let kinds = |v: Vec<Frame>| -> Vec<String> {
+                v.into_iter()
+                    .map(|f| match f {
+                        Frame::Malformed(m) => format!("malformed {:?}", m.kind),
+                        f => format!("{f:?}"),
+                    })
+                    .collect()
+            };
+            let whole = kinds(DecodeAll::new(data, Limits::default()).collect());
+            for chunk in [1, 2, 5, 1024] {
+                assert_eq!(
+                    kinds(frames_of(data, chunk)),
+                    whole,
+                    "{data:?} chunk {chunk}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn zstd_files_stream_too() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/traces");
+        let whole = read_trace(dir.join("calls_busy.ami.zst")).unwrap();
+        let n_whole = DecodeAll::new(&whole, Limits::default()).count();
+        let mut n = 0;
+        for f in stream_trace(&dir.join("calls_busy.ami.zst"), Limits::default()).unwrap() {
+            f.unwrap();
+            n += 1;
+        }
+        assert_eq!(n, n_whole);
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -273,7 +451,7 @@ mod tests {
         let mut joined = Vec::new();
         for f in &frames {
             match f {
-                TraceFrame::Banner { bytes, .. } => joined.extend_from_slice(bytes),
+                TraceFrame::Banner { bytes } => joined.extend_from_slice(bytes),
                 TraceFrame::Message { bytes, end, .. } => {
                     joined.extend_from_slice(bytes);
                     assert!(input[..*end].ends_with(bytes));
@@ -299,7 +477,7 @@ mod tests {
         let mut last_end = 0;
         for f in Frames::new(data.clone()) {
             match f {
-                TraceFrame::Banner { bytes, .. } => total += bytes.len(),
+                TraceFrame::Banner { bytes } => total += bytes.len(),
                 TraceFrame::Message { bytes, end, .. } => {
                     total += bytes.len();
                     last_end = end;

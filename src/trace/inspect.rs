@@ -20,8 +20,8 @@ use std::path::Path;
 use serde_json::{Map, Value, json};
 
 use super::TraceError;
-use super::file::{Frames, TraceFrame, load};
-use crate::ami::{Kind, bytes_to_text};
+use super::file::stream_trace;
+use crate::ami::{Frame, Kind, Limits, bytes_to_text};
 
 /// Per event name: how often it came and which fields it carried.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -136,34 +136,47 @@ impl Inspection {
     }
 }
 
-/// Counts what the trace at `path` holds (plain or zstd).
+/// Counts what the trace at `path` holds (plain or zstd), reading it a
+/// chunk at a time: memory does not grow with the file.
 pub fn inspect(path: &Path) -> Result<Inspection, TraceError> {
-    let data = load(path)?;
-    let mut out = inspect_bytes(data);
+    let read_err = |source| TraceError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut frames = stream_trace(path, Limits::default()).map_err(read_err)?;
+    let mut out = inspect_frames(&mut frames).map_err(read_err)?;
+    out.bytes = frames.bytes_read();
     out.trace = path.display().to_string();
     Ok(out)
 }
 
 /// [`inspect`] on bytes already in memory (`trace` is left empty).
 pub fn inspect_bytes(data: bytes::Bytes) -> Inspection {
-    let mut out = Inspection {
-        bytes: data.len() as u64,
-        ..Inspection::default()
-    };
+    let frames = ami_proto::DecodeAll::new(&data, Limits::default()).map(Ok);
+    let mut out = inspect_frames(frames).unwrap_or_default();
+    out.bytes = data.len() as u64;
+    out
+}
+
+/// The counting itself, over decoded frames.
+fn inspect_frames(
+    frames: impl Iterator<Item = std::io::Result<Frame>>,
+) -> std::io::Result<Inspection> {
+    let mut out = Inspection::default();
     let mut event_index: HashMap<String, usize> = HashMap::new();
     // Per event: the field names already listed, to keep the union small.
     let mut seen_fields: Vec<HashSet<Vec<u8>>> = Vec::new();
     let mut response_index: HashMap<String, usize> = HashMap::new();
 
-    for frame in Frames::new(data) {
-        match frame {
-            TraceFrame::Banner { line, .. } => {
+    for frame in frames {
+        match frame? {
+            Frame::Banner(line) => {
                 if out.banner.is_none() {
                     out.banner = Some(line);
                 }
             }
-            TraceFrame::Malformed { .. } => out.malformed += 1,
-            TraceFrame::Message { message, .. } => {
+            Frame::Malformed(_) => out.malformed += 1,
+            Frame::Message(message) => {
                 out.messages += 1;
                 match message.kind() {
                     Kind::Event => {
@@ -212,7 +225,7 @@ pub fn inspect_bytes(data: bytes::Bytes) -> Inspection {
             }
         }
     }
-    out
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -300,7 +300,7 @@ fn split_events(
     let mut lists = EventLists::new();
     for frame in Frames::new(data) {
         match frame {
-            TraceFrame::Banner { bytes, .. } => {
+            TraceFrame::Banner { bytes } => {
                 if banner.is_none() {
                     banner = Some(bytes);
                 }
