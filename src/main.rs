@@ -287,12 +287,13 @@ struct MapArgs {
 fn map(a: MapArgs) -> Result<(), BoxError> {
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let summary = a.summary;
+    let mut line = Vec::with_capacity(4096);
     let s = ami2amqp::tools::map_traces(&a.mappings, &a.server, &a.traces, |m| {
         if summary {
             return Ok(());
         }
-        let mut line = serde_json::to_vec(&m.to_json())?;
-        line.push(b'\n');
+        line.clear();
+        m.write_json_line(&mut line)?;
         match out.write_all(&line) {
             // `map … | head`: the reader has seen enough.
             Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),

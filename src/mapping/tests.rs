@@ -625,3 +625,33 @@ body = { rename = { A = "X", B = "X" } }
         assert!(g.contains(w), "expected {w:?} in {g:?}; all: {got:#?}");
     }
 }
+
+#[test]
+fn json_lines_are_to_json_byte_for_byte() {
+    let r = load(BASIC).unwrap();
+    let (out, _) = route(&r, &newchannel());
+    let mut m = out[0].clone();
+    let want = |m: &crate::mapping::Outgoing| {
+        let mut v = serde_json::to_vec(&m.to_json()).unwrap();
+        v.push(b'\n');
+        v
+    };
+    let mut line = Vec::new();
+    m.write_json_line(&mut line).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&line),
+        String::from_utf8_lossy(&want(&m))
+    );
+    // Bodies that are not compact JSON take the Value path.
+    for body in [
+        &b"not json"[..],
+        b"{ \"a\" : 1 }",
+        b"{\"a\":\"x y\\\" z\"}",
+        b"\xff\xfe",
+    ] {
+        m.body = body.to_vec();
+        line.clear();
+        m.write_json_line(&mut line).unwrap();
+        assert_eq!(line, want(&m), "{}", String::from_utf8_lossy(body));
+    }
+}
