@@ -577,7 +577,7 @@ impl Bridge {
         tracing::info!(instance = %instance, servers = specs.len(), routes = mappings.current().len(),
             mappings = %crate::mapping::load::show_dirs(mappings.dirs()), spool = %cfg.spool.dir.display(), "ami2amqp starting");
 
-        let (tx, rx) = mpsc::channel::<Incoming>(8192);
+        let (tx, rx) = mpsc::channel::<Incoming>(1024);
         let pool = Arc::new(Pool::start(specs, tx));
         let tap = facade_listener
             .is_some()
