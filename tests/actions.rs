@@ -149,10 +149,12 @@ impl Setup {
         let mappings = copy_mappings(dir.path(), &events).unwrap();
         let cleanup = BrokerCleanup::on(url);
         cleanup.exchange(&events);
+        let unroutable = common::procs::unroutable_of(&events);
+        cleanup.exchange(&unroutable).queue(&unroutable);
         let server_names: Vec<&str> = servers.iter().map(|(n, _)| *n).collect();
         names.record(&cleanup, &server_names);
         let mut s = format!(
-            "[amqp]\nurl = \"{url}\"\nreconnect_initial_ms = 100\nreconnect_max_ms = 1000\n\n[mappings]\ndir = \"{}\"\n\n[spool]\ndir = \"{}\"\n\n[metrics]\nlisten = \"127.0.0.1:{}\"\n\n",
+            "[amqp]\nurl = \"{url}\"\nreconnect_initial_ms = 100\nreconnect_max_ms = 1000\nalternate_exchange = \"{unroutable}\"\n\n[mappings]\ndir = \"{}\"\n\n[spool]\ndir = \"{}\"\n\n[metrics]\nlisten = \"127.0.0.1:{}\"\n\n",
             mappings.display(),
             dir.path().join("spool").display(),
             free_port(),

@@ -256,6 +256,10 @@ impl BridgeSetup {
         let (extra, actions) = ActionNames::unique().apply(extra);
         let cleanup = BrokerCleanup::new();
         cleanup.exchange(&exchange);
+        // The run's own alternate exchange and its queue: unroutable
+        // messages of a test must not pile up in the shared ami.unroutable.
+        let unroutable = unroutable_of(&exchange);
+        cleanup.exchange(&unroutable).queue(&unroutable);
         actions.record(&cleanup, &[&server]);
         let config = dir.path().join("ami2amqp.toml");
         let text = format!(
@@ -264,6 +268,7 @@ impl BridgeSetup {
 url = "{amqp_url}"
 reconnect_initial_ms = 100
 reconnect_max_ms = 1000
+alternate_exchange = "{unroutable}"
 
 [[server]]
 name = "{server}"
@@ -429,13 +434,19 @@ pub struct Sink {
     pub rx: tokio::sync::mpsc::UnboundedReceiver<lapin::message::Delivery>,
 }
 
-/// Declares `exchange` exactly as the bridge does: a durable topic
-/// exchange with the `ami.unroutable` alternate exchange.
+/// The alternate exchange (and queue) of a test's events exchange, as
+/// [`BridgeSetup`] configures it (`[amqp] alternate_exchange`).
+pub fn unroutable_of(exchange: &str) -> String {
+    format!("{exchange}.unroutable")
+}
+
+/// Declares `exchange` exactly as a [`BridgeSetup`] bridge does: a durable
+/// topic exchange with [`unroutable_of`] as its alternate exchange.
 pub async fn declare_exchange(ch: &lapin::Channel, exchange: &str) -> lapin::Result<()> {
     let mut args = FieldTable::default();
     args.insert(
         "alternate-exchange".into(),
-        AMQPValue::LongString("ami.unroutable".as_bytes().into()),
+        AMQPValue::LongString(unroutable_of(exchange).as_bytes().into()),
     );
     ch.exchange_declare(
         exchange.into(),
