@@ -8,18 +8,11 @@ mod common;
 use std::process::Command;
 
 use common::broker::shared_amqp_url;
-use common::procs::{BridgeSetup, bin, free_port, replay, trace};
+use common::procs::{BridgeSetup, free_port, replay, trace};
 
 fn doctor(setup: &BridgeSetup) -> (bool, String) {
-    let o = Command::new(bin())
-        .args(["doctor", "--config"])
-        .arg(&setup.config)
-        .output()
-        .expect("run doctor");
-    (
-        o.status.success(),
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-    )
+    let (ok, out, _) = common::procs::with_config("doctor", &setup.config);
+    (ok, out)
 }
 
 /// A replay that wants the bridge's own login (user bridge, secret bridgepass).

@@ -200,6 +200,16 @@ impl Setup {
         s
     }
 
+    /// A bridge with a facade in front of `calls_small` looping at 20
+    /// events/s (for tests about actions, not events).
+    fn looping(facade_extra: &str) -> Setup {
+        Setup::start(
+            &["--rate", "20", "--loop", "0"],
+            &[trace("calls_small.ami")],
+            facade_extra,
+        )
+    }
+
     /// Until a login succeeds (the facade refuses clients while its
     /// server is down).
     fn wait_ready(&self) {
@@ -486,11 +496,7 @@ fn events_in_order_by_class_and_filter() {
 /// their own answer, list items included; no ActionID, no ActionID line.
 #[test]
 fn same_action_id_from_two_clients_never_crosses() {
-    let s = Setup::start(
-        &["--rate", "20", "--loop", "0"],
-        &[trace("calls_small.ami")],
-        "",
-    );
+    let s = Setup::looping("");
     let (mut a, _) = Ami::login(&s.facade, "all", "allpass", Some("off"));
     let (mut b, _) = Ami::login(&s.facade, "all", "allpass", Some("off"));
     for _ in 0..5 {
@@ -533,11 +539,7 @@ fn same_action_id_from_two_clients_never_crosses() {
 /// error, never a fallback; Asterisk's own errors are relayed.
 #[test]
 fn permissions_servers_and_asterisk_errors() {
-    let s = Setup::start(
-        &["--rate", "20", "--loop", "0"],
-        &[trace("calls_small.ami")],
-        "",
-    );
+    let s = Setup::looping("");
     let (mut c, _) = Ami::login(&s.facade, "calls", "callpass", Some("off"));
     c.send(&[
         ("Action", "Originate"),
@@ -583,11 +585,7 @@ fn permissions_servers_and_asterisk_errors() {
 #[test]
 fn allow_list_entries_narrow_a_facade_user() {
     let allow = "\n[[actions.allow]]\nuser = \"ami:all\"\nactions = [\"CoreSettings\"]\n";
-    let s = Setup::start(
-        &["--rate", "20", "--loop", "0"],
-        &[trace("calls_small.ami")],
-        allow,
-    );
+    let s = Setup::looping(allow);
     let (mut a, _) = Ami::login(&s.facade, "all", "allpass", Some("off"));
     a.send(&[("Action", "CoreSettings"), ("ActionID", "ok")]);
     assert!(
@@ -616,11 +614,7 @@ fn allow_list_entries_narrow_a_facade_user() {
 /// bridge live on.
 #[test]
 fn hostile_input_gets_asterisk_errors() {
-    let s = Setup::start(
-        &["--rate", "20", "--loop", "0"],
-        &[trace("calls_small.ami")],
-        "",
-    );
+    let s = Setup::looping("");
     let (mut a, _) = Ami::login(&s.facade, "all", "allpass", Some("off"));
     let long = format!("Action: Ping\r\nX: {}\r\n\r\n", "a".repeat(2000));
     a.send_raw(long.as_bytes());
@@ -998,11 +992,7 @@ fn async_originate_response_comes_before_its_event() {
 /// past authlimit new ones are closed at once.
 #[test]
 fn authtimeout_and_authlimit() {
-    let s = Setup::start(
-        &["--rate", "20", "--loop", "0"],
-        &[trace("calls_small.ami")],
-        "authtimeout_s = 2\nauthlimit = 2\n",
-    );
+    let s = Setup::looping("authtimeout_s = 2\nauthlimit = 2\n");
     // A logged-in session does not count against authlimit.
     let (mut ok, _) = Ami::login(&s.facade, "all", "allpass", Some("off"));
     let mut a = Ami::connect(&s.facade);

@@ -184,29 +184,9 @@ async fn with_tls_nothing_is_ever_sent_in_plain_text() {
     }
 }
 
-/// The `[[server]]` of a BridgeSetup config with `lines` added.
-fn add_server_lines(setup: &BridgeSetup, lines: &str) {
-    let text = std::fs::read_to_string(&setup.config).unwrap();
-    let text = text.replacen(
-        "action_connections = 1\n",
-        &format!("action_connections = 1\n{lines}\n"),
-        1,
-    );
-    std::fs::write(&setup.config, text).unwrap();
-}
-
 fn check(config: &Path) -> (bool, String) {
-    let out = std::process::Command::new(bin())
-        .args(["check", "--config"])
-        .arg(config)
-        .output()
-        .expect("run check");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    let (ok, out, err) = common::procs::with_config("check", config);
+    (ok, out + &err)
 }
 
 #[tokio::test]
@@ -229,8 +209,8 @@ async fn the_bridge_reads_a_trace_over_tls_and_check_validates_the_keys() {
     let setup = BridgeSetup::new(&addr, &url, "");
     let expected = setup.dry_run(&trace("calls_small.ami"));
     assert!(!expected.is_empty());
-    add_server_lines(
-        &setup,
+    setup.insert_after(
+        "action_connections = 1\n",
         &format!(
             "tls = true\ntls_ca_file = {:?}\ntls_server_name = \"pbx.test\"",
             ca.cert.display().to_string()
@@ -276,8 +256,8 @@ async fn the_bridge_logs_the_cause_of_a_wrong_ca() {
         trace("calls_small.ami").to_str().unwrap(),
     ]);
     let setup = BridgeSetup::new(&addr, &url, "");
-    add_server_lines(
-        &setup,
+    setup.insert_after(
+        "action_connections = 1\n",
         &format!(
             "tls = true\ntls_ca_file = {:?}\ntls_server_name = \"pbx.test\"",
             other.cert.display().to_string()
@@ -523,8 +503,8 @@ async fn doctor_reports_tls() {
     let addr = tls_replay(&server).await;
     for (ca_file, want) in [(&ca.cert, "ok"), (&other_ca.cert, "FAIL")] {
         let setup = BridgeSetup::new(&addr, &shared_amqp_url(), "[actions]\nenabled = false\n");
-        add_server_lines(
-            &setup,
+        setup.insert_after(
+            "action_connections = 1\n",
             &format!(
                 "tls = true\ntls_ca_file = \"{}\"\ntls_server_name = \"pbx.test\"",
                 ca_file.display()

@@ -145,25 +145,9 @@ async fn amqps_connects_with_the_ca_file_and_names_the_cause_of_each_failure() {
     assert!(round_trip(&external, &tls).await.is_err());
 }
 
-/// Adds `lines` to the `[amqp]` table of a BridgeSetup config.
-fn add_amqp_lines(setup: &BridgeSetup, lines: &str) {
-    let text = std::fs::read_to_string(&setup.config).unwrap();
-    let text = text.replacen("[amqp]\n", &format!("[amqp]\n{lines}\n"), 1);
-    std::fs::write(&setup.config, text).unwrap();
-}
-
 fn check(config: &Path) -> (bool, String) {
-    let out = std::process::Command::new(bin())
-        .args(["check", "--config"])
-        .arg(config)
-        .output()
-        .expect("run check");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    let (ok, out, err) = common::procs::with_config("check", config);
+    (ok, out + &err)
 }
 
 #[tokio::test]
@@ -184,8 +168,8 @@ async fn the_bridge_publishes_over_amqps_and_logs_a_wrong_ca() {
     let setup = BridgeSetup::new(&addr, &tls_url, "");
     let expected = setup.dry_run(&trace("calls_small.ami"));
     assert!(!expected.is_empty());
-    add_amqp_lines(
-        &setup,
+    setup.insert_after(
+        "[amqp]\n",
         &format!("tls_ca_file = {:?}", ca.cert.display().to_string()),
     );
     let (ok, text) = check(&setup.config);

@@ -280,33 +280,41 @@ fn server_name(cfg: &Config, key: &str, spanned: &Spanned<String>, f: &mut Findi
 }
 
 fn server_secret(s: &ServerConfig, k: &dyn Fn(&str) -> String, f: &mut Findings) {
-    let n = [
-        s.secret.is_some(),
-        s.secret_file.is_some(),
-        s.secret_env.is_some(),
-    ]
-    .iter()
-    .filter(|b| **b)
-    .count();
+    let who = format!("server {:?}", s.name());
+    secret_keys(&who, &s.secret, &s.secret_file, &s.secret_env, k, f);
+}
+
+/// `secret`, `secret_file`, `secret_env` of `who` (a `[[server]]` or a
+/// `[[facade.user]]`): exactly one set, no control character, an
+/// environment variable named, a file others cannot read.
+fn secret_keys(
+    who: &str,
+    secret: &Option<String>,
+    file: &Option<std::path::PathBuf>,
+    env: &Option<String>,
+    k: &dyn Fn(&str) -> String,
+    f: &mut Findings,
+) {
+    let n = [secret.is_some(), file.is_some(), env.is_some()]
+        .iter()
+        .filter(|b| **b)
+        .count();
     if n != 1 {
         f.err(
             k("secret"),
-            format!(
-                "server {:?}: set exactly one of `secret`, `secret_file`, `secret_env`",
-                s.name()
-            ),
+            format!("{who}: set exactly one of `secret`, `secret_file`, `secret_env`"),
         );
     }
-    if s.secret
+    if secret
         .as_deref()
         .is_some_and(|v| v.chars().any(char::is_control))
     {
         f.err(k("secret"), "contains a control character");
     }
-    if s.secret_env.as_deref().is_some_and(str::is_empty) {
+    if env.as_deref().is_some_and(str::is_empty) {
         f.err(k("secret_env"), "is empty: name an environment variable");
     }
-    if let Some(p) = &s.secret_file
+    if let Some(p) = file
         && let Some(w) = others_can_access(p)
     {
         f.warn(k("secret_file"), w);
@@ -410,24 +418,8 @@ fn facade_user(
             format!("user {name:?} is used twice (names compare case-insensitively)"),
         );
     }
-    let secrets = [
-        u.secret.is_some(),
-        u.secret_file.is_some(),
-        u.secret_env.is_some(),
-    ];
-    if secrets.iter().filter(|b| **b).count() != 1 {
-        f.err(
-            k("secret"),
-            format!(
-                "facade user {name:?}: set exactly one of `secret`, `secret_file`, `secret_env`"
-            ),
-        );
-    }
-    if let Some(p) = &u.secret_file
-        && let Some(w) = others_can_access(p)
-    {
-        f.warn(k("secret_file"), w);
-    }
+    let who = format!("facade user {name:?}");
+    secret_keys(&who, &u.secret, &u.secret_file, &u.secret_env, &k, f);
     for (key, list) in [("read", &u.read), ("write", &u.write)] {
         for c in list.iter().filter(|c| !crate::facade::known_class(c)) {
             f.err(

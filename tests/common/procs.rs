@@ -244,7 +244,30 @@ pub fn copy_mappings(dir: &Path, exchange: &str) -> std::io::Result<PathBuf> {
     Ok(mappings)
 }
 
+/// `ami2amqp <command> --config <config>`: success, stdout, stderr.
+pub fn with_config(command: &str, config: &Path) -> (bool, String, String) {
+    let o = Command::new(bin())
+        .args([command, "--config"])
+        .arg(config)
+        .output()
+        .unwrap_or_else(|e| panic!("run ami2amqp {command}: {e}"));
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
 impl BridgeSetup {
+    /// Adds `lines` to the config right after the first `anchor` line
+    /// (`"[amqp]\n"`, `"action_connections = 1\n"` for the server table).
+    pub fn insert_after(&self, anchor: &str, lines: &str) {
+        let text = std::fs::read_to_string(&self.config).expect("read config");
+        assert!(text.contains(anchor), "no {anchor:?} in the config");
+        let text = text.replacen(anchor, &format!("{anchor}{lines}\n"), 1);
+        std::fs::write(&self.config, text).expect("write config");
+    }
+
     /// Copies the default mappings with the exchange renamed to a unique
     /// one, and writes a config pointing at `ami_addr` and `amqp_url`.
     pub fn new(ami_addr: &str, amqp_url: &str, extra: &str) -> BridgeSetup {
