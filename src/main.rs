@@ -286,23 +286,22 @@ struct MapArgs {
 
 fn map(a: MapArgs) -> Result<(), BoxError> {
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    let summary = a.summary;
-    let mut line = Vec::with_capacity(4096);
-    let s = ami2amqp::tools::map_traces(&a.mappings, &a.server, &a.traces, |m| {
-        if summary {
-            return Ok(());
-        }
-        line.clear();
-        m.write_json_line(&mut line)?;
-        match out.write_all(&line) {
-            // `map … | head`: the reader has seen enough.
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
-            r => r,
-        }
-    })?;
-    if summary {
+    let s = if a.summary {
+        let s = ami2amqp::tools::map_summary(&a.mappings, &a.server, &a.traces)?;
         ami2amqp::tools::print_summary(&s, &mut out)?;
-    }
+        s
+    } else {
+        let mut line = Vec::with_capacity(4096);
+        ami2amqp::tools::map_traces(&a.mappings, &a.server, &a.traces, |m| {
+            line.clear();
+            m.write_json_line(&mut line)?;
+            match out.write_all(&line) {
+                // `map … | head`: the reader has seen enough.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+                r => r,
+            }
+        })?
+    };
     if let Err(e) = out.flush() {
         if e.kind() == std::io::ErrorKind::BrokenPipe {
             return Ok(());

@@ -11,9 +11,10 @@ mod doctor;
 
 pub use doctor::doctor;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use ami_proto::{EventLists, ListStep};
@@ -25,7 +26,7 @@ use crate::amqp::connect::{
 };
 use crate::config::Config;
 use crate::mapping::load::{overlay_files, show_dirs};
-use crate::mapping::{EventCtx, LoadError, Outgoing, load_dirs, load_files};
+use crate::mapping::{EventCtx, LoadError, Outgoing, Render, load_dirs, load_files};
 
 /// `ami2amqp check`: validates the config file (if given) and the mappings.
 /// Prints one line per problem (and per warning, such as a secret file
@@ -100,7 +101,7 @@ fn check_mappings(dirs: &[PathBuf], out: &mut dyn Write) -> Result<(), LoadError
 }
 
 /// What the dry run saw.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct MapSummary {
     pub events: u64,
     pub messages: u64,
@@ -140,11 +141,32 @@ pub fn map_traces(
     mappings: &[PathBuf],
     server: &str,
     traces: &[PathBuf],
+    emit: impl FnMut(&Outgoing) -> std::io::Result<()>,
+) -> Result<MapSummary, MapError> {
+    map_with(mappings, server, traces, Render::Full, emit)
+}
+
+/// `ami2amqp map --summary`: [`map_traces`] counting messages by exchange
+/// and routing key without building their bodies (`Render::KeysOnly`):
+/// the same routes match and the same mapping errors are counted.
+pub fn map_summary(
+    mappings: &[PathBuf],
+    server: &str,
+    traces: &[PathBuf],
+) -> Result<MapSummary, MapError> {
+    map_with(mappings, server, traces, Render::KeysOnly, |_| Ok(()))
+}
+
+fn map_with(
+    mappings: &[PathBuf],
+    server: &str,
+    traces: &[PathBuf],
+    render: Render,
     mut emit: impl FnMut(&Outgoing) -> std::io::Result<()>,
 ) -> Result<MapSummary, MapError> {
     let router = load_dirs(mappings)?;
     let mut s = MapSummary::default();
-    let mut out = Vec::new();
+    let mut keys = KeyCounts::default();
     for t in traces {
         let trace_err = |source| MapError::Trace {
             path: t.clone(),
@@ -152,6 +174,7 @@ pub fn map_traces(
         };
         let frames = crate::trace::file::stream_trace(t, Limits::default()).map_err(trace_err)?;
         let mut open_lists = EventLists::new();
+        let mut out = Vec::new();
         for f in frames {
             let m = match f.map_err(trace_err)? {
                 Frame::Message(m) => m,
@@ -180,7 +203,7 @@ pub fn map_traces(
                 instance: "dryrun",
             };
             out.clear();
-            let o = router.route(&ctx, &mut out);
+            let o = router.route_as(&ctx, render, &mut out);
             if o.matched == 0 {
                 *s.unmatched
                     .entry(m.event_name().unwrap_or_default().into_owned())
@@ -192,14 +215,40 @@ pub fn map_traces(
             }
             for msg in &out {
                 s.messages += 1;
-                *s.keys
-                    .entry((msg.exchange.to_string(), msg.routing_key.clone()))
-                    .or_default() += 1;
+                keys.add(&msg.exchange, &msg.routing_key);
                 emit(msg)?;
             }
         }
     }
+    s.keys = keys.into_sorted();
     Ok(s)
+}
+
+/// Messages per (exchange, routing key), counted without allocating for a
+/// key already seen (a trace has millions of messages and few keys).
+#[derive(Default)]
+struct KeyCounts(HashMap<Arc<str>, HashMap<String, u64>>);
+
+impl KeyCounts {
+    fn add(&mut self, exchange: &Arc<str>, key: &str) {
+        let per = match self.0.get_mut(exchange) {
+            Some(per) => per,
+            None => self.0.entry(exchange.clone()).or_default(),
+        };
+        match per.get_mut(key) {
+            Some(n) => *n += 1,
+            None => {
+                per.insert(key.to_owned(), 1);
+            }
+        }
+    }
+
+    fn into_sorted(self) -> BTreeMap<(String, String), u64> {
+        self.0
+            .into_iter()
+            .flat_map(|(ex, per)| per.into_iter().map(move |(k, n)| ((ex.to_string(), k), n)))
+            .collect()
+    }
 }
 
 /// Prints the `--summary` table.
@@ -458,6 +507,49 @@ mod tests {
         let want = format!("cannot connect to amqp://guest:***@127.0.0.1:{port}/");
         assert!(text.starts_with(&want), "{text}");
         assert!(!text.contains("s3cret"), "{text}");
+    }
+
+    /// `--summary` skips the bodies: it must still count the same
+    /// messages under the same keys and the same template errors, in the
+    /// routing key, the type, the message id and the headers.
+    #[test]
+    fn summary_counts_what_the_full_dry_run_produces() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join("50-odd.toml"),
+            r#"
+[[route]]
+name = "key needs Cause"
+events = ["Hangup"]
+exchange = "ami.events"
+routing_key = "{server}.hangup.{Cause}.{NoSuchField}"
+stop = false
+
+[[route]]
+name = "type needs a field"
+events = ["Newchannel"]
+exchange = "other"
+routing_key = "{server}.{Channel|default:none}"
+properties = { type = "{NoSuchField}" }
+
+[[route]]
+name = "id and header"
+events = ["VarSet", "Newstate"]
+exchange = "ami.events"
+routing_key = "{server}.{Event}"
+properties = { message_id = "{Uniqueid}", headers = { "x-v" = "{Value}" } }
+"#,
+        )
+        .expect("mapping");
+        let dirs = [PathBuf::from("mappings"), dir.path().to_path_buf()];
+        let traces = [
+            PathBuf::from("tests/traces/calls_small.ami"),
+            PathBuf::from("tests/traces/calls_busy.ami.zst"),
+        ];
+        let full = map_traces(&dirs, "pbx", &traces, |_| Ok(())).expect("full");
+        let summary = map_summary(&dirs, "pbx", &traces).expect("summary");
+        assert!(full.errors > 0 && full.messages > 100_000, "{full:?}");
+        assert_eq!(full, summary);
     }
 
     #[test]

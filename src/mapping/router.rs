@@ -247,6 +247,19 @@ impl Iterator for Merge<'_> {
     }
 }
 
+/// How much of each message [`Router::route_as`] builds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Render {
+    /// The whole message, as the bridge publishes it.
+    Full,
+    /// Exchange, routing key and every template (so a template that fails
+    /// still fails), but an empty body and, without a `message_id`
+    /// template, an empty id: for counting messages by key (`map
+    /// --summary`), where the body would be most of the work and thrown
+    /// away.
+    KeysOnly,
+}
+
 /// The compiled mapping set.
 #[derive(Debug, Default)]
 pub struct Router {
@@ -317,6 +330,17 @@ impl Router {
 
     /// Maps one event; messages are appended to `out`.
     pub fn route(&self, ctx: &EventCtx<'_>, out: &mut Vec<Outgoing>) -> RouteOutcome {
+        self.route_as(ctx, Render::Full, out)
+    }
+
+    /// [`Router::route`], building only what `render` asks for: the same
+    /// routes match and the same errors are reported either way.
+    pub fn route_as(
+        &self,
+        ctx: &EventCtx<'_>,
+        render: Render,
+        out: &mut Vec<Outgoing>,
+    ) -> RouteOutcome {
         let mut outcome = RouteOutcome::default();
         let Some(event) = ctx.message.event_name() else {
             return outcome;
@@ -348,7 +372,7 @@ impl Router {
                         event: &event,
                         captures: &caps,
                     };
-                    match r.produce(i, &env) {
+                    match r.produce(i, &env, render) {
                         Ok(o) => out.push(o),
                         Err(error) => outcome.errors.push(RouteError {
                             route: r.name.clone(),
@@ -400,7 +424,12 @@ impl CompiledRoute {
         true
     }
 
-    fn produce(&self, index: usize, env: &Env<'_>) -> Result<Outgoing, RenderError> {
+    fn produce(
+        &self,
+        index: usize,
+        env: &Env<'_>,
+        render: Render,
+    ) -> Result<Outgoing, RenderError> {
         let ctx = env.ctx;
         let mut routing_key = String::with_capacity(64);
         if let Some(t) = &self.routing_key {
@@ -420,6 +449,7 @@ impl CompiledRoute {
                 t.render(env, &mut s)?;
                 s
             }
+            None if render == Render::KeysOnly => String::new(),
             None => format!("{}:{}:{}:{}", ctx.instance, ctx.server, ctx.seq, index),
         };
         let mut headers = Vec::with_capacity(self.props.headers.len());
@@ -428,8 +458,11 @@ impl CompiledRoute {
             t.render(env, &mut s)?;
             headers.push((k.clone(), s));
         }
-        let mut body = Vec::with_capacity(ctx.message.raw().len() + 128);
-        self.body.write(ctx, env.event, &mut body);
+        let mut body = Vec::new();
+        if render == Render::Full {
+            body.reserve(ctx.message.raw().len() + 128);
+            self.body.write(ctx, env.event, &mut body);
+        }
         Ok(Outgoing {
             exchange: self.exchange.clone(),
             routing_key,
