@@ -52,8 +52,8 @@ pub fn install() -> Option<PrometheusHandle> {
 pub(crate) fn builder() -> Option<PrometheusBuilder> {
     use crate::internal_events::catalog::SPOOL_SYNC_SECONDS;
     const BUCKETS: &[f64] = &[
-        0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0,
-        60.0,
+        0.0005, 0.001, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.05, 0.1, 0.2, 0.5,
+        1.0, 2.0, 5.0, 10.0, 30.0, 60.0,
     ];
     PrometheusBuilder::new()
         .set_buckets_for_metric(

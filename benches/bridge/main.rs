@@ -14,14 +14,15 @@
 //!   before the clock starts, then publishes the ready messages (same
 //!   exchange, key, properties and body bytes as the bridge, `mandatory`)
 //!   on one lapin channel in confirm mode with the bridge's default confirm
-//!   window: each `basic_publish` awaited in turn, confirms in a bounded
-//!   `FuturesUnordered` — the same pattern as the bridge's publisher. This
-//!   is the ceiling the targets compare against.
-//! * **raw, batched** (scenario a only) — the same, but every confirm
-//!   already in is taken before publishing, and the publishes that fit in
-//!   the window are started together (`join_all`, first polled in order)
-//!   instead of awaited one by one: what lapin can do when it is not woken
-//!   once per message.
+//!   window, **pipelined**: each publish started as soon as its message is
+//!   due and there is room (at most `BENCH_IN_FLIGHT`, default 64, being
+//!   written; at most the window unconfirmed), without awaiting the earlier
+//!   ones, and confirms taken as they come. This is the reference every
+//!   ratio and target compares against: what a careful lapin user writes.
+//! * **raw, awaited** and **raw, batched** (scenario a only, extra lines)
+//!   — the same publisher with each `basic_publish` awaited in turn (the
+//!   obvious loop), and with every publish that fits in the window started
+//!   together (`join_all`).
 //! * **bridge** — `ami2amqp run` (default settings: confirm window, fsync
 //!   interval, spool sizes) fed by `ami2amqp replay`, with a fresh spool in
 //!   a temporary directory and /metrics on a free port. Between the replay
@@ -70,7 +71,7 @@
 //! Environment: `AMQP_URL` (default `amqp://guest:guest@127.0.0.1:5672/%2f`),
 //! `BENCH_SCENARIOS` (default `s,a,b,c,f`), `BENCH_FACADE_CLIENTS`
 //! (scenario f, default 50), `BENCH_SIDES` (default
-//! `raw,bridge,batched`), `BENCH_RATE` (default 5000),
+//! `raw,bridge,awaited,batched`), `BENCH_IN_FLIGHT` (default 64), `BENCH_RATE` (default 5000),
 //! `BENCH_QUEUE_VERSION` (default 2), `BENCH_PERF=PREFIX` (during scenario
 //! a, run `perf $BENCH_PERF_ARGS -o PREFIX.<side>.data -p <pid>` on each
 //! side, and on the bridge of both runs of f as PREFIX.f0 / PREFIX.f50; `BENCH_PERF_ARGS` defaults to `record -F 999`, `stat -e …` works
@@ -129,6 +130,7 @@ mod stats;
 mod trace;
 
 use outcome::Outcome;
+use raw_publisher::Mode;
 use report::{machine, rabbitmq_version, report, targets};
 use setup::{Params, Setup, TraceFacts};
 use trace::Pace;
@@ -246,8 +248,8 @@ fn print_stages(s: &Setup) -> Res<()> {
     Ok(())
 }
 
-/// One scenario: raw, then the bridge, the report, and in scenario a the
-/// batched raw publisher.
+/// One scenario: raw (pipelined), then the bridge, the report, and in
+/// scenario a the other two ways of driving lapin.
 async fn run_scenario(
     p: &Params,
     s: &Setup,
@@ -257,7 +259,7 @@ async fn run_scenario(
     let t = Instant::now();
     let raw = if p.sides.contains("raw") {
         eprintln!("bench bridge: scenario {name} ({}) raw…", pace.env());
-        let r = raw::run_raw(s, name, pace.clone(), false).await;
+        let r = raw::run_raw(s, name, pace.clone(), Mode::Pipelined).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
         r
     } else {
@@ -276,22 +278,30 @@ async fn run_scenario(
         t.elapsed().as_secs_f64()
     );
     report(name, pace, &raw, &bridge, s.window);
-    if name == "a" && p.sides.contains("batched") {
-        run_batched(s, name, pace).await;
+    for mode in [Mode::Awaited, Mode::Batched] {
+        if name == "a" && p.sides.contains(mode.as_str()) {
+            run_extra(s, name, pace, mode).await;
+        }
     }
     (raw, bridge)
 }
 
-/// Scenario a's extra line: the raw publisher with batched publishes.
-async fn run_batched(s: &Setup, name: &str, pace: &Pace) {
-    eprintln!("bench bridge: scenario a, raw with batched publishes…");
-    match raw::run_raw(s, name, pace.clone(), true).await {
+/// Scenario a's extra lines: the raw publisher driven another way.
+async fn run_extra(s: &Setup, name: &str, pace: &Pace, mode: Mode) {
+    let how = match mode {
+        Mode::Awaited => "each publish awaited in turn",
+        Mode::Batched => "each batch of publishes started together (join_all)",
+        Mode::Pipelined => "pipelined",
+    };
+    eprintln!("bench bridge: scenario a, raw lapin, {how}…");
+    match raw::run_raw(s, name, pace.clone(), mode).await {
         Ok(o) => {
             println!(
-                "  raw lapin, each batch of publishes started together (join_all): {:.0}/s, {:.1} µs CPU and {:.2} context switches per message{}",
+                "  raw lapin, {how}: {:.0}/s, {:.1} µs CPU and {:.2} context switches per message, peak RSS {}{}",
                 o.throughput(),
                 o.cpu_us_per_msg(),
                 o.ctx_switches as f64 / o.n.max(1) as f64,
+                report::mb(o.hwm),
                 if o.notes.is_empty() {
                     String::new()
                 } else {
@@ -299,7 +309,7 @@ async fn run_batched(s: &Setup, name: &str, pace: &Pace) {
                 }
             );
         }
-        Err(e) => println!("  raw lapin with batched publishes: {e}"),
+        Err(e) => println!("  raw lapin, {how}: {e}"),
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
 }

@@ -12,6 +12,7 @@ use tokio::process::{Child, ChildStdin, ChildStdout};
 use crate::Res;
 use crate::measure::{cpu_ticks, ctx_switches, start_perf, stop_perf, vm_bytes};
 use crate::outcome::Outcome;
+use crate::raw_publisher::Mode;
 use crate::setup::Setup;
 use crate::stats::{e2e_latencies, pcts};
 use crate::trace::{Pace, now_us};
@@ -24,12 +25,18 @@ struct RawChild {
     lines: Lines<BufReader<ChildStdout>>,
 }
 
-pub(crate) async fn run_raw(s: &Setup, scenario: &str, pace: Pace, batched: bool) -> Res<Outcome> {
+/// One run of the raw publisher driven in `mode`; the pipelined one is
+/// the side called `raw` (the reference), the others `raw-<mode>`.
+pub(crate) async fn run_raw(s: &Setup, scenario: &str, pace: Pace, mode: Mode) -> Res<Outcome> {
     let n = s.names.len();
-    let side = if batched { "raw-batched" } else { "raw" };
+    let side = match mode {
+        Mode::Pipelined => "raw".to_string(),
+        m => format!("raw-{}", m.as_str()),
+    };
+    let side = side.as_str();
     let sink = s.sink(&format!("{}.{scenario}.{side}", s.exchange)).await?;
     let out_path = s.dir.path().join(format!("{side}-{scenario}.bin"));
-    let mut c = start(s, &pace, batched, &out_path).await?;
+    let mut c = start(s, &pace, mode, &out_path).await?;
     let perf = start_perf(s, scenario, side, c.pid);
     if perf.is_some() {
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -92,7 +99,7 @@ pub(crate) async fn run_raw(s: &Setup, scenario: &str, pace: Pace, batched: bool
 }
 
 /// Starts this binary as the raw publisher and waits for its `ready`.
-async fn start(s: &Setup, pace: &Pace, batched: bool, out_path: &Path) -> Res<RawChild> {
+async fn start(s: &Setup, pace: &Pace, mode: Mode, out_path: &Path) -> Res<RawChild> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut child = tokio::process::Command::new(exe)
         .env("AMI2AMQP_BENCH_ROLE", "raw")
@@ -101,7 +108,8 @@ async fn start(s: &Setup, pace: &Pace, batched: bool, out_path: &Path) -> Res<Ra
         .env("BENCH_RAW_OUT", out_path)
         .env("BENCH_RAW_WINDOW", s.window.to_string())
         .env("BENCH_RAW_PACE", pace.env())
-        .env("BENCH_RAW_BATCHED", if batched { "1" } else { "0" })
+        .env("BENCH_RAW_MODE", mode.as_str())
+        .env("BENCH_RAW_IN_FLIGHT", s.in_flight.to_string())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .kill_on_drop(true)

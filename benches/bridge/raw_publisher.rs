@@ -1,8 +1,22 @@
 //! The raw lapin publisher: this bench binary re-run as a child process
 //! (`AMI2AMQP_BENCH_ROLE=raw`). It routes the trace with the library before
 //! the clock starts, then publishes the ready messages on one channel in
-//! confirm mode with the bridge's confirm window, each publish awaited in
-//! turn (or, batched, every publish there is room for started together).
+//! confirm mode with the bridge's confirm window, in one of three ways
+//! ([`Mode`], `BENCH_RAW_MODE`):
+//!
+//! * `pipelined` (the reference): each publish is started as soon as its
+//!   message is due and there is room (at most `BENCH_RAW_IN_FLIGHT`, 64,
+//!   publishes being written, at most the window unconfirmed), without
+//!   waiting for the earlier ones to be written; confirms are taken as they
+//!   come. What a careful user of lapin writes.
+//! * `awaited`: each `basic_publish` awaited in turn — the obvious loop,
+//!   which wakes lapin's I/O thread and is woken back once per message.
+//! * `batched`: every publish that fits in the window started together
+//!   (`join_all`), then awaited as a batch.
+//!
+//! Publishes are always *started* (first polled) in message order: lapin
+//! queues a publish's frames and assigns its delivery tag on that first
+//! poll, so this fixes frame order and tags whatever completes first.
 //!
 //! Protocol with the parent (stdin/stdout lines): it prints `ready <n>`,
 //! waits for `go`, publishes, prints `done <returned> <nacked>`, waits for
@@ -45,6 +59,33 @@ struct Params {
     out_path: PathBuf,
     window: usize,
     pace: Pace,
+    mode: Mode,
+    in_flight: usize,
+}
+
+/// How the publishes are driven (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Mode {
+    Pipelined,
+    Awaited,
+    Batched,
+}
+
+impl Mode {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Mode::Pipelined => "pipelined",
+            Mode::Awaited => "awaited",
+            Mode::Batched => "batched",
+        }
+    }
+
+    fn parse(s: &str) -> Res<Mode> {
+        [Mode::Pipelined, Mode::Awaited, Mode::Batched]
+            .into_iter()
+            .find(|m| m.as_str() == s)
+            .ok_or_else(|| format!("BENCH_RAW_MODE {s:?}: pipelined, awaited or batched"))
+    }
 }
 
 pub(crate) fn main() {
@@ -67,6 +108,10 @@ fn params() -> Res<Params> {
         out_path: PathBuf::from(var("BENCH_RAW_OUT")?),
         window: var("BENCH_RAW_WINDOW")?.parse().map_err(|_| "window")?,
         pace: Pace::parse(&var("BENCH_RAW_PACE")?)?,
+        mode: Mode::parse(&var("BENCH_RAW_MODE")?)?,
+        in_flight: var("BENCH_RAW_IN_FLIGHT")?
+            .parse()
+            .map_err(|_| "BENCH_RAW_IN_FLIGHT")?,
     })
 }
 
@@ -76,7 +121,6 @@ async fn run() -> Res<()> {
     let (_router, mut msgs) = prepare(&p)?;
     let n = msgs.len();
     let props: Vec<Option<BasicProperties>> = msgs.iter_mut().map(|m| m.props.take()).collect();
-    let batched = std::env::var("BENCH_RAW_BATCHED").is_ok_and(|v| v == "1");
 
     let conn = Connection::connect(&p.url, ConnectionProperties::default())
         .await
@@ -94,7 +138,7 @@ async fn run() -> Res<()> {
         return Err(format!("expected go, got {go:?}"));
     }
 
-    let mut run = Publish::new(&ch, &msgs, props, p.window, batched);
+    let mut run = Publish::new(&ch, &msgs, props, p.window, p.mode, p.in_flight.max(1));
     run.run().await?;
     println!("done {} {}", run.returned, run.nacked);
     std::io::stdout().flush().map_err(|e| e.to_string())?;
@@ -157,6 +201,9 @@ fn prepare(p: &Params) -> Res<(Router, Vec<Msg>)> {
 }
 
 type ConfirmFut = Pin<Box<dyn Future<Output = (usize, lapin::Result<Confirmation>)> + Send>>;
+/// A started publish (pipelined mode): done when lapin has written it.
+type SendFut<'a> =
+    Pin<Box<dyn Future<Output = (usize, lapin::Result<lapin::PublisherConfirm>)> + Send + 'a>>;
 
 /// The timed part: publishes as messages fall due, at most `window`
 /// unconfirmed, and stamps each message's arrival, publish and confirm.
@@ -165,7 +212,8 @@ struct Publish<'a> {
     msgs: &'a [Msg],
     props: Vec<Option<BasicProperties>>,
     window: usize,
-    batched: bool,
+    mode: Mode,
+    in_flight: usize,
     opts: BasicPublishOptions,
     arrival: Vec<u64>,
     published: Vec<u64>,
@@ -173,6 +221,8 @@ struct Publish<'a> {
     returned: u64,
     nacked: u64,
     confirms: FuturesUnordered<ConfirmFut>,
+    /// Pipelined: publishes started and not yet written.
+    sending: FuturesUnordered<SendFut<'a>>,
     /// Messages due so far, and the next one to publish.
     arrived: usize,
     next: usize,
@@ -184,7 +234,8 @@ impl<'a> Publish<'a> {
         msgs: &'a [Msg],
         props: Vec<Option<BasicProperties>>,
         window: usize,
-        batched: bool,
+        mode: Mode,
+        in_flight: usize,
     ) -> Self {
         let n = msgs.len();
         Publish {
@@ -192,7 +243,8 @@ impl<'a> Publish<'a> {
             msgs,
             props,
             window,
-            batched,
+            mode,
+            in_flight,
             opts: BasicPublishOptions {
                 mandatory: true,
                 ..Default::default()
@@ -203,6 +255,7 @@ impl<'a> Publish<'a> {
             returned: 0,
             nacked: 0,
             confirms: FuturesUnordered::new(),
+            sending: FuturesUnordered::new(),
             arrived: 0,
             next: 0,
         }
@@ -213,11 +266,12 @@ impl<'a> Publish<'a> {
         let start = tokio::time::Instant::now();
         loop {
             self.arrive(start.elapsed());
-            if self.batched {
-                self.publish_together().await?;
+            match self.mode {
+                Mode::Pipelined => self.start_publishes().await?,
+                Mode::Batched => self.publish_together().await?,
+                Mode::Awaited => self.publish_each().await?,
             }
-            self.publish_each().await?;
-            if self.next == n && self.confirms.is_empty() {
+            if self.next == n && self.confirms.is_empty() && self.sending.is_empty() {
                 break;
             }
             let wake = (self.arrived < n).then(|| start + self.msgs[self.arrived].due);
@@ -225,6 +279,9 @@ impl<'a> Publish<'a> {
                 biased;
                 Some((i, r)) = self.confirms.next(), if !self.confirms.is_empty() => {
                     self.settle(i, r)?;
+                }
+                Some((i, r)) = self.sending.next(), if !self.sending.is_empty() => {
+                    self.sent(i, r)?;
                 }
                 _ = async {
                     match wake {
@@ -247,7 +304,38 @@ impl<'a> Publish<'a> {
         }
     }
 
-    /// Experiment (BENCH_RAW_BATCHED=1): start every publish there is room
+    /// Pipelined: start every publish there is room for, in order, each
+    /// polled once right away (so lapin queues its frames in this order)
+    /// and then left to finish in `sending`.
+    async fn start_publishes(&mut self) -> Res<()> {
+        let (ch, msgs, opts) = (self.ch, self.msgs, self.opts);
+        while self.next < self.arrived
+            && self.sending.len() < self.in_flight
+            && self.confirms.len() + self.sending.len() < self.window
+        {
+            let i = self.next;
+            self.published[i] = now_us();
+            let props = self.props[i].take().unwrap_or_default();
+            let m = &msgs[i];
+            let publish = ch.basic_publish(m.exchange.clone(), m.key.clone(), opts, &m.body, props);
+            let mut fut: SendFut<'a> = Box::pin(async move { (i, publish.await) });
+            self.next += 1;
+            match futures::poll!(fut.as_mut()) {
+                std::task::Poll::Ready((i, r)) => self.sent(i, r)?,
+                std::task::Poll::Pending => self.sending.push(fut),
+            }
+        }
+        Ok(())
+    }
+
+    /// Pipelined: a publish was written; its confirm is awaited from now.
+    fn sent(&mut self, i: usize, r: lapin::Result<lapin::PublisherConfirm>) -> Res<()> {
+        let c = r.map_err(|e| format!("publish: {e}"))?;
+        self.confirms.push(Box::pin(async move { (i, c.await) }));
+        Ok(())
+    }
+
+    /// Experiment (BENCH_RAW_MODE=batched): start every publish there is room
     /// for before awaiting any, so lapin's I/O thread can write them with
     /// one wake-up. The futures are first polled in order, which fixes
     /// frame order and delivery tags.
@@ -293,7 +381,7 @@ impl<'a> Publish<'a> {
     /// next round publishes into all the room at once).
     fn settle(&mut self, i: usize, r: lapin::Result<Confirmation>) -> Res<()> {
         let mut ready = vec![(i, r)];
-        if self.batched {
+        if self.mode == Mode::Batched {
             use futures::FutureExt;
             while let Some(Some(x)) = self.confirms.next().now_or_never() {
                 ready.push(x);

@@ -1,4 +1,4 @@
-//! Printing: the per-scenario table (raw lapin beside the bridge), the
+//! Printing: the per-scenario table (pipelined lapin beside the bridge), the
 //! paced scenarios' backlog, AMI socket and /metrics lines, the targets,
 //! and the machine and broker the run was on. BENCHMARKS.md compares runs
 //! by these lines: change their wording only together with it.
@@ -30,7 +30,7 @@ pub(crate) fn row(label: &str, raw: &str, bridge: &str, note: &str) {
 pub(crate) fn header(title: &str) {
     println!();
     println!("{title}");
-    row("", "raw lapin", "bridge", "");
+    row("", "lapin, pipelined", "bridge", "");
 }
 
 pub(crate) fn verdict(ok: bool) -> &'static str {
@@ -384,43 +384,51 @@ pub(crate) fn targets(results: &BTreeMap<&str, (Res<Outcome>, Res<Outcome>)>, ra
     if let Some((r, b)) = get("a") {
         let q = b.throughput() / r.throughput().max(1e-9);
         println!(
-            "  throughput ratio ≥ 0.9 (a):                     {:.2}  {}",
+            "  throughput ≥ 0.95 × pipelined lapin (a):         {:.2}  {}",
             q,
-            verdict(q >= 0.9)
+            verdict(q >= 0.95)
         );
         let c = b.cpu_us_per_msg() / r.cpu_us_per_msg().max(1e-9);
         println!(
-            "  CPU per event ≤ 1.2 × raw (a, saturated):        {:.2}× ({:.1} vs {:.1} µs)  {}",
+            "  CPU per event ≤ 1.2 × pipelined lapin (a):       {:.2}× ({:.1} vs {:.1} µs)  {}",
             c,
             b.cpu_us_per_msg(),
             r.cpu_us_per_msg(),
             verdict(c <= 1.2)
         );
+        println!(
+            "  peak RSS at full speed < 50 MB (a):              {}  {}",
+            mb(b.hwm),
+            verdict(b.hwm.is_some_and(|h| h < 50_000_000))
+        );
+        println!(
+            "  RSS idle after the run < 30 MB (a):              {}  {}",
+            mb(b.rss_idle),
+            verdict(b.rss_idle.is_some_and(|h| h < 30_000_000))
+        );
     }
     if let Some((r, b)) = get("b") {
+        // The bridge's own read → confirm exists only as its /metrics
+        // histogram (bucket edges 2, 3, 4, 5, 7.5, 10 ms …), too coarse to
+        // judge 2 ms by; end to end (read → at the consumer, against
+        // lapin's due → at the consumer) is exact and contains both.
         println!(
-            "  bridge p99 ≤ raw p99 + 2 ms at {rate:.0}/s (end to end): {:.2} vs {:.2} ms  {}",
+            "  p99 ≤ pipelined lapin p99 + 2 ms ({rate:.0}/s, end to end): {:.2} vs {:.2} ms  {}",
             b.e2e.p99,
             r.e2e.p99,
             verdict(b.e2e.p99 <= r.e2e.p99 + 2.0)
         );
         println!(
-            "      (publish→confirm: raw p99 {:.2} ms; bridge read→confirm histogram p99 ~{:.2} ms)",
-            r.confirm.p99, b.confirm.p99
+            "      (read→confirm p99 ~{:.2} ms from the bridge's histogram; lapin publish→confirm p99 {:.2} ms)",
+            b.confirm.p99, r.confirm.p99
         );
         let c = b.cpu_us_per_msg() / r.cpu_us_per_msg().max(1e-9);
         println!(
-            "  CPU per event ≤ 1.2 × raw (b, {rate:.0}/s):             {:.2}× ({:.1} vs {:.1} µs)  {}",
+            "  CPU per event ≤ 1.2 × pipelined lapin (b, {rate:.0}/s): {:.2}× ({:.1} vs {:.1} µs)  {}",
             c,
             b.cpu_us_per_msg(),
             r.cpu_us_per_msg(),
             verdict(c <= 1.2)
-        );
-        let rss = b.hwm.unwrap_or(u64::MAX);
-        println!(
-            "  RSS < 50 MB with the spool idle (b, peak):       {}  {}",
-            mb(b.hwm),
-            verdict(rss < 50_000_000)
         );
     }
     if let Some((_, b)) = get("c") {

@@ -24,6 +24,8 @@ pub(crate) struct Params {
     pub(crate) rate: f64,
     pub(crate) queue_version: i64,
     pub(crate) window: usize,
+    /// The pipelined raw publisher's publishes in flight.
+    pub(crate) in_flight: usize,
 }
 
 impl Params {
@@ -31,7 +33,7 @@ impl Params {
         Ok(Params {
             url: env_or("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"),
             scenarios: env_or("BENCH_SCENARIOS", "s,a,b,c,f"),
-            sides: env_or("BENCH_SIDES", "raw,bridge,batched"),
+            sides: env_or("BENCH_SIDES", "raw,bridge,awaited,batched"),
             rate: env_or("BENCH_RATE", "5000")
                 .parse()
                 .map_err(|_| "BENCH_RATE")?,
@@ -39,6 +41,9 @@ impl Params {
                 .parse()
                 .map_err(|_| "BENCH_QUEUE_VERSION")?,
             window: ami2amqp::config::Amqp::default().confirm_window,
+            in_flight: env_or("BENCH_IN_FLIGHT", "64")
+                .parse()
+                .map_err(|_| "BENCH_IN_FLIGHT")?,
         })
     }
 
@@ -102,6 +107,7 @@ pub(crate) struct Setup {
     pub(crate) exchange: String,
     pub(crate) mappings: PathBuf,
     pub(crate) window: usize,
+    pub(crate) in_flight: usize,
     pub(crate) queue_version: i64,
     /// Event names of the stream, in order (to check that messages are
     /// matched to the right event).
@@ -159,6 +165,7 @@ impl Setup {
             exchange,
             mappings,
             window: p.window,
+            in_flight: p.in_flight,
             queue_version: p.queue_version,
             names: Arc::new(names),
             timing,

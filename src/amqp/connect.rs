@@ -141,17 +141,31 @@ pub async fn connect(url: &str, tls: &AmqpTls, timeout: Duration) -> Result<Conn
         .map_err(|_| AmqpError::ConnectTimeout)?
 }
 
+/// The largest AMQP frame this client asks for, unless the URL says
+/// otherwise (`?frame_max=131072`). lapin keeps a send and a receive buffer
+/// of 32 frames per connection, written through when it connects, so the
+/// broker's default (128 KiB) costs 8 MiB of resident memory per
+/// connection; the bridge's messages are a few hundred bytes, and a larger
+/// one is only split into more frames.
+pub const DEFAULT_FRAME_MAX: u32 = 16 * 1024;
+
 async fn open(url: &str, tls: &AmqpTls) -> Result<Connection, AmqpError> {
     let props = ConnectionProperties::default();
-    let uri = match url.parse::<AMQPUri>() {
-        Ok(u) if u.scheme == AMQPScheme::AMQPS => u,
-        // amqp:// (and what lapin refuses, with lapin's own error).
-        _ => {
+    let mut uri = match url.parse::<AMQPUri>() {
+        Ok(u) => u,
+        // What lapin refuses, with lapin's own error.
+        Err(_) => {
             return Connection::connect(url, props)
                 .await
                 .map_err(AmqpError::Connect);
         }
     };
+    uri.query.frame_max.get_or_insert(DEFAULT_FRAME_MAX);
+    if uri.scheme != AMQPScheme::AMQPS {
+        return Connection::connect_uri(uri, props)
+            .await
+            .map_err(AmqpError::Connect);
+    }
     let config = tls.client_config().map_err(AmqpError::Tls)?;
     let connector = Arc::new(RustlsConnector::from(config));
     let name = tls
@@ -358,5 +372,26 @@ mod tests {
         assert!(matches!(r, Err(AmqpError::ConnectTimeout)), "{r:?}");
         assert!(t.elapsed() < Duration::from_secs(5));
         drop(l);
+    }
+
+    /// lapin's buffers are 32 frames each: the bridge asks for small frames
+    /// unless the URL names a size (against the real broker).
+    #[tokio::test]
+    async fn frames_are_small_unless_the_url_says_otherwise() {
+        let base = std::env::var("AMQP_URL")
+            .ok()
+            .filter(|u| !u.is_empty())
+            .unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+        let sep = if base.contains('?') { '&' } else { '?' };
+        for (url, want) in [
+            (base.clone(), DEFAULT_FRAME_MAX),
+            (format!("{base}{sep}frame_max=65536"), 65536),
+        ] {
+            let c = connect(&url, &AmqpTls::default(), Duration::from_secs(30))
+                .await
+                .expect("the test broker (make rabbitmq)");
+            assert_eq!(c.configuration().frame_max(), want, "{url}");
+            close_bounded(&c, "test done", Duration::from_secs(2)).await;
+        }
     }
 }
