@@ -144,6 +144,8 @@ async fn server(cfg: &Config, mut spec: ServerSpec, r: &mut Report<'_>) {
         return;
     }
     spec.client.role = "doctor".into();
+    // The doctor only looks: no snapshot lists on its connection.
+    spec.client.snapshot.clear();
     spec.client.backoff.initial = Duration::from_secs(3600);
     let (tx, mut rx) = mpsc::channel(4096);
     let client = Client::spawn(spec.client.clone(), Some(tx));
