@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::broker::shared_amqp_url;
-use common::procs::{BridgeSetup, Proc, bin, body, repo, sink, trace};
+use common::procs::{BridgeSetup, Proc, bin, body, repo, sink, trace, with_config};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader as TokioBufReader};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -288,6 +288,28 @@ async fn replay_snapshot_is_framed_in_order_with_live_events_and_again_after_a_r
         "{metrics}"
     );
     drop(bridge);
+}
+
+#[test]
+fn check_names_an_unknown_snapshot_kind_and_accepts_none() {
+    let setup = BridgeSetup::new("127.0.0.1:5038", &shared_amqp_url(), "");
+    let (ok, _, err) = with_config("check", &setup.config);
+    assert!(ok, "snapshot = [] is valid: {err}");
+    let text = std::fs::read_to_string(&setup.config).unwrap();
+    let bad = text.replace("snapshot = []", "snapshot = [\"channels\", \"calls\"]");
+    assert_ne!(bad, text);
+    std::fs::write(&setup.config, bad).unwrap();
+    let (ok, out, err) = with_config("check", &setup.config);
+    assert!(!ok);
+    let err = format!("{out}{err}");
+    let line = err.lines().next().unwrap_or_default();
+    assert!(
+        line.contains("ami2amqp.toml:")
+            && line.contains(
+                "unknown snapshot kind \"calls\": the kinds are \"channels\", \"bridges\", \"queues\", \"devices\", \"extensions\", \"presence\""
+            ),
+        "{err}"
+    );
 }
 
 /// The scripted server's state: channel name → state, as Asterisk would

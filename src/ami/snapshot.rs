@@ -40,7 +40,7 @@ use ami_proto::{EventLists, Kind, ListStep, Message};
 use serde::{Deserialize, Serialize};
 
 /// One kind of state a snapshot can take, with the action that lists it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SnapshotKind {
     /// `CoreShowChannels`: `CoreShowChannel` items.
@@ -90,6 +90,26 @@ impl SnapshotKind {
             SnapshotKind::Extensions => "ExtensionStateList",
             SnapshotKind::Presence => "PresenceStateList",
         }
+    }
+}
+
+impl<'de> Deserialize<'de> for SnapshotKind {
+    /// A config word; another word is an error that lists the kinds.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let word = String::deserialize(d)?;
+        SnapshotKind::ALL
+            .into_iter()
+            .find(|k| k.name() == word)
+            .ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "unknown snapshot kind {word:?}: the kinds are {} ([] turns snapshots off)",
+                    SnapshotKind::ALL
+                        .iter()
+                        .map(|k| format!("{:?}", k.name()))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            })
     }
 }
 
