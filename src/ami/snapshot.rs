@@ -282,6 +282,10 @@ impl Snapshotter {
 
     /// Says what `m` is to the snapshot (see [`Observed`]).
     pub fn observe(&mut self, m: Message) -> Observed {
+        if self.run.is_none() && self.stale.is_empty() {
+            // The common case, between snapshots: nothing to look up.
+            return Observed::NotOurs(m);
+        }
         let kind = m.kind();
         if !matches!(kind, Kind::Response | Kind::Event) {
             return Observed::NotOurs(m);
