@@ -489,6 +489,115 @@ async fn scripted_server(listener: TcpListener, truth: Truth) {
     }
 }
 
+/// A server whose `CoreShowChannels` list never ends: after the deadline
+/// (`action_timeout_s` x the kinds asked) the end marker says incomplete,
+/// and an item that still comes later is dropped, not published as a
+/// live event.
+async fn never_ending_list(listener: TcpListener) {
+    let Ok((sock, _)) = listener.accept().await else {
+        return;
+    };
+    let (r, mut w) = sock.into_split();
+    let mut r = TokioBufReader::new(r);
+    let _ = w.write_all(b"Asterisk Call Manager/9.0.0\r\n").await;
+    while let Some(a) = read_action(&mut r).await {
+        let action = a.get("action").cloned().unwrap_or_default().to_lowercase();
+        let id = a.get("actionid").cloned().unwrap_or_default();
+        let out = match action.as_str() {
+            "challenge" => {
+                format!("Response: Success\r\nActionID: {id}\r\nChallenge: 123456789\r\n\r\n")
+            }
+            "login" => format!(
+                "Response: Success\r\nActionID: {id}\r\nMessage: Authentication accepted\r\n\r\n"
+            ),
+            "coreshowchannels" => {
+                let head = format!(
+                    "Response: Success\r\nActionID: {id}\r\nEventList: start\r\nMessage: Channels will follow\r\n\r\n{}",
+                    list_item(&id, "PJSIP/a", "Up")
+                );
+                let _ = w.write_all(head.as_bytes()).await;
+                tokio::time::sleep(Duration::from_millis(2500)).await;
+                format!(
+                    "{}Event: UserEvent\r\nPrivilege: user,all\r\nUserEvent: Done\r\n\r\n",
+                    list_item(&id, "PJSIP/late", "Up")
+                )
+            }
+            _ => format!("Response: Success\r\nActionID: {id}\r\n\r\n"),
+        };
+        if w.write_all(out.as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_that_never_ends_ends_the_snapshot_incomplete_at_its_deadline() {
+    let url = shared_amqp_url();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let setup = BridgeSetup::new(&addr, &url, "");
+    let text = std::fs::read_to_string(&setup.config).unwrap();
+    std::fs::write(
+        &setup.config,
+        text.replace(
+            "snapshot = []\n",
+            "snapshot = [\"channels\"]\naction_timeout_s = 1\n",
+        )
+        .replace("action_connections = 1\n", "action_connections = 0\n"),
+    )
+    .unwrap();
+    let mut events = sink(&url, &setup.exchange, &format!("{}.#", setup.server)).await;
+    tokio::spawn(never_ending_list(listener));
+    let bridge = setup.start();
+    let mut got = Vec::new();
+    while let Some(d) = events.collect(1, Duration::from_secs(10)).await.pop() {
+        let done = d.routing_key.as_str().ends_with(".user.Done");
+        got.push(d);
+        if done {
+            break;
+        }
+    }
+    let keys: Vec<&str> = got
+        .iter()
+        .map(|d| d.routing_key.as_str())
+        .filter(|k| !k.ends_with(".bridge.status"))
+        .collect();
+    let srv = &setup.server;
+    assert_eq!(
+        keys,
+        [
+            format!("{srv}.snapshot.start"),
+            format!("{srv}.snapshot.channels"),
+            format!("{srv}.snapshot.end"),
+            format!("{srv}.user.Done"),
+        ],
+        "the late item is not published: {}",
+        setup.log()
+    );
+    let end = body(
+        got.iter()
+            .find(|d| d.routing_key.as_str().ends_with(".snapshot.end"))
+            .unwrap(),
+    );
+    assert_eq!(end["fields"]["Complete"], "false");
+    assert_eq!(end["fields"]["Items"], "1");
+    assert_eq!(
+        end["fields"]["Reason"],
+        "the snapshot's lists did not end in time"
+    );
+    let (_, metrics) = setup.http_get("/metrics").unwrap();
+    assert_eq!(
+        sample(
+            &metrics,
+            "snapshots_total",
+            &format!("server=\"{srv}\",result=\"incomplete\"")
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    drop(bridge);
+}
+
 fn python() -> PathBuf {
     let dir = std::env::var_os("SNAPSHOT_CLIENTS_DIR")
         .map(PathBuf::from)
