@@ -1,7 +1,7 @@
 # ami2amqp — common tasks. `make lint` then `make test` is what CI runs (.ci/run).
 #
-#   make test    start RabbitMQ, install the facade test clients and promtool
-#                if needed, then every test target
+#   make test    start RabbitMQ, install the facade test clients, pika (the
+#                snapshot consumer) and promtool if needed, then every test target
 #   make lint    rustfmt check + clippy with warnings as errors (whole workspace)
 #   make bench   start RabbitMQ if needed, then the benchmarks
 #   make fuzz    scripts/fuzz.sh
@@ -17,7 +17,7 @@ endif
 
 CARGO ?= cargo
 
-.PHONY: all test lint fmt-check clippy bench fuzz demo build clean rabbitmq facade-clients promtool deb deb-tools
+.PHONY: all test lint fmt-check clippy bench fuzz demo build clean rabbitmq facade-clients snapshot-clients promtool deb deb-tools
 
 all: build
 
@@ -28,6 +28,11 @@ rabbitmq:
 # asterisk-manager), under target/facade-clients/.
 facade-clients:
 	bash scripts/ensure-facade-clients.sh
+
+# pika, for the Python consumer tests/snapshot.rs runs
+# (tests/snapshot_consumer.py), in a venv under target/snapshot-clients/.
+snapshot-clients:
+	bash scripts/ensure-snapshot-clients.sh
 
 # promtool, which tests/contrib_monitoring.rs runs on contrib/prometheus/
 # (extracted from Debian's prometheus package to target/promtool/, without
@@ -50,7 +55,7 @@ deb: build deb-tools
 # (the end-to-end benches start brokers' worth of load: `make bench` only).
 # --no-fail-fast: run every test binary and list all failing ones at the end.
 # --workspace: the crates under crates/ (ami-proto) too, not only ami2amqp.
-test: rabbitmq facade-clients promtool deb-tools
+test: rabbitmq facade-clients snapshot-clients promtool deb-tools
 	$(CARGO) test --workspace --doc
 	$(CARGO) test --bench parse --bench route
 	$(CARGO) test --workspace --lib --bins --tests --no-fail-fast

@@ -12,6 +12,15 @@
 //! a server's events are read is the order in which their messages enter
 //! the spool, and so the order in which they reach the broker.
 //!
+//! Snapshots (docs/snapshots.md) arrive as [`Incoming::Snapshot`] marks
+//! in stream order: each item takes the next `seq` of its server like an
+//! event and is routed by the `snapshot = true` routes only, with the
+//! fields `SnapshotId` and `SnapshotKind` added (its `ActionID`, ours,
+//! removed); the start and end become the synthetic events
+//! `SnapshotStart` and `SnapshotEnd`, routed the same way, whose `seq` is
+//! that of the last event read before them. Items and markers are not
+//! handed to the AMI facade (its clients never asked for them).
+//!
 //! Shutdown (SIGTERM/SIGINT) runs front to back: the AMI connections log off
 //! and stop reading; the router task writes what it still holds into the
 //! spool and fsyncs it; the publisher waits (bounded) for the confirms in
@@ -28,7 +37,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::ami::{ConnState, Incoming, Pool, ServerEvent};
+use crate::ami::{ConnState, Incoming, Message, MessageBuilder, Pool, ServerEvent, SnapshotMark};
 use crate::amqp::publisher::{self, BrokerState, ExchangeSource};
 use crate::amqp::record::Record;
 use crate::amqp::spool::{Recovered, Spool, SpoolWriter};
@@ -196,6 +205,100 @@ impl RouterTask {
         records
     }
 
+    /// Routes one snapshot mark (an item, the start or the end) with the
+    /// snapshot routes and stages its messages; returns how many.
+    fn route_snapshot(
+        &mut self,
+        server: &Arc<str>,
+        mark: SnapshotMark<ServerEvent>,
+        router: &crate::mapping::router::Router,
+    ) -> usize {
+        let now = SystemTime::now();
+        let (message, received_at, seq) = match mark {
+            SnapshotMark::Start { id, kinds } => {
+                let seq = self.seq.get(server).copied().unwrap_or(0);
+                let kinds = crate::ami::snapshot::kind_list(&kinds);
+                let m = Message::from_pairs([
+                    ("Event", "SnapshotStart"),
+                    ("SnapshotId", id.as_str()),
+                    ("Kinds", kinds.as_str()),
+                ]);
+                (m, now, seq)
+            }
+            SnapshotMark::Item { id, kind, event } => {
+                let s = self.seq.entry(server.clone()).or_insert(0);
+                *s += 1;
+                crate::internal_events::snapshot::SnapshotItem { server, kind }.emit();
+                let mut b = MessageBuilder::default();
+                for (k, v) in event.message.iter_bytes() {
+                    if !k.eq_ignore_ascii_case(b"ActionID") {
+                        b.push(k, v);
+                    }
+                }
+                b.push(b"SnapshotId", id.as_bytes());
+                b.push(b"SnapshotKind", kind.name().as_bytes());
+                (b.build(), event.received_at, *s)
+            }
+            SnapshotMark::End(end) => {
+                let seq = self.seq.get(server).copied().unwrap_or(0);
+                crate::internal_events::snapshot::SnapshotDone {
+                    server,
+                    id: &end.id,
+                    complete: end.complete,
+                    items: end.items,
+                    reason: &end.reason,
+                }
+                .emit();
+                let items = end.items.to_string();
+                let refused = crate::ami::snapshot::kind_list(&end.refused);
+                let m = Message::from_pairs([
+                    ("Event", "SnapshotEnd"),
+                    ("SnapshotId", end.id.as_str()),
+                    ("Complete", if end.complete { "true" } else { "false" }),
+                    ("Items", items.as_str()),
+                    ("Refused", refused.as_str()),
+                    ("Reason", end.reason.as_str()),
+                ]);
+                (m, now, seq)
+            }
+        };
+        let ctx = EventCtx {
+            server,
+            seq,
+            received_at,
+            message: &message,
+            instance: &self.instance,
+        };
+        self.scratch.clear();
+        let outcome = router.route_snapshot(&ctx, &mut self.scratch);
+        for e in &outcome.errors {
+            self.stats.mapping_errors += 1;
+            let name = message.event_name().unwrap_or_default();
+            crate::internal_events::mapping::MappingError {
+                server,
+                event: &name,
+                seq,
+                route: &e.route,
+                error: e,
+                total: self.stats.mapping_errors,
+            }
+            .emit();
+        }
+        let at = unix_micros(received_at);
+        let mut records = 0;
+        for msg in self.scratch.drain(..) {
+            let rec = Record {
+                received_at_us: at,
+                server: server.clone(),
+                seq,
+                msg,
+            };
+            self.writer.stage_with(|b| rec.encode(b));
+            records += 1;
+        }
+        records
+    }
+
     /// Routes a batch of incoming items and writes the result to the spool
     /// with one `write`.
     pub fn handle_batch(&mut self, items: &mut Vec<Incoming>) -> std::io::Result<()> {
@@ -221,6 +324,9 @@ impl RouterTask {
                 }
                 Incoming::Malformed { .. } => {
                     // Logged and counted by the client; nothing to publish.
+                }
+                Incoming::Snapshot { server, mark } => {
+                    records += self.route_snapshot(&server, mark, &router);
                 }
             }
         }

@@ -193,8 +193,8 @@ fn config(a: ConfigArgs) -> Result<(), BoxError> {
 /// broker once and report what works, line by line.
 ///
 /// Per server: DNS, TCP, the AMI login (with the bridge's own client), the
-/// actions its user may run against those [[actions.allow]] grants, and
-/// the event classes that arrive in 3 s (and a reminder about
+/// actions its user may run against those [[actions.allow]] grants and
+/// the list actions of its snapshot kinds, and the event classes that arrive in 3 s (and a reminder about
 /// writetimeout, which Asterisk does not report over AMI). Per broker URL: DNS, TCP, the login,
 /// and whether each exchange the mappings, status messages and action path
 /// use exists (passive declares: doctor never declares or publishes).

@@ -347,7 +347,11 @@ fn every_documented_event_has_an_exact_name_route() {
         let text = std::fs::read_to_string(&f).unwrap();
         let v: toml::Table = toml::from_str(&text).unwrap();
         for r in v["route"].as_array().unwrap() {
-            if r.get("fallback").and_then(|b| b.as_bool()) == Some(true) {
+            // Fallback routes, and snapshot routes (they name the bridge's
+            // own markers, `SnapshotStart` and `SnapshotEnd`).
+            if r.get("fallback").and_then(|b| b.as_bool()) == Some(true)
+                || r.get("snapshot").and_then(|b| b.as_bool()) == Some(true)
+            {
                 continue;
             }
             if let Some(ev) = r.get("events").and_then(|e| e.as_array()) {
@@ -378,6 +382,70 @@ fn every_documented_event_has_an_exact_name_route() {
         extra.is_empty(),
         "routes name undocumented events: {extra:?}"
     );
+}
+
+/// The snapshot routes of the default set (`99-snapshot.toml`): markers on
+/// `<server>.snapshot.start|end` with the snapshot id in the message id,
+/// every list item of the captures (as the bridge passes it on: our
+/// `ActionID` out, `SnapshotId` and `SnapshotKind` in) on
+/// `<server>.snapshot.<kind>`; live events never reach them, and the
+/// ordinary routes never see a marker named by a snapshot route.
+#[test]
+fn snapshot_routes_key_markers_and_items() {
+    let r = load_dir(&root().join("mappings")).unwrap();
+    assert!(r.has_snapshot_routes());
+    let at = UNIX_EPOCH + Duration::from_millis(1_795_730_181_136);
+    let snap = |m: &Message| {
+        let ctx = EventCtx {
+            server: SERVER,
+            seq: 7,
+            received_at: at,
+            message: m,
+            instance: "test",
+        };
+        let mut out = Vec::new();
+        let o = r.route_snapshot(&ctx, &mut out);
+        assert!(o.errors.is_empty(), "{:?}", o.errors);
+        out
+    };
+    for (event, key) in [("SnapshotStart", "start"), ("SnapshotEnd", "end")] {
+        let m = Message::from_pairs([("Event", event), ("SnapshotId", "pbx1-17-1")]);
+        let out = snap(&m);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].routing_key, format!("{SERVER}.snapshot.{key}"));
+        assert_eq!(out[0].props.message_id, format!("pbx1-17-1:{event}"));
+    }
+    // Every list item of the captures, under each kind.
+    let items: Vec<Message> = trace_events(&root().join("tests/traces/actions.ami"), usize::MAX)
+        .into_iter()
+        .filter(|m| m.contains("ActionID") && !m.contains("EventList"))
+        .collect();
+    assert!(items.len() > 10, "{}", items.len());
+    for m in &items {
+        for kind in ["channels", "queues", "devices"] {
+            let mut b = ami2amqp::ami::MessageBuilder::default();
+            for (k, v) in m.iter_bytes() {
+                if !k.eq_ignore_ascii_case(b"ActionID") {
+                    b.push(k, v);
+                }
+            }
+            b.push(b"SnapshotId", b"pbx1-17-1");
+            b.push(b"SnapshotKind", kind.as_bytes());
+            let out = snap(&b.build());
+            assert_eq!(out.len(), 1, "{m:?}");
+            assert_eq!(out[0].routing_key, format!("{SERVER}.snapshot.{kind}"));
+        }
+        assert!(snap(m).is_empty(), "no SnapshotKind, no snapshot message");
+    }
+    // A live DeviceStateChange stays with the ordinary routes.
+    let live = Message::from_pairs([
+        ("Event", "DeviceStateChange"),
+        ("Privilege", "call,all"),
+        ("Device", "PJSIP/alice"),
+        ("State", "INUSE"),
+    ]);
+    assert!(snap(&live).is_empty());
+    assert_eq!(route(&r, &live, 1).0.len(), 1);
 }
 
 /// Each documented event, with only `Event:` and with every documented

@@ -65,6 +65,21 @@ fn everything_reachable_passes() {
 }
 
 #[test]
+fn the_snapshot_kinds_are_checked_against_the_users_actions() {
+    let (_r, addr) = asterisk();
+    let s = BridgeSetup::new(&addr, &shared_amqp_url(), "");
+    s.with_snapshots();
+    let (ok, out) = doctor(&s);
+    assert!(ok, "{out}");
+    // The recorded ListCommands (user with write = all) lists all six.
+    assert!(
+        out.contains("this user may list every snapshot kind: channels (CoreShowChannels), bridges (BridgeList), queues (QueueStatus), devices (DeviceStateList), extensions (ExtensionStateList), presence (PresenceStateList)"),
+        "{out}"
+    );
+    assert!(has_line(&out, "ok", &s.server, "snapshot"), "{out}");
+}
+
+#[test]
 fn each_fault_is_one_fail_line() {
     let (_r, addr) = asterisk();
     let url = shared_amqp_url();

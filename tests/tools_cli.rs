@@ -703,7 +703,7 @@ fn check_and_map_load_overlay_directories_in_order() {
     ];
     let (code, out, err) = run(&[&["check"], &dirs[..]].concat());
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains(" in 11 file(s)"), "{out}");
+    assert!(out.contains(" in 12 file(s)"), "{out}");
     assert!(
         out.contains(&format!(
             "  {} replaces {}\n",

@@ -32,6 +32,12 @@
 //!   connections, also in order within the event stream
 //!   ([`Incoming::State`]) so consumers know exactly where a gap may be.
 //!
+//! An event connection configured with snapshot kinds runs the state
+//! actions of a snapshot right after each login, on the same socket
+//! ([`super::snapshot`]): their items go out in stream order as
+//! [`Incoming::Snapshot`], framed by a start and an end mark; a session
+//! that ends mid-snapshot ends it with an incomplete end mark first.
+//!
 //! While the connection is down, actions fail at once with
 //! [`ActionError::Unavailable`] instead of waiting for a reconnect that may
 //! never come; actions in flight when it drops fail with
@@ -52,6 +58,7 @@ use tokio_util::sync::CancellationToken;
 use super::codec::{AmiCodec, Frame, Limits, Malformed};
 use super::login::{Credentials, EventMask, LoginError, login_within};
 use super::message::{Kind, Message, MessageBuilder};
+use super::snapshot::{Observed, SnapshotKind, SnapshotMark, Snapshotter};
 use super::stream::{AmiStream, open};
 use crate::logs::clip;
 use ami_proto::{EventLists, ListStep};
@@ -85,6 +92,9 @@ pub struct ClientConfig {
     pub role: String,
     /// TLS to the manager's TLS listener; `None`: plain TCP.
     pub tls: Option<super::stream::AmiTls>,
+    /// State to snapshot after each login (event connections only;
+    /// empty: none).
+    pub snapshot: Vec<SnapshotKind>,
 }
 
 impl ClientConfig {
@@ -103,6 +113,7 @@ impl ClientConfig {
             max_list_bytes: 16 * 1024 * 1024,
             role: "events".into(),
             tls: None,
+            snapshot: Vec::new(),
         }
     }
 }
@@ -140,6 +151,12 @@ pub enum Incoming {
     Malformed {
         server: Arc<str>,
         error: Malformed,
+    },
+    /// A snapshot's start, one of its items, or its end, in stream order
+    /// with the events ([`super::snapshot`]).
+    Snapshot {
+        server: Arc<str>,
+        mark: SnapshotMark<ServerEvent>,
     },
 }
 
@@ -234,6 +251,7 @@ impl Client {
     /// `events`; pass `None` for an action-only connection (its events, if
     /// any, are dropped — log in with `EventMask::Off`).
     pub fn spawn(config: ClientConfig, events: Option<mpsc::Sender<Incoming>>) -> Client {
+        let events_wanted = events.is_some();
         let (cmd_tx, cmd_rx) = mpsc::channel(1024);
         let (state_tx, state_rx) = watch::channel(ConnState::Connecting { attempt: 0 });
         let cancel = CancellationToken::new();
@@ -246,6 +264,7 @@ impl Client {
             cancel: cancel.clone(),
             next_id: 0,
             queue: Outbox::default(),
+            snapshot: Snapshotter::new(if events_wanted { &config.snapshot } else { &[] }),
         };
         tokio::spawn(task.run());
         Client {
@@ -427,6 +446,8 @@ struct Supervisor {
     /// Events (and state changes) the consumer has not taken yet, in order.
     /// Lives across reconnects so nothing queued is dropped.
     queue: Outbox,
+    /// The snapshots after each login (off for action connections).
+    snapshot: Snapshotter,
 }
 
 /// The local queue in front of the event channel (see the module docs).
@@ -465,6 +486,14 @@ impl Outbox {
     }
 }
 
+/// Sleeps until `deadline`, or forever without one.
+async fn until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Waits for room in the event channel (forever when there is none).
 async fn reserve(tx: &Option<mpsc::Sender<Incoming>>) -> Option<mpsc::Permit<'_, Incoming>> {
     match tx {
@@ -484,6 +513,8 @@ struct SessionState {
     ping: Option<(String, Instant)>,
     /// The "budget full" error was logged for the current episode.
     warned_full: bool,
+    /// When the running snapshot is given up (ended incomplete).
+    snapshot_deadline: Option<tokio::time::Instant>,
 }
 
 /// Says goodbye to Asterisk (bounded: the session is ending anyway).
@@ -540,7 +571,12 @@ impl Supervisor {
                             self.queue.push(&tx, item);
                         }
                     }
-                    match self.session(framed).await {
+                    let end = self.session(framed).await;
+                    self.end_snapshot(match &end {
+                        SessionEnd::Cancelled => "the bridge stopped",
+                        SessionEnd::Lost(reason) => reason,
+                    });
+                    match end {
                         SessionEnd::Cancelled => break,
                         SessionEnd::Lost(reason) => reason,
                     }
@@ -665,6 +701,112 @@ impl Supervisor {
         }
     }
 
+    /// Sends the actions of a snapshot (when snapshot kinds are set) and
+    /// queues its start mark, right after login.
+    async fn start_snapshot(
+        &mut self,
+        framed: &mut AmiFramed,
+        st: &mut SessionState,
+    ) -> Result<(), std::io::Error> {
+        self.snapshot.new_session();
+        let Some(tx) = self.events.clone() else {
+            return Ok(());
+        };
+        let prefix = format!(
+            "{}-{}",
+            self.config.server,
+            crate::support::time::unix_micros(SystemTime::now())
+        );
+        let role = self.config.role.clone();
+        let next = &mut self.next_id;
+        let Some((id, kinds, actions)) = self.snapshot.begin(&prefix, || {
+            *next += 1;
+            format!("a2a-{role}-{next}")
+        }) else {
+            return Ok(());
+        };
+        let n = actions.len() as u32;
+        self.queue.push(
+            &tx,
+            Incoming::Snapshot {
+                server: self.config.server.clone(),
+                mark: SnapshotMark::Start { id, kinds },
+            },
+        );
+        for a in actions {
+            framed.feed(a).await?;
+        }
+        SinkExt::<Message>::flush(framed).await?;
+        st.snapshot_deadline =
+            Some(tokio::time::Instant::now() + self.config.action_timeout * n.max(1));
+        Ok(())
+    }
+
+    /// Takes the messages of the running snapshot: items and the end mark
+    /// go to the queue; returns the message when it is not the snapshot's.
+    fn snapshot_observe(
+        &mut self,
+        m: Message,
+        events_tx: &Option<mpsc::Sender<Incoming>>,
+        st: &mut SessionState,
+    ) -> Option<Message> {
+        if !self.snapshot.enabled() {
+            return Some(m);
+        }
+        let server = self.config.server.clone();
+        let mark = match self.snapshot.observe(m) {
+            Observed::NotOurs(m) => return Some(m),
+            Observed::Item { id, kind, message } => {
+                let event = ServerEvent {
+                    server: server.clone(),
+                    message,
+                    received: Instant::now(),
+                    received_at: SystemTime::now(),
+                };
+                SnapshotMark::Item { id, kind, event }
+            }
+            Observed::Consumed {
+                end,
+                refused,
+                log_refusal,
+            } => {
+                if let Some(kind) = refused {
+                    crate::internal_events::snapshot::SnapshotRefused {
+                        server: &server,
+                        kind,
+                        first: log_refusal.as_ref().map(|(_, text)| text.as_str()),
+                    }
+                    .emit();
+                }
+                let end = end?;
+                st.snapshot_deadline = None;
+                SnapshotMark::End(end)
+            }
+        };
+        if let Some(tx) = events_tx {
+            self.queue.push(tx, Incoming::Snapshot { server, mark });
+        }
+        None
+    }
+
+    /// Ends a running snapshot as incomplete (the session ended, or its
+    /// deadline passed): its end mark goes out before anything else.
+    fn end_snapshot(&mut self, reason: &str) {
+        let Some(end) = self.snapshot.abort(reason) else {
+            return;
+        };
+        if let Some(tx) = self.events.clone() {
+            let server = self.config.server.clone();
+            self.queue.push(
+                &tx,
+                Incoming::Snapshot {
+                    server,
+                    mark: SnapshotMark::End(end),
+                },
+            );
+        }
+    }
+
     fn next_action_id(&mut self) -> String {
         self.next_id += 1;
         format!("a2a-{}-{}", self.config.role, self.next_id)
@@ -683,6 +825,9 @@ impl Supervisor {
         let mut ping_timer =
             tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
         let events_tx = self.events.clone();
+        if let Err(e) = self.start_snapshot(&mut framed, &mut st).await {
+            return SessionEnd::Lost(format!("write error: {e}"));
+        }
 
         let end = loop {
             let can_read = self.read_budget(&mut st);
@@ -697,6 +842,11 @@ impl Supervisor {
                 frame = framed.next(), if can_read => self.on_frame(frame, &events_tx, &mut st),
                 cmd = self.commands.recv() => self.on_command(cmd, &mut framed, &mut st).await,
                 _ = ping_timer.tick() => self.on_keepalive(&mut framed, &mut st).await,
+                _ = until(st.snapshot_deadline) => {
+                    st.snapshot_deadline = None;
+                    self.end_snapshot("the snapshot's lists did not end in time");
+                    ControlFlow::Continue(())
+                }
             };
             if let ControlFlow::Break(end) = step {
                 break end;
@@ -768,6 +918,9 @@ impl Supervisor {
                 }
             }
             Some(Ok(Frame::Message(m))) => {
+                let Some(m) = self.snapshot_observe(m, events_tx, st) else {
+                    return ControlFlow::Continue(());
+                };
                 if let Some(item) = self.dispatch(m, &mut st.pending, &mut st.ping)
                     && let Some(tx) = events_tx
                 {
@@ -971,6 +1124,10 @@ fn incoming_size(i: &Incoming) -> usize {
         Incoming::Event(e) => e.message.memory_size() + 32,
         Incoming::Malformed { error, .. } => error.excerpt.len() + 64,
         Incoming::State { .. } => 64,
+        Incoming::Snapshot { mark, .. } => match mark {
+            SnapshotMark::Item { event, .. } => event.message.memory_size() + 64,
+            _ => 128,
+        },
     }
 }
 

@@ -10,7 +10,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
-use super::{AmiTls, AuthType, ClientConfig, Credentials, EventMask, Limits, ServerSpec};
+use super::{
+    AmiTls, AuthType, ClientConfig, Credentials, EventMask, Limits, ServerSpec, SnapshotKind,
+};
 use crate::config::doc::documented;
 use crate::config::reconnect_backoff;
 use crate::support::tls::{ClientFiles, host_of};
@@ -66,6 +68,14 @@ documented! {
         /// Events: of the event connection: "on", "off", a class list
         /// (["call", "cdr"] or "call,cdr") or a bitmask ("1").
         pub events: EventsCfg,
+        /// State the event connection lists after each login, published
+        /// as a snapshot on <server>.snapshot.<kind> between a start and an
+        /// end marker (docs/snapshots.md): "channels" (CoreShowChannels),
+        /// "bridges" (BridgeList), "queues" (QueueStatus), "devices"
+        /// (DeviceStateList), "extensions" (ExtensionStateList), "presence"
+        /// (PresenceStateList). A kind Asterisk refuses is logged once and
+        /// left out. [] turns snapshots off.
+        pub snapshot: Vec<SnapshotKind>,
         /// Extra connections for actions (0: actions share the event connection).
         pub action_connections: usize,
         /// Seconds between keepalive Pings on every connection (0 disables them).
@@ -118,6 +128,7 @@ impl Default for ServerConfig {
             secret_env: None,
             auth: AuthType::default(),
             events: EventsCfg::default(),
+            snapshot: SnapshotKind::ALL.to_vec(),
             action_connections: 2,
             keepalive_s: 20,
             action_timeout_s: 10,
@@ -218,6 +229,7 @@ impl ServerConfig {
         c.limits = limits;
         c.max_buffered_bytes = max_buffered_bytes;
         c.max_list_bytes = max_list_bytes;
+        c.snapshot = self.snapshot.clone();
         ServerSpec {
             client: c,
             action_connections: self.action_connections,

@@ -35,6 +35,8 @@ pub use client::{
     ActionError, ActionResult, Backoff, Client, ClientConfig, ConnState, Incoming, ServerEvent,
 };
 pub(crate) mod pool;
+pub(crate) mod snapshot;
+pub use snapshot::{SnapshotEnd, SnapshotKind, SnapshotMark};
 pub(crate) mod stream;
 pub use crate::support::tls::{ClientFiles, host_of};
 pub use config::{EventsCfg, ServerConfig};

@@ -35,6 +35,9 @@ pub const AMI_EVENTS_TOTAL: &str = "ami_events_total";
 pub const AMI_IGNORED_MESSAGES_TOTAL: &str = "ami_ignored_messages_total";
 pub const AMI_PARSE_ERRORS_TOTAL: &str = "ami_parse_errors_total";
 pub const AMI_RECONNECTS_TOTAL: &str = "ami_reconnects_total";
+pub const SNAPSHOTS_TOTAL: &str = "snapshots_total";
+pub const SNAPSHOT_ITEMS_TOTAL: &str = "snapshot_items_total";
+pub const SNAPSHOT_REFUSED_TOTAL: &str = "snapshot_refused_total";
 pub const EVENTS_UNMATCHED_TOTAL: &str = "events_unmatched_total";
 pub const MAPPING_ERRORS_TOTAL: &str = "mapping_errors_total";
 pub const MAPPING_RELOADS_TOTAL: &str = "mapping_reloads_total";
@@ -105,6 +108,18 @@ pub const METRICS: &[Metric] = &[
         "Malformed AMI input skipped (over a limit, or not `Key: Value`).",
     ),
     counter(AMI_RECONNECTS_TOTAL, "AMI connections lost or failed."),
+    counter(
+        SNAPSHOTS_TOTAL,
+        "Snapshots after a (re)connect that ended, by server and result (complete or incomplete).",
+    ),
+    counter(
+        SNAPSHOT_ITEMS_TOTAL,
+        "Snapshot items read and routed, by server and kind.",
+    ),
+    counter(
+        SNAPSHOT_REFUSED_TOTAL,
+        "Snapshot actions Asterisk refused (permission, unknown command), by server and kind.",
+    ),
     counter(
         EVENTS_UNMATCHED_TOTAL,
         "Events no route matched (nothing published).",

@@ -21,6 +21,7 @@ pub(crate) mod amqp;
 pub(crate) mod catalog;
 pub(crate) mod facade;
 pub(crate) mod mapping;
+pub(crate) mod snapshot;
 pub(crate) mod spool;
 
 #[cfg(test)]

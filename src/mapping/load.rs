@@ -312,12 +312,12 @@ fn compile(sources: &[(PathBuf, String)], diags: &mut Vec<Diagnostic>) -> Router
             }
             if let Some(c) = compile_route(&mut cx, r, &name, &mut exchange_types) {
                 let idx = router.routes.len();
-                let (is_fallback, filter) = c;
+                let (tier, filter) = c;
                 let route = filter.0;
-                let index = if is_fallback {
-                    &mut router.fallback
-                } else {
-                    &mut router.normal
+                let index = match tier {
+                    Tier::Fallback => &mut router.fallback,
+                    Tier::Snapshot => &mut router.snapshot,
+                    Tier::Normal => &mut router.normal,
                 };
                 match filter.1 {
                     EventFilter::Any => index.any.push(idx),
@@ -348,7 +348,14 @@ enum EventFilter {
     Names(Vec<String>),
 }
 
-type Compiled = (bool, (CompiledRoute, EventFilter));
+/// Which index a route goes into.
+enum Tier {
+    Normal,
+    Fallback,
+    Snapshot,
+}
+
+type Compiled = (Tier, (CompiledRoute, EventFilter));
 
 /// Compiles one route; `None` when it has errors (reported in `cx`).
 /// Diagnostics come in the order of the route's sections.
@@ -365,12 +372,27 @@ fn compile_route(
     let routing_key = route_key(cx, &r, name);
     let props = route_props(cx, &r, name);
     let body = route_body(cx, &r, name);
+    if r.fallback && r.snapshot {
+        cx.err(
+            r.name.span(),
+            format!(
+                "route {name:?}: `fallback` and `snapshot` exclude each other (a snapshot route only sees snapshot items and markers)"
+            ),
+        );
+    }
     if cx.diags.len() != before {
         return None;
     }
     let filter = filter?;
+    let tier = if r.snapshot {
+        Tier::Snapshot
+    } else if r.fallback {
+        Tier::Fallback
+    } else {
+        Tier::Normal
+    };
     Some((
-        r.fallback,
+        tier,
         (
             CompiledRoute {
                 name: Arc::from(name),

@@ -14,6 +14,11 @@
 //! `stop = true` ends the search. When no ordinary route matched, the
 //! `fallback` routes get their turn; when none of those match either, the
 //! event is unmatched (counted by the caller).
+//!
+//! Routes with `snapshot = true` form a tier of their own: they take only
+//! the items and markers of snapshots ([`Router::route_snapshot`]), and the
+//! other routes never see those, so a mapping set written for live events
+//! is not disturbed by them (docs/snapshots.md).
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -266,6 +271,8 @@ pub struct Router {
     pub(crate) routes: Vec<CompiledRoute>,
     pub(crate) normal: Index,
     pub(crate) fallback: Index,
+    /// Routes with `snapshot = true`: only for snapshot items and markers.
+    pub(crate) snapshot: Index,
     /// Every exchange the routes publish to, with its type.
     pub(crate) exchanges: Vec<(Arc<str>, ExchangeType)>,
     /// The files the set was loaded from.
@@ -341,6 +348,27 @@ impl Router {
         render: Render,
         out: &mut Vec<Outgoing>,
     ) -> RouteOutcome {
+        self.route_tiers(&[&self.normal, &self.fallback], ctx, render, out)
+    }
+
+    /// Maps one snapshot item or marker with the `snapshot = true` routes
+    /// only; messages are appended to `out`.
+    pub fn route_snapshot(&self, ctx: &EventCtx<'_>, out: &mut Vec<Outgoing>) -> RouteOutcome {
+        self.route_tiers(&[&self.snapshot], ctx, Render::Full, out)
+    }
+
+    /// True when the set has routes for snapshots.
+    pub fn has_snapshot_routes(&self) -> bool {
+        !self.snapshot.any.is_empty() || !self.snapshot.by_name.is_empty()
+    }
+
+    fn route_tiers(
+        &self,
+        tiers: &[&Index],
+        ctx: &EventCtx<'_>,
+        render: Render,
+        out: &mut Vec<Outgoing>,
+    ) -> RouteOutcome {
         let mut outcome = RouteOutcome::default();
         let Some(event) = ctx.message.event_name() else {
             return outcome;
@@ -358,7 +386,7 @@ impl Router {
             &lower_owned
         };
         let mut caps: Vec<(String, String)> = Vec::new();
-        for tier in [&self.normal, &self.fallback] {
+        for tier in tiers {
             for i in tier.candidates(lower) {
                 let r = &self.routes[i];
                 caps.clear();

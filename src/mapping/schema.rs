@@ -66,6 +66,10 @@ pub struct Route {
     /// Only used when no other route matched the event.
     #[serde(default)]
     pub fallback: bool,
+    /// Takes only snapshot items and markers (docs/snapshots.md); other
+    /// routes never see them.
+    #[serde(default)]
+    pub snapshot: bool,
     /// Publish nothing for the matched event (a filter): with `stop`, later
     /// routes do not see it either.
     #[serde(default)]

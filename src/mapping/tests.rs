@@ -292,6 +292,75 @@ fn non_utf8_values_reach_json_as_latin1() {
     assert_eq!(b["fields"]["CallerIDName"], "José");
 }
 
+#[test]
+fn snapshot_routes_are_a_tier_of_their_own() {
+    let r = load(
+        r#"
+[[route]]
+name = "everything"
+events = ["*"]
+exchange = "x"
+routing_key = "live.{Event}"
+
+[[route]]
+name = "snapshot items"
+events = ["*"]
+snapshot = true
+when = { SnapshotKind = '.' }
+exchange = "x"
+routing_key = "{server}.snapshot.{SnapshotKind}"
+"#,
+    )
+    .unwrap();
+    assert!(r.has_snapshot_routes());
+    let item = Message::from_pairs([
+        ("Event", "CoreShowChannel"),
+        ("Channel", "PJSIP/a-1"),
+        ("SnapshotId", "pbx1-1-1"),
+        ("SnapshotKind", "channels"),
+    ]);
+    // The ordinary routes take live events only, the snapshot routes
+    // snapshot items only, whatever the event.
+    let (out, _) = route(&r, &newchannel());
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].routing_key, "live.Newchannel");
+    let ctx = EventCtx {
+        server: "pbx1",
+        seq: 8,
+        received_at: UNIX_EPOCH,
+        message: &item,
+        instance: "i1",
+    };
+    let mut out = Vec::new();
+    let o = r.route_snapshot(&ctx, &mut out);
+    assert_eq!((o.matched, out.len()), (1, 1));
+    assert_eq!(out[0].routing_key, "pbx1.snapshot.channels");
+    let ctx = EventCtx {
+        message: &newchannel(),
+        ..ctx
+    };
+    let mut out = Vec::new();
+    assert_eq!(r.route_snapshot(&ctx, &mut out).matched, 0);
+    assert!(!load("").unwrap().has_snapshot_routes());
+    let e = errors(
+        r#"
+[[route]]
+name = "both"
+events = ["*"]
+snapshot = true
+fallback = true
+exchange = "x"
+routing_key = "k"
+"#,
+    );
+    assert_eq!(
+        e,
+        [
+            "m.toml:3:8: route \"both\": `fallback` and `snapshot` exclude each other (a snapshot route only sees snapshot items and markers)"
+        ]
+    );
+}
+
 fn errors(text: &str) -> Vec<String> {
     load(text)
         .unwrap_err()

@@ -144,6 +144,9 @@ async fn server(cfg: &Config, mut spec: ServerSpec, r: &mut Report<'_>) {
         return;
     }
     spec.client.role = "doctor".into();
+    // The doctor only looks: no snapshot lists on its connection (it
+    // checks that the user may run them instead).
+    let snapshot = std::mem::take(&mut spec.client.snapshot);
     spec.client.backoff.initial = Duration::from_secs(3600);
     let (tx, mut rx) = mpsc::channel(4096);
     let client = Client::spawn(spec.client.clone(), Some(tx));
@@ -172,7 +175,7 @@ async fn server(cfg: &Config, mut spec: ServerSpec, r: &mut Report<'_>) {
             &format!("as {user:?}: {banner}"),
         );
     }
-    permissions(cfg, &name, &client, r).await;
+    permissions(cfg, &name, &client, &snapshot, r).await;
     user_perms(&spec, &name, &client, r).await;
     write_timeout(&name, r);
     events(&name, &mut rx, r).await;
@@ -200,7 +203,13 @@ async fn first_attempt(client: &Client, timeout: Duration) -> Result<(), String>
 }
 
 /// The actions the allow-list names, against what this user may run.
-async fn permissions(cfg: &Config, name: &str, client: &Client, r: &mut Report<'_>) {
+async fn permissions(
+    cfg: &Config,
+    name: &str,
+    client: &Client,
+    snapshot: &[crate::ami::SnapshotKind],
+    r: &mut Report<'_>,
+) {
     let list = Message::from_pairs([("Action", "ListCommands")]);
     let res = match client
         .send_action(list, Some(Duration::from_secs(10)))
@@ -229,6 +238,7 @@ async fn permissions(cfg: &Config, name: &str, client: &Client, r: &mut Report<'
         "actions",
         &format!("this user may run {} action(s)", table.len()),
     );
+    snapshot_permissions(&table, name, snapshot, r);
     if !cfg.actions.enabled {
         return;
     }
@@ -249,6 +259,38 @@ async fn permissions(cfg: &Config, name: &str, client: &Client, r: &mut Report<'
             );
             r.line(Status::Warn, name, "actions", &msg);
         }
+    }
+}
+
+/// Whether the user may run the actions of the configured snapshot kinds
+/// (docs/snapshots.md); a kind it may not is left out of the snapshots.
+fn snapshot_permissions(
+    table: &ami_proto::ActionClasses,
+    name: &str,
+    snapshot: &[crate::ami::SnapshotKind],
+    r: &mut Report<'_>,
+) {
+    if snapshot.is_empty() {
+        return;
+    }
+    let (may, may_not): (Vec<_>, Vec<_>) = snapshot
+        .iter()
+        .partition(|k| table.authority(k.action()).is_some());
+    let names = |v: &[&crate::ami::SnapshotKind]| {
+        v.iter()
+            .map(|k| format!("{} ({})", k.name(), k.action()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if may_not.is_empty() {
+        let msg = format!("this user may list every snapshot kind: {}", names(&may));
+        r.line(Status::Ok, name, "snapshot", &msg);
+    } else {
+        let msg = format!(
+            "this AMI user may not run {}: left out of the snapshots (add reporting to write= in manager.conf, or take them out of [[server]] snapshot)",
+            names(&may_not)
+        );
+        r.line(Status::Warn, name, "snapshot", &msg);
     }
 }
 

@@ -258,7 +258,23 @@ pub fn with_config(command: &str, config: &Path) -> (bool, String, String) {
     )
 }
 
+/// The line of [`BridgeSetup`]'s server table that turns the snapshots
+/// after (re)connect off: tests of other features compare what arrives
+/// with the dry run of a trace, which has no snapshot in it.
+/// [`BridgeSetup::with_snapshots`] removes it (tests/snapshot.rs).
+const SNAPSHOT_OFF: &str = "snapshot = []\n";
+
 impl BridgeSetup {
+    /// Turns the snapshots after (re)connect back on (the default list).
+    pub fn with_snapshots(&self) {
+        let text = std::fs::read_to_string(&self.config).expect("read config");
+        assert!(
+            text.contains(SNAPSHOT_OFF),
+            "no {SNAPSHOT_OFF:?} in the config"
+        );
+        std::fs::write(&self.config, text.replacen(SNAPSHOT_OFF, "", 1)).expect("write config");
+    }
+
     /// Adds `lines` to the config right after the first `anchor` line
     /// (`"[amqp]\n"`, `"action_connections = 1\n"` for the server table).
     pub fn insert_after(&self, anchor: &str, lines: &str) {
@@ -298,6 +314,7 @@ name = "{server}"
 address = "{ami_addr}"
 username = "bridge"
 secret = "bridgepass"
+{snapshot_off}
 action_connections = 1
 reconnect_initial_ms = 100
 reconnect_max_ms = 1000
@@ -318,6 +335,7 @@ exchange = "{exchange}"
 "#,
             mappings = mappings.display(),
             spool = dir.path().join("spool").display(),
+            snapshot_off = SNAPSHOT_OFF.trim_end(),
         );
         std::fs::write(&config, text).expect("write config");
         BridgeSetup {
