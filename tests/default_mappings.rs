@@ -490,7 +490,12 @@ fn presets_route_every_trace_event() {
     let names: Vec<String> = dirs.iter().map(|d| trace_name(d)).collect();
     assert_eq!(
         names,
-        ["cdr-cel-exchange", "per-technology", "security-exchange"]
+        [
+            "cdr-cel-exchange",
+            "drop-noise",
+            "per-technology",
+            "security-exchange"
+        ]
     );
     for d in &dirs {
         let set = format!("mappings/examples/{}", trace_name(d));
@@ -536,6 +541,14 @@ fn presets_route_every_trace_event() {
                     body["fields"],
                     serde_json::json!({"src": "100", "disposition": "ANSWERED"})
                 );
+            }
+            "drop-noise" => {
+                for k in small.keys.keys() {
+                    for e in [".VarSet.", ".Newexten.", ".cel."] {
+                        assert!(!k.contains(e), "{k}");
+                    }
+                }
+                assert_eq!(small.keys.values().sum::<usize>(), 749 - 144 - 107 - 134);
             }
             "security-exchange" => {
                 assert!(small.exchanges.contains_key("ami.security"));

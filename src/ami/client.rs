@@ -50,7 +50,9 @@ use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
 use super::codec::{AmiCodec, Frame, Limits, Malformed};
-use super::login::{Credentials, EventMask, LoginError, login_within};
+use super::login::{
+    Credentials, EventMask, EventRequest, FiltersOutcome, LoginError, add_filters, login_within,
+};
 use super::message::{Kind, Message, MessageBuilder};
 use super::stream::{AmiStream, open};
 use crate::logs::clip;
@@ -85,6 +87,11 @@ pub struct ClientConfig {
     pub role: String,
     /// TLS to the manager's TLS listener; `None`: plain TCP.
     pub tls: Option<super::stream::AmiTls>,
+    /// Push-down (event connections only): log in with this mask instead
+    /// of `events` and add these filters; the bridge updates it on a
+    /// mapping reload, and a change reconnects (filters cannot be taken
+    /// back from an Asterisk session). `None`: off.
+    pub push_down: Option<watch::Receiver<EventRequest>>,
 }
 
 impl ClientConfig {
@@ -103,6 +110,7 @@ impl ClientConfig {
             max_list_bytes: 16 * 1024 * 1024,
             role: "events".into(),
             tls: None,
+            push_down: None,
         }
     }
 }
@@ -246,6 +254,7 @@ impl Client {
             cancel: cancel.clone(),
             next_id: 0,
             queue: Outbox::default(),
+            filters_refused: false,
         };
         tokio::spawn(task.run());
         Client {
@@ -427,6 +436,8 @@ struct Supervisor {
     /// Events (and state changes) the consumer has not taken yet, in order.
     /// Lives across reconnects so nothing queued is dropped.
     queue: Outbox,
+    /// Push-down's filters were refused once (logged once per client).
+    filters_refused: bool,
 }
 
 /// The local queue in front of the event channel (see the module docs).
@@ -497,6 +508,8 @@ async fn logoff(framed: &mut AmiFramed) -> SessionEnd {
 enum SessionEnd {
     Cancelled,
     Lost(String),
+    /// Push-down asks for something else now: reconnect at once.
+    Replan(String),
 }
 
 impl Supervisor {
@@ -515,17 +528,19 @@ impl Supervisor {
     async fn run(mut self) {
         let mut attempt: u32 = 0;
         loop {
+            let mut replan = false;
             if self.cancel.is_cancelled() {
                 break;
             }
             self.set_state(ConnState::Connecting { attempt });
+            let cancel = self.cancel.clone();
             let result = tokio::select! {
                 r = self.connect() => Some(r),
-                _ = self.cancel.cancelled() => None,
+                _ = cancel.cancelled() => None,
             };
             let Some(result) = result else { break };
             let reason = match result {
-                Ok((framed, ok)) => {
+                Ok((framed, ok, request)) => {
                     attempt = 0;
                     tracing::info!(server = %self.config.server, role = %self.config.role,
                         address = %self.config.address, banner = %clip(&ok.banner), "AMI connected");
@@ -540,9 +555,13 @@ impl Supervisor {
                             self.queue.push(&tx, item);
                         }
                     }
-                    match self.session(framed).await {
+                    match self.session(framed, request).await {
                         SessionEnd::Cancelled => break,
                         SessionEnd::Lost(reason) => reason,
+                        SessionEnd::Replan(reason) => {
+                            replan = true;
+                            reason
+                        }
                     }
                 }
                 Err(e) => {
@@ -560,8 +579,10 @@ impl Supervisor {
             self.set_state(ConnState::Disconnected {
                 reason: reason.clone(),
             });
-            let delay = self.config.backoff.delay(attempt.saturating_sub(1));
-            self.wait_to_reconnect(delay).await;
+            if !replan {
+                let delay = self.config.backoff.delay(attempt.saturating_sub(1));
+                self.wait_to_reconnect(delay).await;
+            }
         }
         self.stop().await;
     }
@@ -615,7 +636,54 @@ impl Supervisor {
         })
     }
 
-    async fn connect(&self) -> Result<(AmiFramed, super::login::LoginOk), String> {
+    /// Connects and logs in (with push-down's mask and filters when it is
+    /// on: the request used comes back with the connection).
+    async fn connect(
+        &mut self,
+    ) -> Result<(AmiFramed, super::login::LoginOk, Option<EventRequest>), String> {
+        let request = self.config.push_down.as_ref().map(|rx| rx.borrow().clone());
+        let (mut framed, mut ok) = self.connect_login(request.as_ref()).await?;
+        if let Some(r) = request.as_ref().filter(|r| !r.filters.is_empty()) {
+            self.push_filters(&mut framed, &mut ok, r).await?;
+        }
+        Ok((framed, ok, request))
+    }
+
+    /// Push-down's filters on a fresh session; a refusal (no `system`
+    /// write class) is logged once per client and the session goes on
+    /// unfiltered: the mappings drop those events as they always did.
+    async fn push_filters(
+        &mut self,
+        framed: &mut AmiFramed,
+        ok: &mut super::login::LoginOk,
+        r: &EventRequest,
+    ) -> Result<(), String> {
+        let c = self.config.clone();
+        let budget = c.max_buffered_bytes.saturating_sub(self.queue.bytes);
+        match add_filters(framed, ok, &r.filters, c.connect_timeout, budget).await {
+            Ok(FiltersOutcome::Added(n)) => {
+                tracing::info!(server = %c.server, role = %c.role, filters = n,
+                    mask = %r.mask.header_value(), "push-down: event filters added");
+                Ok(())
+            }
+            Ok(FiltersOutcome::Refused(message)) => {
+                if !self.filters_refused {
+                    self.filters_refused = true;
+                    tracing::warn!(server = %c.server, role = %c.role, message = %message,
+                        "push-down: Asterisk refused the event filters (the Filter action needs \
+                         the `system` write class in manager.conf); dropped events are still \
+                         sent and dropped by the mappings");
+                }
+                Ok(())
+            }
+            Err(e) => Err(format!("push-down filters: {e}")),
+        }
+    }
+
+    async fn connect_login(
+        &self,
+        request: Option<&EventRequest>,
+    ) -> Result<(AmiFramed, super::login::LoginOk), String> {
         let c = &self.config;
         let timed_out = || {
             format!(
@@ -644,7 +712,7 @@ impl Supervisor {
         match login_within(
             &mut framed,
             &c.credentials,
-            &c.events,
+            request.map_or(&c.events, |r| &r.mask),
             c.connect_timeout,
             budget,
         )
@@ -673,8 +741,18 @@ impl Supervisor {
     /// Runs one logged-in session until it ends: a `select!` over
     /// cancellation, delivery of queued events, reads, actions to send and
     /// the keepalive timer, each handled by a method of its own.
-    async fn session(&mut self, mut framed: AmiFramed) -> SessionEnd {
+    async fn session(
+        &mut self,
+        mut framed: AmiFramed,
+        request: Option<EventRequest>,
+    ) -> SessionEnd {
         let mut st = SessionState::default();
+        let mut plan = self.config.push_down.clone();
+        if let (Some(rx), Some(applied)) = (&mut plan, &request)
+            && *rx.borrow_and_update() != *applied
+        {
+            return self.replan(&mut framed).await;
+        }
         let keepalive = if self.config.keepalive.is_zero() {
             Duration::from_secs(3600 * 24 * 365)
         } else {
@@ -697,6 +775,10 @@ impl Supervisor {
                 frame = framed.next(), if can_read => self.on_frame(frame, &events_tx, &mut st),
                 cmd = self.commands.recv() => self.on_command(cmd, &mut framed, &mut st).await,
                 _ = ping_timer.tick() => self.on_keepalive(&mut framed, &mut st).await,
+                changed = plan_changed(&mut plan, request.as_ref()) => {
+                    if changed { ControlFlow::Break(self.replan(&mut framed).await) }
+                    else { ControlFlow::Continue(()) }
+                }
             };
             if let ControlFlow::Break(end) = step {
                 break end;
@@ -710,6 +792,15 @@ impl Supervisor {
                 .send(Err(ActionError::ConnectionLost(server.clone())));
         }
         end
+    }
+
+    /// Ends a session whose push-down request changed: log off, then
+    /// reconnect at once with the new one.
+    async fn replan(&self, framed: &mut AmiFramed) -> SessionEnd {
+        let _ = logoff(framed).await;
+        SessionEnd::Replan(
+            "push-down: the mapping reload changed the event mask or filters; reconnecting".into(),
+        )
     }
 
     /// Whether reads may go on: not while the in-memory budget is full.
@@ -950,6 +1041,22 @@ impl Supervisor {
             }
         }
     }
+}
+
+/// Waits for push-down's request to change; true when it differs from
+/// `applied`. Pends forever without push-down (or once its sender is gone).
+async fn plan_changed(
+    plan: &mut Option<watch::Receiver<EventRequest>>,
+    applied: Option<&EventRequest>,
+) -> bool {
+    let Some(rx) = plan else {
+        return std::future::pending().await;
+    };
+    if rx.changed().await.is_err() {
+        *plan = None;
+        return false;
+    }
+    applied.is_some_and(|a| *rx.borrow_and_update() != *a)
 }
 
 /// Answers the action `id` (when its response came) and forgets it.

@@ -138,6 +138,82 @@ where
     }
 }
 
+/// What an event connection asks Asterisk for when the mappings push
+/// their drops down (`mapping::PushDown`): the `Events:` mask of its
+/// `Login` and the `Filter:` patterns it adds right after.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRequest {
+    pub mask: EventMask,
+    pub filters: Vec<String>,
+}
+
+/// How the `Filter` actions after a login went ([`add_filters`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FiltersOutcome {
+    /// Every filter was accepted.
+    Added(usize),
+    /// Asterisk refused one (`Permission denied` without the `system`
+    /// write class): its `Message:`. The session has the filters accepted
+    /// before it, and that is all (excludes only ever drop what the
+    /// mappings drop, so fewer of them is safe).
+    Refused(String),
+}
+
+/// Adds `filters` (legacy `Filter:` patterns) to a logged-in session:
+/// every `Filter` action written at once, then their answers read in
+/// order; events that arrive meanwhile are appended to `ok.early_events`
+/// (within `budget` bytes, as for the login). Within `timeout`.
+pub async fn add_filters<S>(
+    framed: &mut Framed<S, AmiCodec>,
+    ok: &mut LoginOk,
+    filters: &[String],
+    timeout: Duration,
+    budget: usize,
+) -> Result<FiltersOutcome, LoginError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut early = Early {
+        bytes: ok.early_events.iter().map(Message::memory_size).sum(),
+        events: std::mem::take(&mut ok.early_events),
+        budget,
+    };
+    let r = tokio::time::timeout(timeout, async {
+        for (i, f) in filters.iter().enumerate() {
+            let id = format!("filter-{}", i + 1);
+            let m = Message::from_pairs([
+                ("Action", "Filter"),
+                ("ActionID", id.as_str()),
+                ("Operation", "Add"),
+                ("Filter", f.as_str()),
+            ]);
+            framed.feed(m).await?;
+        }
+        SinkExt::<Message>::flush(framed).await?;
+        let mut banner = None;
+        let mut refused = None;
+        for i in 0..filters.len() {
+            let id = format!("filter-{}", i + 1);
+            let r = read_response(framed, &id, &mut banner, &mut early).await?;
+            let success = r
+                .get("Response")
+                .is_some_and(|v| v.eq_ignore_ascii_case("Success"));
+            if !success && refused.is_none() {
+                refused =
+                    Some(clip(r.get("Message").as_deref().unwrap_or("no message")).to_string());
+            }
+        }
+        Ok::<_, LoginError>(match refused {
+            Some(m) => FiltersOutcome::Refused(m),
+            None => FiltersOutcome::Added(filters.len()),
+        })
+    })
+    .await
+    .map_err(|_| LoginError::Timeout(timeout));
+    ok.early_events = early.events;
+    r?
+}
+
 /// Logs in on a fresh connection: waits for the banner, authenticates and
 /// asks for `events`. The whole exchange must finish within `timeout`.
 pub async fn login<S>(

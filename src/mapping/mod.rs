@@ -16,7 +16,7 @@ pub(crate) mod schema;
 pub(crate) mod template;
 
 pub use load::{Diagnostic, LoadError, load_dir, load_dirs, load_files, load_str, mapping_files};
-pub use push_down::PushDown;
+pub use push_down::{Feed as PushDownFeed, PushDown};
 pub use reload::{Mappings, ReloadOutcome};
 pub use router::{EventCtx, MessageProps, Outgoing, RouteError, RouteOutcome, Router};
 pub use template::{FILTERS, Lookup, Template};

@@ -77,6 +77,79 @@ pub struct PushDown {
     pub enabled: bool,
 }
 
+/// The bridge's side of push-down: one plan per server, sent to its event
+/// connection (`ami::ClientConfig::push_down`) and recomputed after every
+/// mapping reload ([`Feed::update`]); a connection whose plan changed
+/// reconnects with the new one.
+pub struct Feed {
+    servers: Vec<FeedServer>,
+}
+
+struct FeedServer {
+    name: String,
+    configured: EventMask,
+    tx: tokio::sync::watch::Sender<crate::ami::EventRequest>,
+    on: bool,
+}
+
+impl Feed {
+    /// Plans for every server of `servers` under `router`.
+    pub fn new(servers: &[crate::ami::ServerConfig], facade: bool, router: &Router) -> Feed {
+        let servers = servers
+            .iter()
+            .map(|s| {
+                let p = PushDown::for_server(router, s, facade);
+                log_plan(s.name(), &p);
+                FeedServer {
+                    name: s.name().to_string(),
+                    configured: s.events.mask(),
+                    tx: tokio::sync::watch::channel(p.request()).0,
+                    on: p.enabled,
+                }
+            })
+            .collect();
+        Feed { servers }
+    }
+
+    /// The request channel of `server`'s event connection (`None` when
+    /// push-down is off for it).
+    pub fn receiver(
+        &self,
+        server: &str,
+    ) -> Option<tokio::sync::watch::Receiver<crate::ami::EventRequest>> {
+        self.servers
+            .iter()
+            .find(|s| s.on && s.name == server)
+            .map(|s| s.tx.subscribe())
+    }
+
+    /// Recomputes every plan for a reloaded set; the servers whose plan
+    /// changed get it (and reconnect).
+    pub fn update(&self, router: &Router) {
+        for s in self.servers.iter().filter(|s| s.on) {
+            let p = PushDown::plan(router, &s.configured);
+            let new = p.request();
+            if s.tx.send_if_modified(|cur| {
+                let changed = *cur != new;
+                if changed {
+                    *cur = new.clone();
+                }
+                changed
+            }) {
+                tracing::info!(server = %s.name, "push-down: the reloaded mappings change the event mask or filters; the event connection reconnects");
+                log_plan(&s.name, &p);
+            }
+        }
+    }
+}
+
+fn log_plan(server: &str, p: &PushDown) {
+    if p.enabled {
+        tracing::info!(server = %server, mask = %p.mask.header_value(), filters = p.filters.len(),
+            filtered = %p.filtered.join(","), "push-down plan");
+    }
+}
+
 /// What one event name meets in the routes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Fate {
@@ -97,6 +170,43 @@ impl PushDown {
             kept: None,
             notes: vec![why.to_string()],
             enabled: false,
+        }
+    }
+
+    /// The plan for one `[[server]]`: [`PushDown::plan`] when its
+    /// `push_down` is on, else (and when the bridge's AMI facade is on,
+    /// whose clients receive every event of the event connection, or when
+    /// the event connection also carries the actions, whose
+    /// `OriginateResponse` and `UserEvent` events must reach their caller)
+    /// [`PushDown::off`].
+    pub fn for_server(
+        router: &Router,
+        server: &crate::ami::ServerConfig,
+        facade: bool,
+    ) -> PushDown {
+        let configured = server.events.mask();
+        if !server.push_down {
+            PushDown::off(&configured, "push_down = false")
+        } else if facade {
+            PushDown::off(
+                &configured,
+                "off: the AMI facade is on, and its clients receive every event of the event connection",
+            )
+        } else if server.action_connections == 0 {
+            PushDown::off(
+                &configured,
+                "off: action_connections = 0, so the event connection also runs actions, whose events (OriginateResponse, …) must reach their caller",
+            )
+        } else {
+            PushDown::plan(router, &configured)
+        }
+    }
+
+    /// What the event connection asks for.
+    pub fn request(&self) -> crate::ami::EventRequest {
+        crate::ami::EventRequest {
+            mask: self.mask.clone(),
+            filters: self.filters.clone(),
         }
     }
 
