@@ -13,8 +13,9 @@
 //!    closed — what Asterisk does. Other actions before login get
 //!    `Permission denied`.
 //! 3. Once logged in, the client receives the trace's events, filtered by
-//!    its `Events:` mask, at the chosen pace, while its actions are answered
-//!    in between: `Ping`, `Logoff`, `Events`, canned answers recorded from a
+//!    its `Events:` mask and its `Filter`s, at the chosen pace, while its
+//!    actions are answered in between: `Ping`, `Logoff`, `Events`, `Filter`
+//!    (see "Filters" below), canned answers recorded from a
 //!    real server (see [`super::responses`]), and Asterisk's
 //!    `Invalid/unknown command` for the rest. Every answer echoes the
 //!    client's `ActionID`. The texts are those of real captures
@@ -45,6 +46,21 @@
 //! are in the mask — Asterisk's rule `(send_events & category) == category`;
 //! for the single-class events real servers send this is the same as "the
 //! classes intersect".
+//!
+//! ## Filters
+//!
+//! `Filter` is answered as Asterisk's `action_filter` answers it: `Permission
+//! denied` unless the account has the `system` write class
+//! ([`ReplayConfig::write_classes`], `--write-classes`), `Unknown operation`
+//! unless `Operation: Add`, Asterisk's error texts for a filter that does
+//! not parse or compile, else `Message: Success`. The filter
+//! (`ami_proto::EventFilter`, legacy or `MatchCriteria`) then applies to
+//! every event streamed after it, as `should_send_event` decides.
+//!
+//! For measurements, each client's stream is logged (`client stream
+//! stats`, at the end of the stream and when the client leaves): events and
+//! event bytes sent, events the mask and the filters kept back, the number
+//! of filters and the seconds since login.
 //!
 //! ## Pacing
 //!
