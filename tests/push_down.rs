@@ -108,6 +108,16 @@ async fn drop_noise_run(write_classes: &str) -> (String, std::collections::HashM
         .filter(|d| !d.routing_key.as_str().ends_with(".bridge.status"))
         .collect();
     assert_same(&got, &expected);
+    let (_, metrics) = setup.http_get("/metrics").expect("metrics");
+    let refused = format!(
+        "ami_push_down_refused_total{{server=\"{}\"}} 1",
+        setup.server
+    );
+    assert_eq!(
+        metrics.contains(&refused),
+        write_classes != "all",
+        "{refused} in\n{metrics}"
+    );
     bridge.signal("TERM");
     assert_eq!(bridge.wait_timeout(Duration::from_secs(15)), Some(0));
     drop(replay);

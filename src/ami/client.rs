@@ -667,13 +667,14 @@ impl Supervisor {
                 Ok(())
             }
             Ok(FiltersOutcome::Refused(message)) => {
-                if !self.filters_refused {
-                    self.filters_refused = true;
-                    tracing::warn!(server = %c.server, role = %c.role, message = %message,
-                        "push-down: Asterisk refused the event filters (the Filter action needs \
-                         the `system` write class in manager.conf); dropped events are still \
-                         sent and dropped by the mappings");
+                crate::internal_events::ami::PushDownRefused {
+                    server: &c.server,
+                    role: &c.role,
+                    message: &message,
+                    log: !self.filters_refused,
                 }
+                .emit();
+                self.filters_refused = true;
                 Ok(())
             }
             Err(e) => Err(format!("push-down filters: {e}")),

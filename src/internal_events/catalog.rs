@@ -35,6 +35,7 @@ pub const AMI_EVENTS_TOTAL: &str = "ami_events_total";
 pub const AMI_IGNORED_MESSAGES_TOTAL: &str = "ami_ignored_messages_total";
 pub const AMI_PARSE_ERRORS_TOTAL: &str = "ami_parse_errors_total";
 pub const AMI_RECONNECTS_TOTAL: &str = "ami_reconnects_total";
+pub const AMI_PUSH_DOWN_REFUSED_TOTAL: &str = "ami_push_down_refused_total";
 pub const EVENTS_UNMATCHED_TOTAL: &str = "events_unmatched_total";
 pub const MAPPING_ERRORS_TOTAL: &str = "mapping_errors_total";
 pub const MAPPING_RELOADS_TOTAL: &str = "mapping_reloads_total";
@@ -105,6 +106,10 @@ pub const METRICS: &[Metric] = &[
         "Malformed AMI input skipped (over a limit, or not `Key: Value`).",
     ),
     counter(AMI_RECONNECTS_TOTAL, "AMI connections lost or failed."),
+    counter(
+        AMI_PUSH_DOWN_REFUSED_TOTAL,
+        "Event connections whose push-down Filter actions Asterisk refused (no `system` write class).",
+    ),
     counter(
         EVENTS_UNMATCHED_TOTAL,
         "Events no route matched (nothing published).",

@@ -300,14 +300,6 @@ impl PushDown {
         }
     }
 
-    /// Whether a connection logged in with `self` can take `new` without
-    /// reconnecting: never, unless they are equal (filters cannot be
-    /// removed from a session, and a reconnect is one rule for every
-    /// change; see docs/mapping.md).
-    pub fn same_session(&self, new: &PushDown) -> bool {
-        self.mask.bits() == new.mask.bits() && self.filters == new.filters
-    }
-
     /// The human-readable plan, for `check --explain-filters`.
     pub fn explain(&self, server: &str, configured: &EventMask) -> String {
         use std::fmt::Write;
