@@ -32,6 +32,13 @@
 //!   connections, also in order within the event stream
 //!   ([`Incoming::State`]) so consumers know exactly where a gap may be.
 //!
+//! With push-down ([`ClientConfig::push_down`], event connections only) the
+//! login asks for the plan's mask and is followed by its `Filter` actions
+//! (`login::add_filters`, before the session starts); a refusal is counted
+//! and the session goes on unfiltered. When the bridge publishes another
+//! plan (a mapping reload), the session logs off and the connection is
+//! made again at once, without the backoff wait.
+//!
 //! While the connection is down, actions fail at once with
 //! [`ActionError::Unavailable`] instead of waiting for a reconnect that may
 //! never come; actions in flight when it drops fail with
