@@ -7,7 +7,8 @@
 # `push_down = true`, alternating. One line per run:
 #
 #   mode run  server: events sent, event bytes sent, seconds, events/s, MB/s,
-#             events filtered  |  bridge: CPU s, messages, CPU µs per message
+#             events filtered, the replay's CPU s (loading the trace included)
+#             |  bridge: CPU s, messages, CPU µs per message
 #
 # "server" is the replay (a fake Asterisk that applies masks and Filters as
 # Asterisk does) and its own count of what it wrote to the bridge's event
@@ -19,6 +20,8 @@
 # local guest); it uses the exchange ami.bench.push-down (no alternate
 # exchange, so nothing is kept) and deletes it at the end.
 #   scripts/bench-push-down.sh [RUNS]
+# PACE=max: the replay sends as fast as the bridge reads instead of at the
+# recorded pace (the bridge's CPU per message without idle time).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-3}
@@ -95,8 +98,10 @@ EOF
     sleep 2
     local cpu0
     cpu0=$(cpu_ticks "$bridge")
+    local pace=(--timing "$timing")
+    [ "${PACE:-timing}" = max ] && pace=()
     RUST_LOG=info "$bin" replay --listen "127.0.0.1:$port" --username bridge --secret bridgepass \
-        --timing "$timing" "$trace" >/dev/null 2>"$dir/replay.log" &
+        "${pace[@]}" "$trace" >/dev/null 2>"$dir/replay.log" &
     local replay=$!
     pids+=("$replay")
     local waited=0
@@ -108,8 +113,9 @@ EOF
             exit 1
         fi
     done
-    local cpu1 got stats
+    local cpu1 got stats rcpu
     cpu1=$(cpu_ticks "$bridge")
+    rcpu=$(cpu_ticks "$replay")
     got=$(wc -l <"$dir/tail.out")
     stats=$(grep 'client stream stats' "$dir/replay.log" | grep 'stream finished' | head -1)
     kill -TERM "$bridge" "$replay" 2>/dev/null || true
@@ -120,10 +126,10 @@ EOF
     secs=$(field seconds "$stats")
     filtered=$(field filtered "$stats")
     awk -v m="$mode" -v r="$run" -v sent="$sent" -v bytes="$bytes" -v secs="$secs" \
-        -v filt="$filtered" -v c0="$cpu0" -v c1="$cpu1" -v hz="$hz" -v got="$got" 'BEGIN {
+        -v filt="$filtered" -v c0="$cpu0" -v c1="$cpu1" -v hz="$hz" -v got="$got" -v rc="$rcpu" 'BEGIN {
         cpu = (c1 - c0) / hz
-        printf "push_down=%-5s run %d  server: %6d events %9d bytes %6.2f s %7.0f ev/s %5.2f MB/s filtered %6d  |  bridge: %5.2f s CPU, %d messages, %5.1f us/message\n",
-            m, r, sent, bytes, secs, sent / secs, bytes / secs / 1e6, filt, cpu, got, cpu * 1e6 / got
+        printf "push_down=%-5s run %d  server: %6d events %9d bytes %6.2f s %7.0f ev/s %5.2f MB/s filtered %6d, %4.2f s CPU  |  bridge: %5.2f s CPU, %d messages, %5.1f us/message\n",
+            m, r, sent, bytes, secs, sent / secs, bytes / secs / 1e6, filt, rc / hz, cpu, got, cpu * 1e6 / got
     }'
 }
 
