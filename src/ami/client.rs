@@ -33,8 +33,10 @@
 //!   ([`Incoming::State`]) so consumers know exactly where a gap may be.
 //!
 //! With push-down ([`ClientConfig::push_down`], event connections only) the
-//! login asks for the plan's mask and is followed by its `Filter` actions
-//! (`login::add_filters`, before the session starts); a refusal is counted
+//! login asks for the plan's mask and its `Filter` actions are written in
+//! the same flush, right behind the `Login` (`login::filter_actions`), so
+//! Asterisk reads them before it writes events to the new session; their
+//! answers are read before the session starts. A refusal is counted
 //! and the session goes on unfiltered. When the bridge publishes another
 //! plan (a mapping reload), the session logs off and the connection is
 //! made again at once, without the backoff wait.
@@ -58,7 +60,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::codec::{AmiCodec, Frame, Limits, Malformed};
 use super::login::{
-    Credentials, EventMask, EventRequest, FiltersOutcome, LoginError, add_filters, login_within,
+    Credentials, EventMask, EventRequest, FiltersOutcome, LoginError, filter_actions,
+    filter_answers, login_within,
 };
 use super::message::{Kind, Message, MessageBuilder};
 use super::stream::{AmiStream, open};
@@ -649,17 +652,21 @@ impl Supervisor {
         &mut self,
     ) -> Result<(AmiFramed, super::login::LoginOk, Option<EventRequest>), String> {
         let request = self.config.push_down.as_ref().map(|rx| rx.borrow().clone());
-        let (mut framed, mut ok) = self.connect_login(request.as_ref()).await?;
+        let filters = request
+            .as_ref()
+            .map_or_else(Vec::new, |r| filter_actions(&r.filters));
+        let (mut framed, mut ok) = self.connect_login(request.as_ref(), &filters).await?;
         if let Some(r) = request.as_ref().filter(|r| !r.filters.is_empty()) {
-            self.push_filters(&mut framed, &mut ok, r).await?;
+            self.filter_outcome(&mut framed, &mut ok, r).await?;
         }
         Ok((framed, ok, request))
     }
 
-    /// Push-down's filters on a fresh session; a refusal (no `system`
-    /// write class) is logged once per client and the session goes on
-    /// unfiltered: the mappings drop those events as they always did.
-    async fn push_filters(
+    /// The answers to push-down's filters, sent with the login; a refusal
+    /// (no `system` write class) is counted, logged once per client, and
+    /// the session goes on unfiltered: the mappings drop those events as
+    /// they always did.
+    async fn filter_outcome(
         &mut self,
         framed: &mut AmiFramed,
         ok: &mut super::login::LoginOk,
@@ -667,7 +674,7 @@ impl Supervisor {
     ) -> Result<(), String> {
         let c = self.config.clone();
         let budget = c.max_buffered_bytes.saturating_sub(self.queue.bytes);
-        match add_filters(framed, ok, &r.filters, c.connect_timeout, budget).await {
+        match filter_answers(framed, ok, r.filters.len(), c.connect_timeout, budget).await {
             Ok(FiltersOutcome::Added(n)) => {
                 tracing::info!(server = %c.server, role = %c.role, filters = n,
                     mask = %r.mask.header_value(), "push-down: event filters added");
@@ -691,6 +698,7 @@ impl Supervisor {
     async fn connect_login(
         &self,
         request: Option<&EventRequest>,
+        then: &[Message],
     ) -> Result<(AmiFramed, super::login::LoginOk), String> {
         let c = &self.config;
         let timed_out = || {
@@ -723,6 +731,7 @@ impl Supervisor {
             request.map_or(&c.events, |r| &r.mask),
             c.connect_timeout,
             budget,
+            then,
         )
         .await
         {

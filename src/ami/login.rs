@@ -147,7 +147,7 @@ pub struct EventRequest {
     pub filters: Vec<String>,
 }
 
-/// How the `Filter` actions after a login went ([`add_filters`]).
+/// How the `Filter` actions sent with a login went ([`filter_answers`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FiltersOutcome {
     /// Every filter was accepted.
@@ -159,14 +159,34 @@ pub enum FiltersOutcome {
     Refused(String),
 }
 
-/// Adds `filters` (legacy `Filter:` patterns) to a logged-in session:
-/// every `Filter` action written at once, then their answers read in
-/// order; events that arrive meanwhile are appended to `ok.early_events`
-/// (within `budget` bytes, as for the login). Within `timeout`.
-pub async fn add_filters<S>(
+/// The `Filter` actions (`Operation: Add`) for legacy `filters`, with the
+/// ActionIDs [`filter_answers`] waits for. Written right behind the
+/// `Login` ([`login_within`]'s `then`), Asterisk reads them before it
+/// writes any event to the new session.
+pub fn filter_actions(filters: &[String]) -> Vec<Message> {
+    filters
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let id = format!("filter-{}", i + 1);
+            Message::from_pairs([
+                ("Action", "Filter"),
+                ("ActionID", id.as_str()),
+                ("Operation", "Add"),
+                ("Filter", f.as_str()),
+            ])
+        })
+        .collect()
+}
+
+/// Reads the answers to the `count` [`filter_actions`] sent with the
+/// login, in order; events that arrive meanwhile are appended to
+/// `ok.early_events` (within `budget` bytes, as for the login). Within
+/// `timeout`.
+pub async fn filter_answers<S>(
     framed: &mut Framed<S, AmiCodec>,
     ok: &mut LoginOk,
-    filters: &[String],
+    count: usize,
     timeout: Duration,
     budget: usize,
 ) -> Result<FiltersOutcome, LoginError>
@@ -179,20 +199,9 @@ where
         budget,
     };
     let r = tokio::time::timeout(timeout, async {
-        for (i, f) in filters.iter().enumerate() {
-            let id = format!("filter-{}", i + 1);
-            let m = Message::from_pairs([
-                ("Action", "Filter"),
-                ("ActionID", id.as_str()),
-                ("Operation", "Add"),
-                ("Filter", f.as_str()),
-            ]);
-            framed.feed(m).await?;
-        }
-        SinkExt::<Message>::flush(framed).await?;
         let mut banner = None;
         let mut refused = None;
-        for i in 0..filters.len() {
+        for i in 0..count {
             let id = format!("filter-{}", i + 1);
             let r = read_response(framed, &id, &mut banner, &mut early).await?;
             let success = r
@@ -205,7 +214,7 @@ where
         }
         Ok::<_, LoginError>(match refused {
             Some(m) => FiltersOutcome::Refused(m),
-            None => FiltersOutcome::Added(filters.len()),
+            None => FiltersOutcome::Added(count),
         })
     })
     .await
@@ -225,24 +234,27 @@ pub async fn login<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    login_within(framed, creds, events, timeout, DEFAULT_EARLY_BUDGET).await
+    login_within(framed, creds, events, timeout, DEFAULT_EARLY_BUDGET, &[]).await
 }
 
 /// [`login`] holding at most `budget` bytes (as [`Message::memory_size`]
 /// counts them) of events that arrive before the answer: a server that
 /// sends more fails the login with [`LoginError::TooMuchBeforeLogin`]
-/// instead of filling memory until the timeout.
+/// instead of filling memory until the timeout. `then` is written in the
+/// same flush right behind the `Login` (push-down's [`filter_actions`]);
+/// their answers are the caller's to read.
 pub async fn login_within<S>(
     framed: &mut Framed<S, AmiCodec>,
     creds: &Credentials,
     events: &EventMask,
     timeout: Duration,
     budget: usize,
+    then: &[Message],
 ) -> Result<LoginOk, LoginError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    tokio::time::timeout(timeout, login_inner(framed, creds, events, budget))
+    tokio::time::timeout(timeout, login_inner(framed, creds, events, budget, then))
         .await
         .map_err(|_| LoginError::Timeout(timeout))?
 }
@@ -279,6 +291,7 @@ async fn login_inner<S>(
     creds: &Credentials,
     events: &EventMask,
     budget: usize,
+    then: &[Message],
 ) -> Result<LoginOk, LoginError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -314,7 +327,11 @@ where
         }
     };
     let login = login_action("login-2", &creds.username, proof, events);
-    framed.send(login).await?;
+    framed.feed(login).await?;
+    for m in then {
+        framed.feed(m.clone()).await?;
+    }
+    SinkExt::<Message>::flush(framed).await?;
     let r = read_response(framed, "login-2", &mut banner, &mut early).await?;
     if r.get("Response")
         .is_some_and(|v| v.eq_ignore_ascii_case("Success"))
