@@ -926,4 +926,27 @@ fn check_explains_the_push_down_filters() {
         assert!(out.contains("server pbx1:\n"), "{out}");
         assert!(out.contains(want), "no {want:?} in\n{out}");
     }
+    // Off with the AMI facade, whose clients receive every event.
+    let c = config_with(
+        dir.path(),
+        &[
+            (
+                "secret = \"s3cret\"\n",
+                "secret = \"s3cret\"\npush_down = true\n",
+            ),
+            (&mappings_line, &to),
+        ],
+        "\n[facade]\nlisten = \"127.0.0.1:15038\"\n",
+    );
+    let (code, out, err) = run(&[
+        "check",
+        "--explain-filters",
+        "--config",
+        c.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("  push_down: off\n") && out.contains("note: off: the AMI facade is on"),
+        "{out}"
+    );
 }
