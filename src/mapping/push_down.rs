@@ -263,7 +263,8 @@ impl PushDown {
         }
         let mask_bits = mask.bits();
         let mut to_filter = Vec::new();
-        for &n in &dropped {
+        // With no class in the mask Asterisk sends no event: no filter.
+        for &n in dropped.iter().filter(|_| mask_bits != 0) {
             if event_class_bits(n).is_some_and(|c| !ami_proto::mask_allows(mask_bits, c)) {
                 continue; // the mask already keeps it away
             }
@@ -657,6 +658,145 @@ mod tests {
         assert_eq!(p.mask.header_value(), "cdr");
         assert_eq!(p.dropped, ["VarSet"]);
         assert!(p.filters.is_empty(), "{p:?}");
+    }
+
+    #[test]
+    fn no_filters_when_no_event_is_sent() {
+        let r = router(&format!(
+            "{}{}",
+            route(
+                "d",
+                "events = [\"SomethingUndocumented\"]\ndrop = true\nstop = true"
+            ),
+            route(
+                "rest",
+                &format!("events = [\"*\"]\nfallback = true\n{PUBLISH}")
+            ),
+        ));
+        assert_eq!(PushDown::plan(&r, &EventMask::On).filters.len(), 1);
+        let p = PushDown::plan(&r, &EventMask::Off);
+        assert_eq!((p.mask, p.filters.len()), (EventMask::Off, 0));
+    }
+
+    /// The events of a real capture, plus names in other cases and one no
+    /// mapping names, as (message, wire text).
+    fn sample_events() -> Vec<(crate::ami::Message, Vec<u8>)> {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/traces/calls_small.ami");
+        let data = std::fs::read(path).expect("trace");
+        let mut out: Vec<(crate::ami::Message, Vec<u8>)> = Vec::new();
+        for f in crate::ami::decode_all(&data, crate::ami::Limits::default()) {
+            if let crate::ami::Frame::Message(m) = f
+                && m.kind() == crate::ami::Kind::Event
+            {
+                let mut text = m.raw().to_vec();
+                text.extend_from_slice(b"\r\n\r\n");
+                out.push((m, text));
+            }
+        }
+        for (name, privilege) in [
+            ("VARSET", "dialplan,all"),
+            ("newexten", "dialplan,all"),
+            ("cel", "call,all"),
+            ("SomethingNew", "call,all"),
+            ("QueueMember", "agent,all"),
+        ] {
+            let text =
+                format!("Event: {name}\r\nPrivilege: {privilege}\r\nChannel: PJSIP/a-1\r\n\r\n");
+            let m = crate::ami::Message::from_pairs([
+                ("Event", name),
+                ("Privilege", privilege),
+                ("Channel", "PJSIP/a-1"),
+            ]);
+            out.push((m, text.into_bytes()));
+        }
+        out
+    }
+
+    /// The promise push-down rests on: an event for which the set
+    /// publishes a message passes the plan's mask and filters.
+    fn assert_sound(r: &Router, events: &[(crate::ami::Message, Vec<u8>)], what: &str) {
+        let p = PushDown::plan(r, &EventMask::On);
+        let mut set = ami_proto::FilterSet::default();
+        for f in &p.filters {
+            set.add(ami_proto::EventFilter::new(None, f).expect("filter compiles"));
+        }
+        let mask = p.mask.bits();
+        for (m, text) in events {
+            let mut out = Vec::new();
+            let ctx = crate::mapping::EventCtx {
+                server: "pbx1",
+                seq: 1,
+                received_at: std::time::UNIX_EPOCH,
+                message: m,
+                instance: "t",
+            };
+            r.route(&ctx, &mut out);
+            if out.is_empty() {
+                continue;
+            }
+            let name = m.event_name().unwrap_or_default();
+            let class = m
+                .get_bytes("Privilege")
+                .map_or(0, ami_proto::privilege_bits);
+            assert!(
+                ami_proto::mask_allows(mask, class),
+                "{what}: {name} is published but the mask {} keeps it away",
+                p.mask.header_value()
+            );
+            assert!(
+                set.should_send(name.as_bytes(), text),
+                "{what}: {name} is published but {:?} filter it",
+                p.filters
+            );
+        }
+    }
+
+    /// Routes to draw sets from: drops with and without `stop` and
+    /// conditions, named, `"*"`, regex and fallback routes.
+    const POOL: &[&str] = &[
+        "events = [\"VarSet\", \"Newexten\", \"CEL\"]\ndrop = true\nstop = true",
+        "events = [\"varset\"]\ndrop = true",
+        "events = [\"Hangup\"]\nwhen = { Cause = '^16$' }\ndrop = true\nstop = true",
+        "events = [\"*\"]\ndrop = true\nstop = true",
+        "events = [\"*\"]\nwhen = { Channel = 'PJSIP' }\ndrop = true\nstop = true",
+        "events = [\"Hangup\", \"Cdr\", \"VarSet\"]\nexchange = \"x\"\nrouting_key = \"k\"",
+        "events = [\"Newexten\"]\nwhen = { Context = 'test' }\nexchange = \"x\"\nrouting_key = \"k\"",
+        "events = [\"DialBegin\", \"QueueMember\"]\nexchange = \"x\"\nrouting_key = \"k\"\nstop = true",
+        "events_regex = '^(Var|New)'\nexchange = \"x\"\nrouting_key = \"k\"",
+        "events_regex = '^Dial'\ndrop = true\nstop = true",
+        "events = [\"*\"]\nfallback = true\nexchange = \"x\"\nrouting_key = \"k\"",
+        "events = [\"Cel\"]\nfallback = true\nexchange = \"x\"\nrouting_key = \"k\"",
+        "events = [\"*\"]\nexchange = \"x\"\nrouting_key = \"k\"",
+    ];
+
+    #[test]
+    fn every_published_event_passes_the_plan_of_the_shipped_sets() {
+        let events = sample_events();
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut sets = vec![vec![root.join("mappings")]];
+        for e in std::fs::read_dir(root.join("mappings/examples")).unwrap() {
+            sets.push(vec![root.join("mappings"), e.unwrap().path()]);
+        }
+        for dirs in sets {
+            let r = crate::mapping::load_dirs(&dirs).unwrap();
+            assert_sound(&r, &events, &format!("{dirs:?}"));
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(96))]
+        #[test]
+        fn every_published_event_passes_the_plan(
+            picks in proptest::collection::vec(0..POOL.len(), 1..7)
+        ) {
+            let toml: String = picks
+                .iter()
+                .enumerate()
+                .map(|(i, &k)| route(&format!("r{i}"), POOL[k]))
+                .collect();
+            let r = router(&toml);
+            assert_sound(&r, &sample_events(), &toml);
+        }
     }
 
     #[test]
