@@ -465,6 +465,44 @@ mod tests {
         assert_eq!(event_class_bits("NoSuchEvent"), None);
     }
 
+    /// What real servers sent agrees with the table: every class on the
+    /// `Privilege:` of a tabled event of every capture in tests/traces is
+    /// one of the table's (push-down's mask would otherwise lose it).
+    #[test]
+    fn the_captures_privileges_are_within_the_classes() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/traces");
+        let mut checked = 0;
+        for e in std::fs::read_dir(dir).unwrap() {
+            let path = e.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if !(name.ends_with(".ami") || name.ends_with(".ami.zst")) {
+                continue;
+            }
+            let raw = std::fs::read(&path).unwrap();
+            let data = if name.ends_with(".zst") {
+                zstd::stream::decode_all(&raw[..]).unwrap()
+            } else {
+                raw
+            };
+            for f in ami_proto::decode_all(&data, ami_proto::Limits::default()) {
+                let ami_proto::Frame::Message(m) = f else {
+                    continue;
+                };
+                let (Some(event), Some(privilege)) = (m.event_name(), m.get_bytes("Privilege"))
+                else {
+                    continue;
+                };
+                let Some(bits) = event_class_bits(&event) else {
+                    continue;
+                };
+                let sent = ami_proto::privilege_bits(privilege);
+                assert_eq!(sent & !bits, 0, "{name}: {event} sent with {privilege:?}");
+                checked += 1;
+            }
+        }
+        assert!(checked > 100_000, "{checked}");
+    }
+
     #[test]
     fn lookup_ignores_case() {
         assert_eq!(documented_spelling("newchannel"), Some("Newchannel"));
