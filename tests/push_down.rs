@@ -219,6 +219,18 @@ async fn a_reload_that_widens_the_mask_reconnects_and_delivers_the_new_events() 
         "the bridge logged in with Events: cdr"
     );
 
+    // A reload that leaves the plan as it is (another route name) does not
+    // reconnect.
+    std::fs::write(setup.mappings.join("10-cdr.toml"), route("cdrs", "Cdr")).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || setup
+            .log()
+            .contains("mapping set reloaded")),
+        "{}",
+        setup.log()
+    );
+    assert!(!setup.log().contains("reconnects"), "{}", setup.log());
+
     // Hangups (class call) too: the mask must widen.
     std::fs::write(
         setup.mappings.join("20-hangup.toml"),
