@@ -668,7 +668,15 @@ impl Bridge {
                 crate::mapping::load::show_dirs(&cfg.mappings.dirs())
             ))
         })?;
-        let specs = cfg.server_specs().map_err(|e| BridgeError(e.to_string()))?;
+        let mut specs = cfg.server_specs().map_err(|e| BridgeError(e.to_string()))?;
+        let push_down = Arc::new(crate::mapping::PushDownFeed::new(
+            &cfg.servers,
+            cfg.facade.listen().is_some(),
+            &mappings.current(),
+        ));
+        for spec in &mut specs {
+            spec.client.push_down = push_down.receiver(&spec.client.server);
+        }
         let amqp_tls = cfg
             .amqp
             .tls()
@@ -718,9 +726,23 @@ impl Bridge {
             &mappings,
             pub_cancel.clone(),
         );
+        // Every applied reload recomputes push-down's plans.
+        let (reloads_tx, mut reloads) = mpsc::channel(4);
         let watcher = mappings
-            .spawn_watcher(cfg.mappings.watch, Duration::from_millis(300), None)
+            .spawn_watcher(
+                cfg.mappings.watch,
+                Duration::from_millis(300),
+                Some(reloads_tx),
+            )
             .map_err(|e| BridgeError(format!("cannot watch the mappings directory {e}")))?;
+        let replan = mappings.clone();
+        tokio::spawn(async move {
+            while let Some(outcome) = reloads.recv().await {
+                if matches!(outcome, crate::mapping::ReloadOutcome::Applied { .. }) {
+                    push_down.update(&replan.current());
+                }
+            }
+        });
 
         let facade_cancel = CancellationToken::new();
         if let Some(f) = facade {

@@ -145,11 +145,21 @@ struct CheckArgs {
     /// Default: the config's `[mappings]` directories, or `mappings`.
     #[arg(long, short)]
     mappings: Vec<PathBuf>,
+    /// Also print, per [[server]], push-down's plan: the Events: mask and
+    /// the Filter actions its event connection would use, and which event
+    /// names the mappings keep and drop (docs/mapping.md, "Push-down").
+    #[arg(long)]
+    explain_filters: bool,
 }
 
 fn check(a: CheckArgs) -> Result<(), BoxError> {
     let mut out = std::io::stdout().lock();
-    match ami2amqp::tools::check(a.config.as_deref(), &a.mappings, &mut out) {
+    match ami2amqp::tools::check(
+        a.config.as_deref(),
+        &a.mappings,
+        a.explain_filters,
+        &mut out,
+    ) {
         0 => Ok(()),
         _ => Err("invalid configuration or mappings (see above)".into()),
     }
@@ -590,6 +600,11 @@ struct ReplayArgs {
     /// signed by a CA of this PEM file.
     #[arg(long, value_name = "PEM", requires = "tls_cert")]
     tls_client_ca: Option<PathBuf>,
+    /// The account's write classes, as manager.conf's `write =` (a class
+    /// list such as `call,originate`, `all`, or `none`): the `Filter`
+    /// action needs `system`, else it gets `Permission denied`.
+    #[arg(long, value_name = "CLASSES", default_value = "all")]
+    write_classes: String,
     /// Trace files (raw server→client bytes, `.zst` accepted), streamed
     /// one after the other.
     #[arg(required = true, value_name = "TRACE")]
@@ -608,7 +623,18 @@ async fn replay(a: ReplayArgs) -> Result<(), BoxError> {
         (None, None) => None,
         _ => return Err("--username and a secret (--secret-file, AMI2AMQP_REPLAY_SECRET or --secret) go together".into()),
     };
+    let write_classes = match a.write_classes.trim() {
+        "none" | "" => 0,
+        w => {
+            let mask = ami2amqp::ami::EventMask::parse(w);
+            if mask.bits() == 0 {
+                return Err(format!("--write-classes: no class in {w:?} (classes: system, call, originate, …; all; none)").into());
+            }
+            mask.bits()
+        }
+    };
     let config = ReplayConfig {
+        write_classes,
         listen: a.listen,
         traces: a.traces,
         account,

@@ -34,9 +34,20 @@ use crate::mapping::{EventCtx, LoadError, Outgoing, Render, load_dirs, load_file
 /// through the same checks as at `run`'s start (`Config::load`). The
 /// mapping directories are `mappings` when given (later ones overlaying
 /// earlier ones), else the config's, else `mappings`.
-pub fn check(config: Option<&Path>, mappings: &[PathBuf], out: &mut dyn Write) -> i32 {
+///
+/// With `explain_filters`, a valid set is followed by push-down's plan
+/// (`mapping::PushDown::explain`) for every `[[server]]` of the config
+/// (without a config: for one server with `events = "on"` and
+/// `push_down = true`).
+pub fn check(
+    config: Option<&Path>,
+    mappings: &[PathBuf],
+    explain_filters: bool,
+    out: &mut dyn Write,
+) -> i32 {
     let mut ok = true;
     let mut dirs = mappings.to_vec();
+    let mut loaded = None;
     if let Some(c) = config {
         match Config::load(c) {
             Ok(cfg) => {
@@ -55,6 +66,7 @@ pub fn check(config: Option<&Path>, mappings: &[PathBuf], out: &mut dyn Write) -
                 if dirs.is_empty() {
                     dirs = cfg.mappings.dirs();
                 }
+                loaded = Some(cfg);
             }
             Err(e) => {
                 ok = false;
@@ -65,16 +77,46 @@ pub fn check(config: Option<&Path>, mappings: &[PathBuf], out: &mut dyn Write) -
     if dirs.is_empty() {
         dirs.push(PathBuf::from("mappings"));
     }
-    if let Err(e) = check_mappings(&dirs, out) {
-        ok = false;
-        let _ = writeln!(out, "{e}");
+    match check_mappings(&dirs, out) {
+        Ok(router) if explain_filters => explain_filters_of(&router, loaded.as_ref(), out),
+        Ok(_) => {}
+        Err(e) => {
+            ok = false;
+            let _ = writeln!(out, "{e}");
+        }
     }
     if ok { 0 } else { 1 }
 }
 
+/// `check --explain-filters`: push-down's plan per server.
+fn explain_filters_of(router: &crate::mapping::Router, cfg: Option<&Config>, out: &mut dyn Write) {
+    use crate::mapping::PushDown;
+    match cfg {
+        Some(cfg) => {
+            let facade = cfg.facade.listen().is_some();
+            for s in &cfg.servers {
+                let p = PushDown::for_server(router, s, facade);
+                let _ = write!(out, "{}", p.explain(s.name(), &s.events.mask()));
+            }
+        }
+        None => {
+            let on = crate::ami::EventMask::On;
+            let p = PushDown::plan(router, &on);
+            let _ = write!(
+                out,
+                "{}",
+                p.explain("(no --config: events = \"on\", push_down = true)", &on)
+            );
+        }
+    }
+}
+
 /// Loads the set of `dirs` and prints what `check` says about a valid one:
 /// its size, its exchanges, and which files the overlays replace or add.
-fn check_mappings(dirs: &[PathBuf], out: &mut dyn Write) -> Result<(), LoadError> {
+fn check_mappings(
+    dirs: &[PathBuf],
+    out: &mut dyn Write,
+) -> Result<crate::mapping::Router, LoadError> {
     let files = overlay_files(dirs)?;
     let paths: Vec<PathBuf> = files.iter().map(|f| f.path.clone()).collect();
     let r = load_files(&paths)?;
@@ -97,7 +139,7 @@ fn check_mappings(dirs: &[PathBuf], out: &mut dyn Write) -> Result<(), LoadError
             None => writeln!(out, "  {} added", f.path.display()),
         };
     }
-    Ok(())
+    Ok(r)
 }
 
 /// What the dry run saw.

@@ -856,3 +856,97 @@ async fn a_running_bridge_reloads_when_a_file_of_a_later_directory_changes() {
         setup.log()
     );
 }
+
+/// `check --explain-filters`: push-down's plan per server, with why.
+#[test]
+fn check_explains_the_push_down_filters() {
+    let m = repo().join("mappings");
+    let drop = repo().join("mappings/examples/drop-noise");
+    let (code, out, err) = run(&[
+        "check",
+        "--mappings",
+        m.to_str().unwrap(),
+        "--mappings",
+        drop.to_str().unwrap(),
+        "--explain-filters",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    for want in [
+        "  Events: on (configured: on)\n",
+        "  Filter: !^Event: ([Cc][Ee][Ll]|[Nn][Ee][Ww][Ee][Xx][Tt][Ee][Nn]|[Vv][Aa][Rr][Ss][Ee][Tt])[[:space:]]\n",
+        "  filtered at the source: CEL, NewExten, VarSet\n",
+        "  kept: any other name (open set)\n",
+    ] {
+        assert!(out.contains(want), "no {want:?} in\n{out}");
+    }
+
+    // Per [[server]] of a config: off unless push_down = true, and off
+    // with action_connections = 0; never wider than the configured mask.
+    let dir = tempfile::tempdir().unwrap();
+    let maps = dir.path().join("m");
+    std::fs::create_dir(&maps).unwrap();
+    std::fs::write(
+        maps.join("10-cdr.toml"),
+        "[[route]]\nname = \"cdr\"\nevents = [\"Cdr\", \"Hangup\"]\nexchange = \"e\"\nrouting_key = \"k\"\n",
+    )
+    .unwrap();
+    let mappings_line = format!("dir = \"{}\"", repo().join("mappings").display());
+    let to = format!("dir = \"{}\"", maps.display());
+    for (extra, want) in [
+        (
+            "",
+            "  push_down: off\n  Events: on (configured: on)\n  filters: none\n  note: push_down = false\n",
+        ),
+        (
+            "push_down = true\nevents = [\"cdr\", \"user\"]\n",
+            "  push_down: on\n  Events: cdr (configured: cdr,user)\n",
+        ),
+        (
+            "push_down = true\n",
+            "  Events: call,cdr (configured: on)\n",
+        ),
+        (
+            "push_down = true\naction_connections = 0\n",
+            "  push_down: off\n",
+        ),
+    ] {
+        let server = format!("secret = \"s3cret\"\n{extra}");
+        let c = config_with(
+            dir.path(),
+            &[("secret = \"s3cret\"\n", &server), (&mappings_line, &to)],
+            "",
+        );
+        let (code, out, err) = run(&[
+            "check",
+            "--explain-filters",
+            "--config",
+            c.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(out.contains("server pbx1:\n"), "{out}");
+        assert!(out.contains(want), "no {want:?} in\n{out}");
+    }
+    // Off with the AMI facade, whose clients receive every event.
+    let c = config_with(
+        dir.path(),
+        &[
+            (
+                "secret = \"s3cret\"\n",
+                "secret = \"s3cret\"\npush_down = true\n",
+            ),
+            (&mappings_line, &to),
+        ],
+        "\n[facade]\nlisten = \"127.0.0.1:15038\"\n",
+    );
+    let (code, out, err) = run(&[
+        "check",
+        "--explain-filters",
+        "--config",
+        c.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("  push_down: off\n") && out.contains("note: off: the AMI facade is on"),
+        "{out}"
+    );
+}

@@ -38,6 +38,15 @@
 //! [`Incoming::Snapshot`], framed by a start and an end mark; a session
 //! that ends mid-snapshot ends it with an incomplete end mark first.
 //!
+//! With push-down ([`ClientConfig::push_down`], event connections only) the
+//! login asks for the plan's mask and its `Filter` actions are written in
+//! the same flush, right behind the `Login` (`login::filter_actions`), so
+//! Asterisk reads them before it writes events to the new session; their
+//! answers are read before the session starts. A refusal is counted
+//! and the session goes on unfiltered. When the bridge publishes another
+//! plan (a mapping reload), the session logs off and the connection is
+//! made again at once, without the backoff wait.
+//!
 //! While the connection is down, actions fail at once with
 //! [`ActionError::Unavailable`] instead of waiting for a reconnect that may
 //! never come; actions in flight when it drops fail with
@@ -56,7 +65,10 @@ use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
 use super::codec::{AmiCodec, Frame, Limits, Malformed};
-use super::login::{Credentials, EventMask, LoginError, login_within};
+use super::login::{
+    Credentials, EventMask, EventRequest, FiltersOutcome, LoginError, filter_actions,
+    filter_answers, login_within,
+};
 use super::message::{Kind, Message, MessageBuilder};
 use super::snapshot::{Observed, SnapshotKind, SnapshotMark, Snapshotter};
 use super::stream::{AmiStream, open};
@@ -95,6 +107,11 @@ pub struct ClientConfig {
     /// State to snapshot after each login (event connections only;
     /// empty: none).
     pub snapshot: Vec<SnapshotKind>,
+    /// Push-down (event connections only): log in with this mask instead
+    /// of `events` and add these filters; the bridge updates it on a
+    /// mapping reload, and a change reconnects (filters cannot be taken
+    /// back from an Asterisk session). `None`: off.
+    pub push_down: Option<watch::Receiver<EventRequest>>,
 }
 
 impl ClientConfig {
@@ -114,6 +131,7 @@ impl ClientConfig {
             role: "events".into(),
             tls: None,
             snapshot: Vec::new(),
+            push_down: None,
         }
     }
 }
@@ -265,6 +283,7 @@ impl Client {
             next_id: 0,
             queue: Outbox::default(),
             snapshot: Snapshotter::new(if events_wanted { &config.snapshot } else { &[] }),
+            filters_refused: false,
         };
         tokio::spawn(task.run());
         Client {
@@ -448,6 +467,8 @@ struct Supervisor {
     queue: Outbox,
     /// The snapshots after each login (off for action connections).
     snapshot: Snapshotter,
+    /// Push-down's filters were refused once (logged once per client).
+    filters_refused: bool,
 }
 
 /// The local queue in front of the event channel (see the module docs).
@@ -528,6 +549,8 @@ async fn logoff(framed: &mut AmiFramed) -> SessionEnd {
 enum SessionEnd {
     Cancelled,
     Lost(String),
+    /// Push-down asks for something else now: reconnect at once.
+    Replan(String),
 }
 
 impl Supervisor {
@@ -546,17 +569,19 @@ impl Supervisor {
     async fn run(mut self) {
         let mut attempt: u32 = 0;
         loop {
+            let mut replan = false;
             if self.cancel.is_cancelled() {
                 break;
             }
             self.set_state(ConnState::Connecting { attempt });
+            let cancel = self.cancel.clone();
             let result = tokio::select! {
                 r = self.connect() => Some(r),
-                _ = self.cancel.cancelled() => None,
+                _ = cancel.cancelled() => None,
             };
             let Some(result) = result else { break };
             let reason = match result {
-                Ok((framed, ok)) => {
+                Ok((framed, ok, request)) => {
                     attempt = 0;
                     tracing::info!(server = %self.config.server, role = %self.config.role,
                         address = %self.config.address, banner = %clip(&ok.banner), "AMI connected");
@@ -571,14 +596,18 @@ impl Supervisor {
                             self.queue.push(&tx, item);
                         }
                     }
-                    let end = self.session(framed).await;
+                    let end = self.session(framed, request).await;
                     self.end_snapshot(match &end {
                         SessionEnd::Cancelled => "the bridge stopped",
-                        SessionEnd::Lost(reason) => reason,
+                        SessionEnd::Lost(reason) | SessionEnd::Replan(reason) => reason,
                     });
                     match end {
                         SessionEnd::Cancelled => break,
                         SessionEnd::Lost(reason) => reason,
+                        SessionEnd::Replan(reason) => {
+                            replan = true;
+                            reason
+                        }
                     }
                 }
                 Err(e) => {
@@ -596,8 +625,10 @@ impl Supervisor {
             self.set_state(ConnState::Disconnected {
                 reason: reason.clone(),
             });
-            let delay = self.config.backoff.delay(attempt.saturating_sub(1));
-            self.wait_to_reconnect(delay).await;
+            if !replan {
+                let delay = self.config.backoff.delay(attempt.saturating_sub(1));
+                self.wait_to_reconnect(delay).await;
+            }
         }
         self.stop().await;
     }
@@ -651,7 +682,60 @@ impl Supervisor {
         })
     }
 
-    async fn connect(&self) -> Result<(AmiFramed, super::login::LoginOk), String> {
+    /// Connects and logs in (with push-down's mask and filters when it is
+    /// on: the request used comes back with the connection).
+    async fn connect(
+        &mut self,
+    ) -> Result<(AmiFramed, super::login::LoginOk, Option<EventRequest>), String> {
+        let request = self.config.push_down.as_ref().map(|rx| rx.borrow().clone());
+        let filters = request
+            .as_ref()
+            .map_or_else(Vec::new, |r| filter_actions(&r.filters));
+        let (mut framed, mut ok) = self.connect_login(request.as_ref(), &filters).await?;
+        if let Some(r) = request.as_ref().filter(|r| !r.filters.is_empty()) {
+            self.filter_outcome(&mut framed, &mut ok, r).await?;
+        }
+        Ok((framed, ok, request))
+    }
+
+    /// The answers to push-down's filters, sent with the login; a refusal
+    /// (no `system` write class) is counted, logged once per client, and
+    /// the session goes on unfiltered: the mappings drop those events as
+    /// they always did.
+    async fn filter_outcome(
+        &mut self,
+        framed: &mut AmiFramed,
+        ok: &mut super::login::LoginOk,
+        r: &EventRequest,
+    ) -> Result<(), String> {
+        let c = self.config.clone();
+        let budget = c.max_buffered_bytes.saturating_sub(self.queue.bytes);
+        match filter_answers(framed, ok, r.filters.len(), c.connect_timeout, budget).await {
+            Ok(FiltersOutcome::Added(n)) => {
+                tracing::info!(server = %c.server, role = %c.role, filters = n,
+                    mask = %r.mask.header_value(), "push-down: event filters added");
+                Ok(())
+            }
+            Ok(FiltersOutcome::Refused(message)) => {
+                crate::internal_events::ami::PushDownRefused {
+                    server: &c.server,
+                    role: &c.role,
+                    message: &message,
+                    log: !self.filters_refused,
+                }
+                .emit();
+                self.filters_refused = true;
+                Ok(())
+            }
+            Err(e) => Err(format!("push-down filters: {e}")),
+        }
+    }
+
+    async fn connect_login(
+        &self,
+        request: Option<&EventRequest>,
+        then: &[Message],
+    ) -> Result<(AmiFramed, super::login::LoginOk), String> {
         let c = &self.config;
         let timed_out = || {
             format!(
@@ -680,9 +764,10 @@ impl Supervisor {
         match login_within(
             &mut framed,
             &c.credentials,
-            &c.events,
+            request.map_or(&c.events, |r| &r.mask),
             c.connect_timeout,
             budget,
+            then,
         )
         .await
         {
@@ -815,8 +900,18 @@ impl Supervisor {
     /// Runs one logged-in session until it ends: a `select!` over
     /// cancellation, delivery of queued events, reads, actions to send and
     /// the keepalive timer, each handled by a method of its own.
-    async fn session(&mut self, mut framed: AmiFramed) -> SessionEnd {
+    async fn session(
+        &mut self,
+        mut framed: AmiFramed,
+        request: Option<EventRequest>,
+    ) -> SessionEnd {
         let mut st = SessionState::default();
+        let mut plan = self.config.push_down.clone();
+        if let (Some(rx), Some(applied)) = (&mut plan, &request)
+            && *rx.borrow_and_update() != *applied
+        {
+            return self.replan(&mut framed).await;
+        }
         let keepalive = if self.config.keepalive.is_zero() {
             Duration::from_secs(3600 * 24 * 365)
         } else {
@@ -847,6 +942,10 @@ impl Supervisor {
                     self.end_snapshot("the snapshot's lists did not end in time");
                     ControlFlow::Continue(())
                 }
+                changed = plan_changed(&mut plan, request.as_ref()) => {
+                    if changed { ControlFlow::Break(self.replan(&mut framed).await) }
+                    else { ControlFlow::Continue(()) }
+                }
             };
             if let ControlFlow::Break(end) = step {
                 break end;
@@ -860,6 +959,15 @@ impl Supervisor {
                 .send(Err(ActionError::ConnectionLost(server.clone())));
         }
         end
+    }
+
+    /// Ends a session whose push-down request changed: log off, then
+    /// reconnect at once with the new one.
+    async fn replan(&self, framed: &mut AmiFramed) -> SessionEnd {
+        let _ = logoff(framed).await;
+        SessionEnd::Replan(
+            "push-down: the mapping reload changed the event mask or filters; reconnecting".into(),
+        )
     }
 
     /// Whether reads may go on: not while the in-memory budget is full.
@@ -1103,6 +1211,22 @@ impl Supervisor {
             }
         }
     }
+}
+
+/// Waits for push-down's request to change; true when it differs from
+/// `applied`. Pends forever without push-down (or once its sender is gone).
+async fn plan_changed(
+    plan: &mut Option<watch::Receiver<EventRequest>>,
+    applied: Option<&EventRequest>,
+) -> bool {
+    let Some(rx) = plan else {
+        return std::future::pending().await;
+    };
+    if rx.changed().await.is_err() {
+        *plan = None;
+        return false;
+    }
+    applied.is_some_and(|a| *rx.borrow_and_update() != *a)
 }
 
 /// Answers the action `id` (when its response came) and forgets it.

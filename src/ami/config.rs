@@ -78,6 +78,11 @@ documented! {
         pub snapshot: Vec<SnapshotKind>,
         /// Extra connections for actions (0: actions share the event connection).
         pub action_connections: usize,
+        /// Push-down: ask Asterisk not to send what the mappings drop (a
+        /// narrower Events: mask, exclude Filters; the Filter action needs
+        /// the system write class). A reload that changes it reconnects the
+        /// event connection. Off with the facade or action_connections = 0.
+        pub push_down: bool,
         /// Seconds between keepalive Pings on every connection (0 disables them).
         pub keepalive_s: u64,
         /// How long an action (and a keepalive Ping) may take by default, in seconds.
@@ -130,6 +135,7 @@ impl Default for ServerConfig {
             events: EventsCfg::default(),
             snapshot: SnapshotKind::ALL.to_vec(),
             action_connections: 2,
+            push_down: false,
             keepalive_s: 20,
             action_timeout_s: 10,
             connect_timeout_s: 10,

@@ -138,6 +138,91 @@ where
     }
 }
 
+/// What an event connection asks Asterisk for when the mappings push
+/// their drops down (`mapping::PushDown`): the `Events:` mask of its
+/// `Login` and the `Filter:` patterns it adds right after.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRequest {
+    pub mask: EventMask,
+    pub filters: Vec<String>,
+}
+
+/// How the `Filter` actions sent with a login went ([`filter_answers`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FiltersOutcome {
+    /// Every filter was accepted.
+    Added(usize),
+    /// Asterisk refused one (`Permission denied` without the `system`
+    /// write class): its `Message:`. The session has the filters accepted
+    /// before it, and that is all (excludes only ever drop what the
+    /// mappings drop, so fewer of them is safe).
+    Refused(String),
+}
+
+/// The `Filter` actions (`Operation: Add`) for legacy `filters`, with the
+/// ActionIDs [`filter_answers`] waits for. Written right behind the
+/// `Login` ([`login_within`]'s `then`), Asterisk reads them before it
+/// writes any event to the new session.
+pub fn filter_actions(filters: &[String]) -> Vec<Message> {
+    filters
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let id = format!("filter-{}", i + 1);
+            Message::from_pairs([
+                ("Action", "Filter"),
+                ("ActionID", id.as_str()),
+                ("Operation", "Add"),
+                ("Filter", f.as_str()),
+            ])
+        })
+        .collect()
+}
+
+/// Reads the answers to the `count` [`filter_actions`] sent with the
+/// login, in order; events that arrive meanwhile are appended to
+/// `ok.early_events` (within `budget` bytes, as for the login). Within
+/// `timeout`.
+pub async fn filter_answers<S>(
+    framed: &mut Framed<S, AmiCodec>,
+    ok: &mut LoginOk,
+    count: usize,
+    timeout: Duration,
+    budget: usize,
+) -> Result<FiltersOutcome, LoginError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut early = Early {
+        bytes: ok.early_events.iter().map(Message::memory_size).sum(),
+        events: std::mem::take(&mut ok.early_events),
+        budget,
+    };
+    let r = tokio::time::timeout(timeout, async {
+        let mut banner = None;
+        let mut refused = None;
+        for i in 0..count {
+            let id = format!("filter-{}", i + 1);
+            let r = read_response(framed, &id, &mut banner, &mut early).await?;
+            let success = r
+                .get("Response")
+                .is_some_and(|v| v.eq_ignore_ascii_case("Success"));
+            if !success && refused.is_none() {
+                refused =
+                    Some(clip(r.get("Message").as_deref().unwrap_or("no message")).to_string());
+            }
+        }
+        Ok::<_, LoginError>(match refused {
+            Some(m) => FiltersOutcome::Refused(m),
+            None => FiltersOutcome::Added(count),
+        })
+    })
+    .await
+    .map_err(|_| LoginError::Timeout(timeout));
+    ok.early_events = early.events;
+    r?
+}
+
 /// Logs in on a fresh connection: waits for the banner, authenticates and
 /// asks for `events`. The whole exchange must finish within `timeout`.
 pub async fn login<S>(
@@ -149,24 +234,27 @@ pub async fn login<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    login_within(framed, creds, events, timeout, DEFAULT_EARLY_BUDGET).await
+    login_within(framed, creds, events, timeout, DEFAULT_EARLY_BUDGET, &[]).await
 }
 
 /// [`login`] holding at most `budget` bytes (as [`Message::memory_size`]
 /// counts them) of events that arrive before the answer: a server that
 /// sends more fails the login with [`LoginError::TooMuchBeforeLogin`]
-/// instead of filling memory until the timeout.
+/// instead of filling memory until the timeout. `then` is written in the
+/// same flush right behind the `Login` (push-down's [`filter_actions`]);
+/// their answers are the caller's to read.
 pub async fn login_within<S>(
     framed: &mut Framed<S, AmiCodec>,
     creds: &Credentials,
     events: &EventMask,
     timeout: Duration,
     budget: usize,
+    then: &[Message],
 ) -> Result<LoginOk, LoginError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    tokio::time::timeout(timeout, login_inner(framed, creds, events, budget))
+    tokio::time::timeout(timeout, login_inner(framed, creds, events, budget, then))
         .await
         .map_err(|_| LoginError::Timeout(timeout))?
 }
@@ -203,6 +291,7 @@ async fn login_inner<S>(
     creds: &Credentials,
     events: &EventMask,
     budget: usize,
+    then: &[Message],
 ) -> Result<LoginOk, LoginError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -238,7 +327,11 @@ where
         }
     };
     let login = login_action("login-2", &creds.username, proof, events);
-    framed.send(login).await?;
+    framed.feed(login).await?;
+    for m in then {
+        framed.feed(m.clone()).await?;
+    }
+    SinkExt::<Message>::flush(framed).await?;
     let r = read_response(framed, "login-2", &mut banner, &mut early).await?;
     if r.get("Response")
         .is_some_and(|v| v.eq_ignore_ascii_case("Success"))

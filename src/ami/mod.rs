@@ -29,7 +29,7 @@ pub(crate) mod message {
 pub use codec::{AmiCodec, Frame, Limits, Malformed, MalformedKind, decode_all};
 pub use message::{Kind, Message, MessageBuilder, bytes_to_text};
 pub(crate) mod login;
-pub use login::{AuthType, Credentials, EventMask, LoginError, login};
+pub use login::{AuthType, Credentials, EventMask, EventRequest, LoginError, login};
 pub(crate) mod client;
 pub use client::{
     ActionError, ActionResult, Backoff, Client, ClientConfig, ConnState, Incoming, ServerEvent,

@@ -68,6 +68,7 @@ impl Pool {
                 .map(|i| {
                     let mut c = spec.client.clone();
                     c.events = EventMask::Off;
+                    c.push_down = None;
                     c.role = format!("action-{}", i + 1);
                     Client::spawn(c, None)
                 })

@@ -5,7 +5,10 @@ use std::time::Duration;
 use ami_proto::{Kind, Malformed, Message};
 use metrics::counter;
 
-use super::catalog::{AMI_IGNORED_MESSAGES_TOTAL, AMI_PARSE_ERRORS_TOTAL, AMI_RECONNECTS_TOTAL};
+use super::catalog::{
+    AMI_IGNORED_MESSAGES_TOTAL, AMI_PARSE_ERRORS_TOTAL, AMI_PUSH_DOWN_REFUSED_TOTAL,
+    AMI_RECONNECTS_TOTAL,
+};
 use crate::logs::{Throttle, clip, clip_bytes};
 
 /// An AMI connection was lost or could not be made; it will be retried.
@@ -22,6 +25,30 @@ impl AmiDisconnected<'_> {
             address = %self.address, reason = %clip(self.reason), "AMI disconnected; will reconnect");
         counter!(AMI_RECONNECTS_TOTAL, "server" => self.server.to_string(), "role" => self.role.to_string())
             .increment(1);
+    }
+}
+
+/// Asterisk refused push-down's `Filter` actions on a fresh event
+/// connection (the user lacks the `system` write class): counted at every
+/// login, logged when `log` (the first time for this connection).
+pub struct PushDownRefused<'a> {
+    pub server: &'a str,
+    pub role: &'a str,
+    /// Asterisk's `Message:`.
+    pub message: &'a str,
+    pub log: bool,
+}
+
+impl PushDownRefused<'_> {
+    pub fn emit(self) {
+        if self.log {
+            tracing::warn!(target: "ami2amqp::ami::client", server = %self.server, role = %self.role,
+                message = %clip(self.message),
+                "push-down: Asterisk refused the event filters (the Filter action needs the \
+                 `system` write class in manager.conf); dropped events are still sent and \
+                 dropped by the mappings");
+        }
+        counter!(AMI_PUSH_DOWN_REFUSED_TOTAL, "server" => self.server.to_string()).increment(1);
     }
 }
 

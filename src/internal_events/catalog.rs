@@ -38,6 +38,7 @@ pub const AMI_RECONNECTS_TOTAL: &str = "ami_reconnects_total";
 pub const SNAPSHOTS_TOTAL: &str = "snapshots_total";
 pub const SNAPSHOT_ITEMS_TOTAL: &str = "snapshot_items_total";
 pub const SNAPSHOT_REFUSED_TOTAL: &str = "snapshot_refused_total";
+pub const AMI_PUSH_DOWN_REFUSED_TOTAL: &str = "ami_push_down_refused_total";
 pub const EVENTS_UNMATCHED_TOTAL: &str = "events_unmatched_total";
 pub const MAPPING_ERRORS_TOTAL: &str = "mapping_errors_total";
 pub const MAPPING_RELOADS_TOTAL: &str = "mapping_reloads_total";
@@ -119,6 +120,10 @@ pub const METRICS: &[Metric] = &[
     counter(
         SNAPSHOT_REFUSED_TOTAL,
         "Snapshot actions Asterisk refused (permission, unknown command), by server and kind.",
+    ),
+    counter(
+        AMI_PUSH_DOWN_REFUSED_TOTAL,
+        "Event connections whose push-down Filter actions Asterisk refused (no `system` write class).",
     ),
     counter(
         EVENTS_UNMATCHED_TOTAL,

@@ -9,12 +9,14 @@
 
 pub(crate) mod config;
 pub(crate) mod load;
+pub(crate) mod push_down;
 pub(crate) mod reload;
 pub(crate) mod router;
 pub(crate) mod schema;
 pub(crate) mod template;
 
 pub use load::{Diagnostic, LoadError, load_dir, load_dirs, load_files, load_str, mapping_files};
+pub use push_down::{Feed as PushDownFeed, PushDown};
 pub use reload::{Mappings, ReloadOutcome};
 pub use router::{EventCtx, MessageProps, Outgoing, Render, RouteError, RouteOutcome, Router};
 pub use template::{FILTERS, Lookup, Template};

@@ -13,8 +13,9 @@
 //!    closed — what Asterisk does. Other actions before login get
 //!    `Permission denied`.
 //! 3. Once logged in, the client receives the trace's events, filtered by
-//!    its `Events:` mask, at the chosen pace, while its actions are answered
-//!    in between: `Ping`, `Logoff`, `Events`, canned answers recorded from a
+//!    its `Events:` mask and its `Filter`s, at the chosen pace, while its
+//!    actions are answered in between: `Ping`, `Logoff`, `Events`, `Filter`
+//!    (see "Filters" below), canned answers recorded from a
 //!    real server (see [`super::responses`]), and Asterisk's
 //!    `Invalid/unknown command` for the rest. Every answer echoes the
 //!    client's `ActionID`. The texts are those of real captures
@@ -45,6 +46,21 @@
 //! are in the mask — Asterisk's rule `(send_events & category) == category`;
 //! for the single-class events real servers send this is the same as "the
 //! classes intersect".
+//!
+//! ## Filters
+//!
+//! `Filter` is answered as Asterisk's `action_filter` answers it: `Permission
+//! denied` unless the account has the `system` write class
+//! ([`ReplayConfig::write_classes`], `--write-classes`), `Unknown operation`
+//! unless `Operation: Add`, Asterisk's error texts for a filter that does
+//! not parse or compile, else `Message: Success`. The filter
+//! (`ami_proto::EventFilter`, legacy or `MatchCriteria`) then applies to
+//! every event streamed after it, as `should_send_event` decides.
+//!
+//! For measurements, each client's stream is logged (`client stream
+//! stats`, at the end of the stream and when the client leaves): events and
+//! event bytes sent, events the mask and the filters kept back, the number
+//! of filters and the seconds since login.
 //!
 //! ## Pacing
 //!
@@ -100,8 +116,12 @@ use super::responses::CannedResponses;
 use crate::ami::{AmiCodec, Frame, Kind, Limits, Malformed, MalformedKind, Message};
 use crate::support::time::ami_timestamp;
 use ami_proto::{
-    ALL_CLASSES, EventLists, EventMask, ListStep, mask_allows, md5_key, privilege_bits,
+    ALL_CLASSES, EventFilter, EventLists, EventMask, FilterSet, ListStep, mask_allows, md5_key,
+    privilege_bits,
 };
+
+/// The class bit of `system`: the `Filter` action needs it as a write class.
+const SYSTEM: u32 = 1;
 
 /// The banner sent when the trace has none.
 pub const DEFAULT_BANNER: &[u8] = b"Asterisk Call Manager/11.0.0\r\n";
@@ -159,6 +179,9 @@ pub struct ReplayConfig {
     /// Serve TLS (as Asterisk's `tlsenable` listener does) with this
     /// certificate (chain) and key, both PEM; `None`: plain TCP.
     pub tls: Option<ReplayTls>,
+    /// The write classes of the account (`manager.conf`'s `write =`), as
+    /// class bits: `Filter` needs `system` (default: every class).
+    pub write_classes: u32,
 }
 
 /// The replay's TLS certificate and key files (`--tls-cert`, `--tls-key`).
@@ -183,6 +206,7 @@ impl Default for ReplayConfig {
             include_list_events: false,
             exit_after_clients: None,
             tls: None,
+            write_classes: ALL_CLASSES,
         }
     }
 }
@@ -194,6 +218,8 @@ pub struct StreamEvent {
     pub bytes: Bytes,
     /// Class bits from `Privilege:`.
     pub category: u32,
+    /// The `Event:` value (for filters that name an event).
+    pub name: Bytes,
     /// When it is due relative to the first event (only with timing).
     pub at: Duration,
 }
@@ -318,9 +344,11 @@ fn split_events(
                     continue;
                 }
                 let category = message.get_bytes("Privilege").map_or(0, privilege_bits);
+                let name = Bytes::copy_from_slice(message.get_bytes("Event").unwrap_or_default());
                 events.push(StreamEvent {
                     bytes,
                     category,
+                    name,
                     at: Duration::ZERO,
                 });
                 ends.push(end);
@@ -365,6 +393,7 @@ struct Shared {
     timed: bool,
     loops: u64,
     auth_fail_delay: Duration,
+    write_classes: u32,
 }
 
 /// A bound replay server, ready to [`run`](ReplayServer::run).
@@ -438,6 +467,7 @@ impl ReplayServer {
             timed: matches!(config.pace, Pace::Timing(_)),
             loops: config.loops,
             auth_fail_delay: config.auth_fail_delay,
+            write_classes: config.write_classes,
         });
         Ok(ReplayServer {
             listener,
@@ -509,6 +539,8 @@ enum Out {
     Start(u32),
     /// The `Events` action changed the mask.
     Mask(u32),
+    /// The `Filter` action added a filter.
+    Filter(EventFilter),
     /// Send what is pending, then close the connection.
     Close,
 }
@@ -660,6 +692,10 @@ impl Session {
                 events(m, id, &mut out);
                 Next::Continue
             }
+            "filter" => {
+                self.filter(m, id, &mut out);
+                Next::Continue
+            }
             _ => {
                 out.push(Out::Send(self.other(m, id, &action)));
                 Next::Continue
@@ -714,6 +750,34 @@ impl Session {
         } else {
             let msg: &[u8] = b"Must specify AuthType";
             response("Error", id, &[("Message", msg)])
+        }
+    }
+
+    /// `Filter` as Asterisk answers it (`action_filter`): `system` write
+    /// class, `Operation: Add`, a filter that compiles; the filter then
+    /// applies to the events streamed after it.
+    fn filter(&self, m: &Message, id: Option<&[u8]>, out: &mut Vec<Out>) {
+        let err = |msg: &str| Out::Send(response("Error", id, &[("Message", msg.as_bytes())]));
+        if self.shared.write_classes & SYSTEM == 0 {
+            out.push(err("Permission denied"));
+            return;
+        }
+        if !m
+            .get("Operation")
+            .is_some_and(|o| o.eq_ignore_ascii_case("Add"))
+        {
+            out.push(err("Unknown operation"));
+            return;
+        }
+        let criteria = m.get("MatchCriteria").unwrap_or_default();
+        match EventFilter::new(Some(&criteria), &m.get("Filter").unwrap_or_default()) {
+            Ok(f) => {
+                tracing::info!(peer = %self.peer, filter = %crate::logs::clip(&m.get("Filter").unwrap_or_default()), "filter added");
+                let ok: &[u8] = b"Success";
+                out.push(Out::Send(response("Success", id, &[("Message", ok)])));
+                out.push(Out::Filter(f));
+            }
+            Err(e) => out.push(err(e.asterisk_message())),
         }
     }
 
@@ -821,6 +885,14 @@ async fn read_loop<R: AsyncRead + Unpin>(
 /// The event stream of one client.
 struct StreamState {
     mask: u32,
+    /// The session's `Filter`s.
+    filters: FilterSet,
+    /// Bytes of events sent.
+    bytes_sent: u64,
+    /// Events the mask kept back.
+    masked: u64,
+    /// Events the filters kept back.
+    filtered: u64,
     /// Next event to look at.
     idx: usize,
     /// Passes completed.
@@ -838,6 +910,10 @@ impl StreamState {
     fn new(mask: u32, now: Instant) -> Self {
         StreamState {
             mask,
+            filters: FilterSet::default(),
+            bytes_sent: 0,
+            masked: 0,
+            filtered: 0,
             idx: 0,
             loops_done: 0,
             sent: 0,
@@ -907,6 +983,7 @@ impl StreamState {
             if self.idx >= events.len() {
                 if !self.wrap(shared) {
                     tracing::info!(events = self.sent, "stream finished");
+                    self.log_stats("stream finished");
                     return None;
                 }
                 continue;
@@ -914,6 +991,13 @@ impl StreamState {
             let ev = &events[self.idx];
             if !mask_allows(self.mask, ev.category) {
                 self.idx += 1;
+                self.masked += 1;
+                skipped += 1;
+                continue;
+            }
+            if !self.filters.is_empty() && !self.filters.should_send(&ev.name, &ev.bytes) {
+                self.idx += 1;
+                self.filtered += 1;
                 skipped += 1;
                 continue;
             }
@@ -923,9 +1007,26 @@ impl StreamState {
                 return Some(due);
             }
             buf.extend_from_slice(&ev.bytes);
+            self.bytes_sent += ev.bytes.len() as u64;
             self.idx += 1;
             self.sent += 1;
         }
+    }
+
+    /// What this client was sent and spared, since its login: the line
+    /// measurements read (BENCHMARKS.md, push-down).
+    fn log_stats(&self, when: &str) {
+        let secs = self.base.elapsed().as_secs_f64();
+        tracing::info!(
+            when,
+            events_sent = self.sent,
+            event_bytes_sent = self.bytes_sent,
+            masked = self.masked,
+            filtered = self.filtered,
+            filters = self.filters.len(),
+            seconds = format_args!("{secs:.3}"),
+            "client stream stats"
+        );
     }
 }
 
@@ -963,7 +1064,15 @@ async fn write_session<W: AsyncWrite + Unpin>(
                         s.set_mask(mask, shared, Instant::now());
                     }
                 }
+                Ok(Out::Filter(f)) => {
+                    if let Some(s) = &mut stream {
+                        s.filters.add(f);
+                    }
+                }
                 Ok(Out::Close) | Err(mpsc::error::TryRecvError::Disconnected) => {
+                    if let Some(s) = &stream {
+                        s.log_stats("client left");
+                    }
                     wr.write_all(&buf).await?;
                     wr.shutdown().await?;
                     return Ok(());
@@ -990,7 +1099,15 @@ async fn write_session<W: AsyncWrite + Unpin>(
                         s.set_mask(mask, shared, Instant::now());
                     }
                 }
+                Some(Out::Filter(f)) => {
+                    if let Some(s) = &mut stream {
+                        s.filters.add(f);
+                    }
+                }
                 Some(Out::Close) | None => {
+                    if let Some(s) = &stream {
+                        s.log_stats("client left");
+                    }
                     wr.shutdown().await?;
                     return Ok(());
                 }
@@ -1090,6 +1207,7 @@ mod tests {
             timed: false,
             loops,
             auth_fail_delay: Duration::ZERO,
+            write_classes: ALL_CLASSES,
         }
     }
 
@@ -1097,8 +1215,29 @@ mod tests {
         StreamEvent {
             bytes: Bytes::from(format!("Event: {name}\r\n\r\n")),
             category,
+            name: Bytes::from(name.to_string()),
             at: Duration::ZERO,
         }
+    }
+
+    /// A session's filters keep events back as Asterisk's do, and are
+    /// counted apart from the mask's.
+    #[test]
+    fn fill_applies_filters() {
+        let shared = shared_with(
+            vec![ev("VarSet", 2), ev("Hangup", 2), ev("User", 64)],
+            None,
+            1,
+        );
+        let now = Instant::now();
+        let mut s = StreamState::new(2, now);
+        s.filters
+            .add(EventFilter::new(None, "!^Event: [Vv]ar[Ss]et[[:space:]]").unwrap());
+        let mut buf = Vec::new();
+        assert_eq!(s.fill(&shared, now, &mut buf), None);
+        assert_eq!(String::from_utf8(buf).unwrap(), "Event: Hangup\r\n\r\n");
+        assert_eq!((s.sent, s.filtered, s.masked), (1, 1, 1));
+        assert_eq!(s.bytes_sent, "Event: Hangup\r\n\r\n".len() as u64);
     }
 
     #[test]

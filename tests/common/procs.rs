@@ -78,12 +78,24 @@ impl Drop for Proc {
 
 /// Starts `ami2amqp replay` on a free port; returns it and its address.
 pub fn replay(args: &[&str]) -> (Proc, String) {
+    replay_to(args, Stdio::null())
+}
+
+/// [`replay`] with its log (`RUST_LOG=info`) written to `log`: the
+/// per-client `client stream stats` lines.
+pub fn replay_logged(args: &[&str], log: &Path) -> (Proc, String) {
+    let f = std::fs::File::create(log).expect("replay log file");
+    replay_to(args, Stdio::from(f))
+}
+
+fn replay_to(args: &[&str], stderr: Stdio) -> (Proc, String) {
     let mut child = Command::new(bin())
         .arg("replay")
         .args(["--listen", "127.0.0.1:0"])
         .args(args)
+        .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .expect("start replay");
     let stdout = child.stdout.take().expect("stdout");
