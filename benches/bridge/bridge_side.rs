@@ -303,7 +303,8 @@ impl BridgeRun {
 
 /// The bridge's config: defaults everywhere (confirm window, fsync
 /// interval, spool sizes…) except where things live. One AMI connection:
-/// no action connections.
+/// no action connections, and no snapshot (its markers are messages the
+/// trace does not have; this measures the event path).
 fn config_text(s: &Setup, ami_addr: &std::net::SocketAddr, metrics: &str, spool: &Path) -> String {
     format!(
         r#"[amqp]
@@ -315,6 +316,7 @@ address = "{ami_addr}"
 username = "bench"
 secret = "bench"
 action_connections = 0
+snapshot = []
 
 [mappings]
 dir = "{mappings}"
