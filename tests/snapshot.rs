@@ -290,6 +290,94 @@ async fn replay_snapshot_is_framed_in_order_with_live_events_and_again_after_a_r
     drop(bridge);
 }
 
+/// Every kind answered as a real Asterisk (22.9) answers it: the replay
+/// uses the recorded `snapshot_lists` session, where all six list actions
+/// succeeded (with a bridge up, a queued caller, and empty extension and
+/// presence lists, the lab dialplan having no hints).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_kind_is_published_from_real_answers() {
+    let url = shared_amqp_url();
+    let sent = trace("snapshot_lists.sent");
+    let small = trace("calls_small.ami");
+    let (_replay, addr) = replay_on(
+        "127.0.0.1:0",
+        &[
+            "--username",
+            "bridge",
+            "--secret",
+            "bridgepass",
+            "--rate",
+            "300",
+            "--responses",
+            sent.to_str().unwrap(),
+            small.to_str().unwrap(),
+        ],
+    );
+    let setup = BridgeSetup::new(&addr, &url, "");
+    setup.with_snapshots();
+    let live = setup.dry_run(&small).len();
+    // What the recording holds, per kind (its list items, read here
+    // without the bridge's code).
+    let recorded = std::fs::read_to_string(trace("snapshot_lists.ami")).unwrap();
+    let count = |action: &str| {
+        recorded
+            .split("\r\n\r\n")
+            .filter(|m| m.starts_with("Event: ") && !m.contains("EventList: Complete"))
+            .filter(|m| m.lines().any(|l| l == format!("ActionID: snap-{action}")))
+            .count()
+    };
+    let want: BTreeMap<&str, usize> = [
+        ("channels", count("coreshowchannels")),
+        ("bridges", count("bridgelist")),
+        ("queues", count("queuestatus")),
+        ("devices", count("devicestatelist")),
+        ("extensions", count("extensionstatelist")),
+        ("presence", count("presencestatelist")),
+    ]
+    .into_iter()
+    .filter(|(_, n)| *n > 0)
+    .collect();
+    assert_eq!(
+        want.values().copied().collect::<Vec<_>>(),
+        [1, 10, 5, 5],
+        "bridges, channels, devices, queues in the recording"
+    );
+    let items: usize = want.values().sum();
+    let mut events = sink(&url, &setup.exchange, &format!("{}.#", setup.server)).await;
+    let bridge = setup.start();
+    let got = events
+        .collect(live + items + 2 + 1, Duration::from_secs(20))
+        .await;
+    let got: Vec<_> = got
+        .into_iter()
+        .filter(|d| !d.routing_key.as_str().ends_with(".bridge.status"))
+        .collect();
+    let (snaps, _) = check_stream(&setup.server, &got);
+    assert_eq!(snaps.len(), 1, "{}", setup.log());
+    let s = &snaps[0];
+    assert_eq!(s.end["Complete"], "true");
+    assert_eq!(s.end["Refused"], "", "a real Asterisk refused none");
+    assert_eq!(s.end["Items"], items.to_string().as_str());
+    let mut per_kind: BTreeMap<&str, usize> = BTreeMap::new();
+    for f in &s.items {
+        *per_kind
+            .entry(f["SnapshotKind"].as_str().unwrap())
+            .or_default() += 1;
+    }
+    assert_eq!(per_kind, want);
+    let names = |kind: &str| -> BTreeSet<&str> {
+        s.items
+            .iter()
+            .filter(|f| f["SnapshotKind"] == kind)
+            .map(|f| f["Event"].as_str().unwrap())
+            .collect()
+    };
+    assert_eq!(names("bridges"), BTreeSet::from(["BridgeListItem"]));
+    assert_eq!(names("devices"), BTreeSet::from(["DeviceStateChange"]));
+    assert!(!setup.log().contains("Asterisk refused a snapshot action"));
+    drop(bridge);
+}
+
 #[test]
 fn check_names_an_unknown_snapshot_kind_and_accepts_none() {
     let setup = BridgeSetup::new("127.0.0.1:5038", &shared_amqp_url(), "");
