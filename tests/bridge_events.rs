@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::broker::shared_amqp_url;
-use common::procs::{BridgeSetup, body, replay, sink, trace, wait_until};
+use common::procs::{BridgeSetup, body, replay, sink, trace, wait_until, without_status};
 
 /// Compares what arrived with the dry run: same exchange, routing key,
 /// event, fields and type, in the same order.
@@ -76,10 +76,7 @@ async fn run_trace(name: &str) {
     let got = events
         .collect(expected.len() + 1, Duration::from_secs(20))
         .await;
-    let got: Vec<_> = got
-        .into_iter()
-        .filter(|d| !d.routing_key.as_str().ends_with(".bridge.status"))
-        .collect();
+    let got = without_status(got);
     assert_same(&got, &expected);
     // seq increases by one per event, per server
     let seqs: Vec<u64> = got

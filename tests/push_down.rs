@@ -18,7 +18,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::broker::shared_amqp_url;
-use common::procs::{BridgeSetup, body, replay_logged, sink, trace, wait_until};
+use common::procs::{BridgeSetup, body, replay_logged, sink, trace, wait_until, without_status};
 
 const DROP_NOISE: &str = "mappings/examples/drop-noise/05-drop-noise.toml";
 
@@ -103,10 +103,7 @@ async fn drop_noise_run(write_classes: &str) -> (String, std::collections::HashM
     let got = events
         .collect(expected.len() + 1, Duration::from_secs(30))
         .await;
-    let got: Vec<_> = got
-        .into_iter()
-        .filter(|d| !d.routing_key.as_str().ends_with(".bridge.status"))
-        .collect();
+    let got = without_status(got);
     assert_same(&got, &expected);
     let (_, metrics) = setup.http_get("/metrics").expect("metrics");
     let refused = format!(

@@ -14,43 +14,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::broker::shared_amqp_url;
-use common::procs::{BridgeSetup, Proc, bin, body, repo, sink, trace, with_config};
+use common::procs::{
+    BridgeSetup, Proc, body, replay_on, repo, sink, trace, with_config, without_status,
+};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader as TokioBufReader};
 use tokio::net::{TcpListener, TcpStream};
 
-/// `ami2amqp replay` listening on `listen` (`127.0.0.1:0`: a free port);
-/// returns it and its address.
-fn replay_on(listen: &str, args: &[&str]) -> (Proc, String) {
-    let mut child = Command::new(bin())
-        .args(["replay", "--listen", listen])
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start replay");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("replay prints its address");
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line from replay: {line:?}"))
-        .to_string();
-    (
-        Proc {
-            child,
-            name: "replay".into(),
-        },
-        addr,
-    )
-}
-
 /// The replay of calls_small.ami (at 300 events/s, so that the snapshot's
-/// answers arrive among the events) answering actions from actions.sent.
-fn replay_with_answers(listen: &str) -> (Proc, String) {
-    let sent = trace("actions.sent");
+/// answers arrive among the events) answering actions from the recorded
+/// session `sent` (`actions.sent`, `snapshot_lists.sent`).
+fn replay_with_answers(listen: &str, sent: &str) -> (Proc, String) {
+    let sent = trace(sent);
     let small = trace("calls_small.ami");
     replay_on(
         listen,
@@ -160,7 +134,7 @@ fn check_stream(server: &str, got: &[lapin::message::Delivery]) -> (Vec<Seen>, V
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_snapshot_is_framed_in_order_with_live_events_and_again_after_a_reconnect() {
     let url = shared_amqp_url();
-    let (replay, addr) = replay_with_answers("127.0.0.1:0");
+    let (replay, addr) = replay_with_answers("127.0.0.1:0", "actions.sent");
     let setup = BridgeSetup::new(&addr, &url, "");
     setup.with_snapshots();
     let expected = setup.dry_run(&trace("calls_small.ami"));
@@ -176,10 +150,7 @@ async fn replay_snapshot_is_framed_in_order_with_live_events_and_again_after_a_r
     let bridge = setup.start();
     let n = live_keys.len() + items + 2 + 1;
     let got = events.collect(n, Duration::from_secs(20)).await;
-    let got: Vec<_> = got
-        .into_iter()
-        .filter(|d| !d.routing_key.as_str().ends_with(".bridge.status"))
-        .collect();
+    let got = without_status(got);
     let (snaps, live) = check_stream(&setup.server, &got);
     assert_eq!(snaps.len(), 1, "{}", setup.log());
     let s = &snaps[0];
@@ -247,13 +218,10 @@ async fn replay_snapshot_is_framed_in_order_with_live_events_and_again_after_a_r
         .max()
         .unwrap();
     drop(replay);
-    let (_replay2, addr2) = replay_with_answers(&addr);
+    let (_replay2, addr2) = replay_with_answers(&addr, "actions.sent");
     assert_eq!(addr2, addr);
     let again = events.collect(n + 1, Duration::from_secs(20)).await;
-    let again: Vec<_> = again
-        .into_iter()
-        .filter(|d| !d.routing_key.as_str().ends_with(".bridge.status"))
-        .collect();
+    let again = without_status(again);
     let start = again
         .iter()
         .position(|d| d.routing_key.as_str().ends_with(".snapshot.start"))
@@ -297,25 +265,10 @@ async fn replay_snapshot_is_framed_in_order_with_live_events_and_again_after_a_r
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_kind_is_published_from_real_answers() {
     let url = shared_amqp_url();
-    let sent = trace("snapshot_lists.sent");
-    let small = trace("calls_small.ami");
-    let (_replay, addr) = replay_on(
-        "127.0.0.1:0",
-        &[
-            "--username",
-            "bridge",
-            "--secret",
-            "bridgepass",
-            "--rate",
-            "300",
-            "--responses",
-            sent.to_str().unwrap(),
-            small.to_str().unwrap(),
-        ],
-    );
+    let (_replay, addr) = replay_with_answers("127.0.0.1:0", "snapshot_lists.sent");
     let setup = BridgeSetup::new(&addr, &url, "");
     setup.with_snapshots();
-    let live = setup.dry_run(&small).len();
+    let live = setup.dry_run(&trace("calls_small.ami")).len();
     // What the recording holds, per kind (its list items, read here
     // without the bridge's code).
     let recorded = std::fs::read_to_string(trace("snapshot_lists.ami")).unwrap();
@@ -348,10 +301,7 @@ async fn every_kind_is_published_from_real_answers() {
     let got = events
         .collect(live + items + 2 + 1, Duration::from_secs(20))
         .await;
-    let got: Vec<_> = got
-        .into_iter()
-        .filter(|d| !d.routing_key.as_str().ends_with(".bridge.status"))
-        .collect();
+    let got = without_status(got);
     let (snaps, _) = check_stream(&setup.server, &got);
     assert_eq!(snaps.len(), 1, "{}", setup.log());
     let s = &snaps[0];

@@ -20,7 +20,7 @@ use ami2amqp::ami::{
 use ami2amqp::trace::replay::{Account, ReplayConfig, ReplayServer, ReplayTls};
 use common::broker::shared_amqp_url;
 use common::certs::{Pem, TestCa};
-use common::procs::{BridgeSetup, bin, replay, sink, trace, wait_until};
+use common::procs::{BridgeSetup, bin, replay, sink, trace, wait_until, without_status};
 use tokio::io::AsyncReadExt;
 
 /// A TLS replay in this process, serving `calls_small.ami` with `server`'s
@@ -221,12 +221,11 @@ async fn the_bridge_reads_a_trace_over_tls_and_check_validates_the_keys() {
 
     let mut events = sink(&url, &setup.exchange, &format!("{}.#", setup.server)).await;
     let mut bridge = setup.start();
-    let got: Vec<_> = events
-        .collect(expected.len() + 1, Duration::from_secs(20))
-        .await
-        .into_iter()
-        .filter(|d| !d.routing_key.as_str().ends_with(".bridge.status"))
-        .collect();
+    let got = without_status(
+        events
+            .collect(expected.len() + 1, Duration::from_secs(20))
+            .await,
+    );
     assert_eq!(got.len(), expected.len(), "{}", setup.log());
     // Both connections (events, action-1) are up: healthy.
     assert!(

@@ -19,7 +19,7 @@ use ami2amqp::ami::ClientFiles;
 use ami2amqp::amqp::{AmqpTls, connect};
 use common::broker::PrivateBroker;
 use common::certs::{Pem, TestCa};
-use common::procs::{BridgeSetup, bin, free_port, replay, sink, trace};
+use common::procs::{BridgeSetup, bin, free_port, replay, sink, trace, without_status};
 use lapin::BasicProperties;
 use lapin::options::{BasicGetOptions, BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
@@ -182,12 +182,11 @@ async fn the_bridge_publishes_over_amqps_and_logs_a_wrong_ca() {
     )
     .await;
     let mut bridge = setup.start();
-    let got: Vec<_> = events
-        .collect(expected.len() + 1, Duration::from_secs(30))
-        .await
-        .into_iter()
-        .filter(|d| !d.routing_key.as_str().ends_with(".bridge.status"))
-        .collect();
+    let got = without_status(
+        events
+            .collect(expected.len() + 1, Duration::from_secs(30))
+            .await,
+    );
     assert_eq!(got.len(), expected.len(), "{}", setup.log());
     bridge.signal("TERM");
     assert_eq!(bridge.wait_timeout(Duration::from_secs(15)), Some(0));

@@ -78,20 +78,26 @@ impl Drop for Proc {
 
 /// Starts `ami2amqp replay` on a free port; returns it and its address.
 pub fn replay(args: &[&str]) -> (Proc, String) {
-    replay_to(args, Stdio::null())
+    replay_to("127.0.0.1:0", args, Stdio::null())
+}
+
+/// [`replay`] listening on `listen` (an address an earlier replay had: the
+/// same server coming back).
+pub fn replay_on(listen: &str, args: &[&str]) -> (Proc, String) {
+    replay_to(listen, args, Stdio::null())
 }
 
 /// [`replay`] with its log (`RUST_LOG=info`) written to `log`: the
 /// per-client `client stream stats` lines.
 pub fn replay_logged(args: &[&str], log: &Path) -> (Proc, String) {
     let f = std::fs::File::create(log).expect("replay log file");
-    replay_to(args, Stdio::from(f))
+    replay_to("127.0.0.1:0", args, Stdio::from(f))
 }
 
-fn replay_to(args: &[&str], stderr: Stdio) -> (Proc, String) {
+fn replay_to(listen: &str, args: &[&str], stderr: Stdio) -> (Proc, String) {
     let mut child = Command::new(bin())
         .arg("replay")
-        .args(["--listen", "127.0.0.1:0"])
+        .args(["--listen", listen])
         .args(args)
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
@@ -584,6 +590,13 @@ pub async fn sink(url: &str, exchange: &str, binding: &str) -> Sink {
         }
     });
     Sink { conn, rx }
+}
+
+/// The messages of `got` that are not the bridge's status messages.
+pub fn without_status(got: Vec<lapin::message::Delivery>) -> Vec<lapin::message::Delivery> {
+    got.into_iter()
+        .filter(|d| !d.routing_key.as_str().ends_with(".bridge.status"))
+        .collect()
 }
 
 impl Sink {
