@@ -23,22 +23,11 @@ dest="${FACADE_CLIENTS_DIR:-$root/target/facade-clients}"
 venv="$dest/venv"
 nodedir="$dest/node"
 
-say() { printf 'facade-clients: %s\n' "$*"; }
-die() { printf 'facade-clients: error: %s\n' "$*" >&2; exit 1; }
+NAME=facade-clients
+# shellcheck source=lib/ensure-clients.sh
+. "$root/scripts/lib/ensure-clients.sh"
 
-log="${TMPDIR:-/tmp}/ensure-facade-clients.$$.log"
-trap 'rm -f "$log"' EXIT
-
-# Runs a command with its output in $log; on failure shows the tail and dies.
-quiet() {
-    local what="$1"; shift
-    if ! "$@" >"$log" 2>&1 </dev/null; then
-        tail -n 30 "$log" >&2
-        die "$what failed (output above)"
-    fi
-}
-
-py_ok() { "$venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('panoramisk') != '$PANORAMISK_VERSION')" 2>/dev/null; }
+py_ok() { venv_has "$venv" panoramisk "$PANORAMISK_VERSION"; }
 node_ok() {
     command -v node >/dev/null 2>&1 || return 1
     node -e "process.exit(require('$nodedir/node_modules/asterisk-manager/package.json').version === '$ASTERISK_MANAGER_VERSION' ? 0 : 1)" 2>/dev/null
@@ -51,40 +40,16 @@ fi
 
 # System packages: a python3 that can make a venv (with pip), node, npm.
 need=()
-if ! command -v python3 >/dev/null 2>&1; then
-    need+=(python3 python3-venv)
-elif ! py_ok; then
-    probe="$(mktemp -d)"
-    if ! python3 -m venv "$probe/v" >/dev/null 2>&1 || [ ! -x "$probe/v/bin/pip" ]; then
-        need+=(python3-venv)
-    fi
-    rm -rf "$probe"
-fi
+py_ok || need_python_venv
 command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v npm >/dev/null 2>&1 || need+=(npm)
-
-if [ ${#need[@]} -gt 0 ]; then
-    if [ "$(id -u)" != 0 ]; then
-        echo "facade-clients: missing ${need[*]}; run: sudo apt-get install -y ${need[*]} (then re-run $0)" >&2
-        exit 1
-    fi
-    say "installing ${need[*]} with apt-get (once)..."
-    quiet "apt-get install ${need[*]}" bash -c "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ${need[*]}"
-    hash -r
-    command -v python3 >/dev/null 2>&1 || die "python3 still not found after apt-get install"
-    command -v node >/dev/null 2>&1 || die "node still not found after apt-get install"
-    command -v npm >/dev/null 2>&1 || die "npm still not found after apt-get install"
-fi
+install_needed
+command -v node >/dev/null 2>&1 || die "node still not found after apt-get install"
+command -v npm >/dev/null 2>&1 || die "npm still not found after apt-get install"
 
 mkdir -p "$dest"
 
-if ! py_ok; then
-    rm -rf "$venv"
-    quiet "python3 -m venv $venv" python3 -m venv "$venv"
-    quiet "pip install panoramisk==$PANORAMISK_VERSION" \
-        "$venv/bin/pip" install --disable-pip-version-check -q "panoramisk==$PANORAMISK_VERSION"
-    py_ok || die "panoramisk $PANORAMISK_VERSION not importable from $venv after pip install"
-fi
+py_ok || venv_install "$venv" panoramisk "$PANORAMISK_VERSION"
 
 if ! node_ok; then
     mkdir -p "$nodedir"
