@@ -73,6 +73,7 @@ use super::message::{Kind, Message, MessageBuilder};
 use super::snapshot::{Observed, SnapshotKind, SnapshotMark, Snapshotter};
 use super::stream::{AmiStream, open};
 use crate::logs::clip;
+use crate::support::time::sleep_until_opt;
 use ami_proto::{EventLists, ListStep};
 
 pub use crate::support::backoff::Backoff;
@@ -507,14 +508,6 @@ impl Outbox {
     }
 }
 
-/// Sleeps until `deadline`, or forever without one.
-async fn until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
-}
-
 /// Waits for room in the event channel (forever when there is none).
 async fn reserve(tx: &Option<mpsc::Sender<Incoming>>) -> Option<mpsc::Permit<'_, Incoming>> {
     match tx {
@@ -937,7 +930,7 @@ impl Supervisor {
                 frame = framed.next(), if can_read => self.on_frame(frame, &events_tx, &mut st),
                 cmd = self.commands.recv() => self.on_command(cmd, &mut framed, &mut st).await,
                 _ = ping_timer.tick() => self.on_keepalive(&mut framed, &mut st).await,
-                _ = until(st.snapshot_deadline) => {
+                _ = sleep_until_opt(st.snapshot_deadline) => {
                     st.snapshot_deadline = None;
                     self.end_snapshot("the snapshot's lists did not end in time");
                     ControlFlow::Continue(())

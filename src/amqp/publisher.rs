@@ -76,7 +76,7 @@ use super::spool::{ReadRecord, Spool};
 use crate::config::redact_url;
 use crate::mapping::schema::ExchangeType;
 use crate::support::backoff::Backoff;
-use crate::support::time::now_unix_micros;
+use crate::support::time::{now_unix_micros, sleep_until_opt};
 
 /// How often a waiting session checks that its connection is still alive.
 pub const WATCHDOG: Duration = Duration::from_millis(250);
@@ -584,7 +584,7 @@ impl Publisher {
                     s.stopping = Some(tokio::time::Instant::now() + self.cfg.shutdown_timeout);
                     Ok(())
                 }
-                _ = until(s.stopping) => {
+                _ = sleep_until_opt(s.stopping) => {
                     tracing::warn!(in_flight = s.confirms.len(), "shutdown timeout: unconfirmed messages stay in the spool");
                     Err(SessionEnd::Done)
                 }
@@ -782,12 +782,4 @@ fn decode_batch(batch: &mut Vec<ReadRecord>) -> Vec<(u64, Option<Record>)> {
             }
         })
         .collect()
-}
-
-/// Waits until `deadline`, or forever without one.
-async fn until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(t) => tokio::time::sleep_until(t).await,
-        None => std::future::pending().await,
-    }
 }

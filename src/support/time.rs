@@ -3,6 +3,15 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+/// Sleeps until `deadline`, or forever without one: the arm of a
+/// `select!` for an optional timer.
+pub async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Microseconds since the Unix epoch; 0 for a time before it.
 pub fn unix_micros(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)

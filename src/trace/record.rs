@@ -48,6 +48,7 @@ use super::file::TraceWriter;
 use crate::ami::login::{Credentials, EventMask, login};
 use crate::ami::stream::open;
 use crate::ami::{AmiCodec, AmiTls, Frame, Kind, Message};
+use crate::support::time::sleep_until_opt;
 
 /// Everything `record` needs.
 #[derive(Clone, Debug)]
@@ -339,12 +340,5 @@ where
     };
     if tokio::time::timeout(timeout, wait).await.is_err() {
         tracing::warn!("no Goodbye after Logoff within {timeout:?}");
-    }
-}
-
-async fn sleep_until_opt(t: Option<Instant>) {
-    match t {
-        Some(t) => tokio::time::sleep_until(t).await,
-        None => std::future::pending().await,
     }
 }

@@ -114,7 +114,7 @@ use super::TraceError;
 use super::file::{Frames, TimingPoint, TraceFrame, load, read_timing};
 use super::responses::CannedResponses;
 use crate::ami::{AmiCodec, Frame, Kind, Limits, Malformed, MalformedKind, Message};
-use crate::support::time::ami_timestamp;
+use crate::support::time::{ami_timestamp, sleep_until_opt};
 use ami_proto::{
     ALL_CLASSES, EventFilter, EventLists, EventMask, FilterSet, ListStep, mask_allows, md5_key,
     privilege_bits,
@@ -1114,13 +1114,6 @@ async fn write_session<W: AsyncWrite + Unpin>(
             },
             () = sleep_until_opt(wake) => {}
         }
-    }
-}
-
-async fn sleep_until_opt(t: Option<Instant>) {
-    match t {
-        Some(t) => tokio::time::sleep_until(t).await,
-        None => std::future::pending().await,
     }
 }
 
