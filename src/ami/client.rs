@@ -793,7 +793,7 @@ impl Supervisor {
         let prefix = format!(
             "{}-{}",
             self.config.server,
-            crate::support::time::unix_micros(SystemTime::now())
+            crate::support::time::now_unix_micros()
         );
         let role = self.config.role.clone();
         let next = &mut self.next_id;
