@@ -74,7 +74,10 @@ pub struct RouterStats {
 pub struct RouterTask {
     mappings: Mappings,
     writer: SpoolWriter,
+    /// This process's random id (part of default message ids).
     instance: String,
+    /// The instance's name (the `instance` key), in status bodies.
+    name: String,
     status_exchange: Arc<str>,
     status_key: String,
     seq: HashMap<Arc<str>, u64>,
@@ -94,7 +97,7 @@ impl RouterTask {
     pub fn new(
         mappings: Mappings,
         writer: SpoolWriter,
-        instance: String,
+        (instance, name): (String, String),
         status_exchange: &str,
         status_key: &str,
     ) -> Self {
@@ -102,6 +105,7 @@ impl RouterTask {
             mappings,
             writer,
             instance,
+            name,
             status_exchange: Arc::from(status_exchange),
             status_key: status_key.to_string(),
             seq: HashMap::new(),
@@ -357,6 +361,8 @@ impl RouterTask {
         json_str(status, &mut body);
         body.extend_from_slice(b",\"detail\":");
         json_str(detail, &mut body);
+        body.extend_from_slice(b",\"instance\":");
+        json_str(&self.name, &mut body);
         body.extend_from_slice(format!(",\"last_seq\":{seq},\"at\":\"").as_bytes());
         rfc3339_millis(now, &mut body);
         body.extend_from_slice(b"\"}");
@@ -441,26 +447,46 @@ impl RouterTask {
 pub struct Health {
     /// The same as the status code: 200 when true, 503 when false.
     pub healthy: bool,
+    /// This instance's name (the `instance` key, default the host name).
+    pub instance: String,
     /// `"connected"`, `"connecting"` or `"down: <reason>"`.
     pub broker: String,
     /// Per server (in configuration order): its event connection.
     pub servers: ServerHealth,
+    /// The servers this instance reads (holds the lease of, in a fleet).
+    pub held: Vec<String>,
     pub spool: SpoolHealth,
     /// The action path (`PathHealth`'s text), or `"disabled"`.
     pub actions: String,
+    /// The fleet's lease task, when `[fleet]` is enabled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<crate::fleet::FleetState>,
 }
 
-/// Each server's event connection, `"connected"` or `"disconnected"`,
-/// serialized as a JSON object in configuration order.
+/// A server's event connection on this instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerState {
+    Connected,
+    Disconnected,
+    /// Not read here: another instance of the fleet holds its lease.
+    Standby,
+}
+
+/// Each server's event connection, `"connected"`, `"disconnected"` or
+/// `"standby"`, serialized as a JSON object in configuration order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ServerHealth(pub Vec<(String, bool)>);
+pub struct ServerHealth(pub Vec<(String, ServerState)>);
 
 impl serde::Serialize for ServerHealth {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_map(self.0.iter().map(|(name, up)| {
+        s.collect_map(self.0.iter().map(|(name, st)| {
             (
                 name.as_str(),
-                if *up { "connected" } else { "disconnected" },
+                match st {
+                    ServerState::Connected => "connected",
+                    ServerState::Disconnected => "disconnected",
+                    ServerState::Standby => "standby",
+                },
             )
         }))
     }
@@ -498,30 +524,54 @@ impl SpoolHealth {
     }
 }
 
+/// What `/healthz` reports besides the broker, servers and spool.
+#[derive(Debug, Clone, Default)]
+pub struct HealthExtra {
+    pub instance: String,
+    pub actions: Option<crate::actions::PathHealth>,
+    pub fleet: Option<crate::fleet::FleetState>,
+}
+
 impl Health {
-    /// Healthy when the broker is up, every server's event connection is
-    /// logged in, the spool can be written and (when enabled) the action
-    /// path is ready.
+    /// Healthy when the broker is up, every event connection this
+    /// instance runs is logged in, the spool can be written, (when
+    /// enabled) the action path is ready and the fleet's lease connection
+    /// is up.
     pub fn new(
         broker: &BrokerState,
         servers: ServerHealth,
         spool: SpoolHealth,
-        actions: Option<&crate::actions::PathHealth>,
+        extra: HealthExtra,
     ) -> Health {
         let healthy = matches!(broker, BrokerState::Up { .. })
-            && servers.0.iter().all(|(_, up)| *up)
+            && servers
+                .0
+                .iter()
+                .all(|(_, st)| *st != ServerState::Disconnected)
             && spool.state == "ok"
-            && actions.is_none_or(|a| a.is_ok());
+            && extra.actions.as_ref().is_none_or(|a| a.is_ok())
+            && extra.fleet.as_ref().is_none_or(|f| f.ready);
+        let held = servers
+            .0
+            .iter()
+            .filter(|(_, st)| *st != ServerState::Standby)
+            .map(|(n, _)| n.clone())
+            .collect();
         Health {
             healthy,
+            instance: extra.instance,
             broker: match broker {
                 BrokerState::Up { .. } => "connected".to_string(),
                 BrokerState::Connecting => "connecting".to_string(),
                 BrokerState::Down { reason } => format!("down: {reason}"),
             },
             servers,
+            held,
             spool,
-            actions: actions.map_or_else(|| "disabled".to_string(), |a| a.to_string()),
+            actions: extra
+                .actions
+                .map_or_else(|| "disabled".to_string(), |a| a.to_string()),
+            fleet: extra.fleet,
         }
     }
 }
@@ -539,6 +589,8 @@ pub struct Bridge {
     actions_cancel: CancellationToken,
     facade_cancel: CancellationToken,
     metrics_cancel: CancellationToken,
+    /// The fleet's lease task, when `[fleet]` is enabled.
+    fleet: Option<(tokio::task::JoinHandle<()>, CancellationToken)>,
 }
 
 /// Opens the spool (recovering a previous run's messages) and its writing
@@ -632,25 +684,42 @@ fn start_publisher(
     (task, broker_rx)
 }
 
-/// The `/healthz` function: reads each part's state when asked.
-fn health_fn(
+/// The parts `/healthz` reads when asked.
+struct HealthSources {
+    instance: String,
     pool: Arc<Pool>,
     spool: Spool,
-    broker_rx: watch::Receiver<BrokerState>,
-    actions_rx: Option<watch::Receiver<crate::actions::PathHealth>>,
-) -> crate::metrics::HealthFn {
+    broker: watch::Receiver<BrokerState>,
+    actions: Option<watch::Receiver<crate::actions::PathHealth>>,
+    fleet: Option<crate::fleet::HeldLeases>,
+}
+
+/// The `/healthz` function: reads each part's state when asked.
+fn health_fn(src: HealthSources) -> crate::metrics::HealthFn {
     Arc::new(move || {
+        let pool = &src.pool;
         let servers = pool
             .server_names()
             .iter()
-            .map(|name| (name.to_string(), pool.events_connected(name)))
+            .map(|name| {
+                let st = match pool.event_client(name) {
+                    None => ServerState::Standby,
+                    Some(c) if c.is_connected() => ServerState::Connected,
+                    Some(_) => ServerState::Disconnected,
+                };
+                (name.to_string(), st)
+            })
             .collect();
-        let actions = actions_rx.as_ref().map(|rx| rx.borrow().clone());
+        let extra = HealthExtra {
+            instance: src.instance.clone(),
+            actions: src.actions.as_ref().map(|rx| rx.borrow().clone()),
+            fleet: src.fleet.as_ref().map(|rx| rx.borrow().clone()),
+        };
         let h = Health::new(
-            &broker_rx.borrow().clone(),
+            &src.broker.borrow().clone(),
             ServerHealth(servers),
-            SpoolHealth::of(&spool),
-            actions.as_ref(),
+            SpoolHealth::of(&src.spool),
+            extra,
         );
         let json = serde_json::to_value(&h).unwrap_or_default();
         (h.healthy, json)
@@ -688,11 +757,14 @@ impl Bridge {
         let (handle, metrics_listener) = start_metrics(&cfg, &recovered).await?;
 
         let instance = instance_id();
-        tracing::info!(instance = %instance, servers = specs.len(), routes = mappings.current().len(),
+        let name = cfg.instance_name();
+        metrics::gauge!(crate::internal_events::catalog::INSTANCE_INFO, "instance" => name.clone())
+            .set(1.0);
+        tracing::info!(instance = %name, process = %instance, servers = specs.len(), fleet = cfg.fleet.enabled, routes = mappings.current().len(),
             mappings = %crate::mapping::load::show_dirs(mappings.dirs()), spool = %cfg.spool.dir.display(), "ami2amqp starting");
 
         let (tx, rx) = mpsc::channel::<Incoming>(1024);
-        let pool = Arc::new(Pool::start(specs, tx));
+        let pool = Arc::new(Pool::start(specs, tx, cfg.fleet.enabled));
         let tap = facade_listener
             .is_some()
             .then(|| crate::facade::Tap::new(cfg.facade.queue_events));
@@ -712,12 +784,13 @@ impl Bridge {
         let router = RouterTask::new(
             mappings.clone(),
             writer,
-            instance.clone(),
+            (instance.clone(), name.clone()),
             &cfg.status.exchange,
             &cfg.status.routing_key,
         )
         .with_tap(tap);
         let router_task = tokio::spawn(router.run(rx));
+        let (fleet, fleet_rx) = start_fleet(&cfg, amqp_tls.clone(), &pool, &name, &instance);
         let pub_cancel = CancellationToken::new();
         let (publisher_task, broker_rx) = start_publisher(
             &cfg,
@@ -758,7 +831,14 @@ impl Bridge {
         );
         let metrics_cancel = CancellationToken::new();
         if let Some(l) = metrics_listener {
-            let health = health_fn(pool.clone(), spool.clone(), broker_rx, actions_rx);
+            let health = health_fn(HealthSources {
+                instance: name,
+                pool: pool.clone(),
+                spool: spool.clone(),
+                broker: broker_rx,
+                actions: actions_rx,
+                fleet: fleet_rx,
+            });
             tokio::spawn(crate::metrics::serve(
                 l,
                 handle,
@@ -777,6 +857,7 @@ impl Bridge {
             actions_cancel,
             facade_cancel,
             metrics_cancel,
+            fleet,
         })
     }
 
@@ -785,6 +866,11 @@ impl Bridge {
     /// holds, the publisher waits (bounded) for the confirms in flight.
     /// What is not confirmed stays in the spool for the next start.
     pub async fn shutdown(self) -> RouterStats {
+        if let Some((task, cancel)) = self.fleet {
+            tracing::info!("shutting down: handing the leases over to the fleet");
+            cancel.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
+        }
         tracing::info!("shutting down: logging off from Asterisk");
         self.facade_cancel.cancel();
         self.actions_cancel.cancel();
@@ -818,6 +904,36 @@ impl Bridge {
         );
         stats
     }
+}
+
+/// The fleet's lease task, when `[fleet]` is enabled, and the receiver of
+/// its state.
+#[allow(clippy::type_complexity)]
+fn start_fleet(
+    cfg: &Config,
+    amqp_tls: crate::amqp::connect::AmqpTls,
+    pool: &Arc<Pool>,
+    name: &str,
+    process: &str,
+) -> (
+    Option<(tokio::task::JoinHandle<()>, CancellationToken)>,
+    Option<crate::fleet::HeldLeases>,
+) {
+    if !cfg.fleet.enabled {
+        return (None, None);
+    }
+    let reconnect = crate::amqp::connect::Reconnect::new(cfg.amqp.urls(), cfg.amqp.backoff())
+        .with_tls(amqp_tls);
+    let (task, rx) = crate::fleet::LeaseTask::new(
+        cfg.fleet.clone(),
+        name.to_string(),
+        process.to_string(),
+        pool.clone(),
+        reconnect,
+    );
+    let cancel = CancellationToken::new();
+    let handle = tokio::spawn(task.run(cancel.clone()));
+    (Some((handle, cancel)), Some(rx))
 }
 
 /// The action path's task, when `[actions]` is enabled, and the receiver
@@ -870,20 +986,33 @@ mod tests {
         serde_json::to_string(h).unwrap()
     }
 
+    fn extra(actions: Option<PathHealth>) -> HealthExtra {
+        HealthExtra {
+            instance: "bridge-a".into(),
+            actions,
+            fleet: None,
+        }
+    }
+
+    use ServerState::{Connected, Disconnected, Standby};
+
     #[test]
     fn healthz_json_keeps_its_fields_and_order() {
         let up = BrokerState::Up { url: "x".into() };
-        let servers = ServerHealth(vec![("pbx2".into(), true), ("pbx1".into(), true)]);
-        let h = Health::new(&up, servers.clone(), spool_ok(0, 0), None);
+        let servers = ServerHealth(vec![("pbx2".into(), Connected), ("pbx1".into(), Connected)]);
+        let h = Health::new(&up, servers.clone(), spool_ok(0, 0), extra(None));
         assert!(h.healthy);
         assert_eq!(
             json(&h),
-            r#"{"healthy":true,"broker":"connected","servers":{"pbx2":"connected","pbx1":"connected"},"spool":{"messages":0,"bytes":0,"state":"ok"},"actions":"disabled"}"#
+            r#"{"healthy":true,"instance":"bridge-a","broker":"connected","servers":{"pbx2":"connected","pbx1":"connected"},"held":["pbx2","pbx1"],"spool":{"messages":0,"bytes":0,"state":"ok"},"actions":"disabled"}"#
         );
         let down = BrokerState::Down {
             reason: "connect: refused".into(),
         };
-        let servers = ServerHealth(vec![("pbx1".into(), true), ("pbx2".into(), false)]);
+        let servers = ServerHealth(vec![
+            ("pbx1".into(), Connected),
+            ("pbx2".into(), Disconnected),
+        ]);
         let failing = SpoolHealth {
             state: "disk_full",
             error: Some("No space left on device".into()),
@@ -891,27 +1020,56 @@ mod tests {
             since_s: Some(3),
             ..spool_ok(5231, 3932160)
         };
-        let h = Health::new(&down, servers, failing, Some(&PathHealth::Ready));
+        let h = Health::new(&down, servers, failing, extra(Some(PathHealth::Ready)));
         assert!(!h.healthy);
         assert_eq!(
             json(&h),
-            r#"{"healthy":false,"broker":"down: connect: refused","servers":{"pbx1":"connected","pbx2":"disconnected"},"spool":{"messages":5231,"bytes":3932160,"state":"disk_full","error":"No space left on device","held":5,"since_s":3},"actions":"ready"}"#
+            r#"{"healthy":false,"instance":"bridge-a","broker":"down: connect: refused","servers":{"pbx1":"connected","pbx2":"disconnected"},"held":["pbx1","pbx2"],"spool":{"messages":5231,"bytes":3932160,"state":"disk_full","error":"No space left on device","held":5,"since_s":3},"actions":"ready"}"#
         );
+    }
+
+    #[test]
+    fn a_fleet_member_reports_what_it_holds() {
+        let up = BrokerState::Up { url: "x".into() };
+        let servers = ServerHealth(vec![("pbx1".into(), Standby), ("pbx2".into(), Connected)]);
+        let fleet = crate::fleet::FleetState {
+            ready: true,
+            instances: 2,
+            held: vec!["pbx2".into()],
+        };
+        let e = HealthExtra {
+            fleet: Some(fleet.clone()),
+            ..extra(None)
+        };
+        let h = Health::new(&up, servers.clone(), spool_ok(0, 0), e);
+        assert!(h.healthy, "a server in standby is not a fault");
+        assert_eq!(
+            json(&h),
+            r#"{"healthy":true,"instance":"bridge-a","broker":"connected","servers":{"pbx1":"standby","pbx2":"connected"},"held":["pbx2"],"spool":{"messages":0,"bytes":0,"state":"ok"},"actions":"disabled","fleet":{"ready":true,"instances":2,"held":["pbx2"]}}"#
+        );
+        let e = HealthExtra {
+            fleet: Some(crate::fleet::FleetState {
+                ready: false,
+                ..fleet
+            }),
+            ..extra(None)
+        };
+        assert!(!Health::new(&up, servers, spool_ok(0, 0), e).healthy);
     }
 
     #[test]
     fn healthy_needs_every_part() {
         let up = BrokerState::Up { url: "x".into() };
-        let one = || ServerHealth(vec![("a".into(), true)]);
-        let ok = |b: &BrokerState, s: ServerHealth, sp: SpoolHealth, a: Option<&PathHealth>| {
-            Health::new(b, s, sp, a).healthy
+        let one = || ServerHealth(vec![("a".into(), Connected)]);
+        let ok = |b: &BrokerState, s: ServerHealth, sp: SpoolHealth, a: Option<PathHealth>| {
+            Health::new(b, s, sp, extra(a)).healthy
         };
-        assert!(ok(&up, one(), spool_ok(1, 1), Some(&PathHealth::Ready)));
+        assert!(ok(&up, one(), spool_ok(1, 1), Some(PathHealth::Ready)));
         assert!(ok(&up, ServerHealth::default(), spool_ok(0, 0), None));
         assert!(!ok(&BrokerState::Connecting, one(), spool_ok(0, 0), None));
         assert!(!ok(
             &up,
-            ServerHealth(vec![("a".into(), false)]),
+            ServerHealth(vec![("a".into(), Disconnected)]),
             spool_ok(0, 0),
             None
         ));
@@ -920,10 +1078,14 @@ mod tests {
             ..spool_ok(0, 0)
         };
         assert!(!ok(&up, one(), full, None));
-        let connecting = PathHealth::Connecting;
-        assert!(!ok(&up, one(), spool_ok(0, 0), Some(&connecting)));
+        assert!(!ok(
+            &up,
+            one(),
+            spool_ok(0, 0),
+            Some(PathHealth::Connecting)
+        ));
         let down = PathHealth::Down("x".into());
-        let h = Health::new(&up, one(), spool_ok(0, 0), Some(&down));
+        let h = Health::new(&up, one(), spool_ok(0, 0), extra(Some(down)));
         assert_eq!((h.healthy, h.actions.as_str()), (false, "down: x"));
     }
 }

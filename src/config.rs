@@ -40,6 +40,7 @@ pub use crate::amqp::config::{AmqpConfig, DEFAULT_URL};
 pub use crate::amqp::spool::{OnFull, SpoolSettings};
 pub use crate::bridge::config::{BridgeConfig, StatusConfig};
 pub use crate::facade::{FacadeConfig, FacadeUser};
+pub use crate::fleet::FleetConfig;
 pub use crate::mapping::config::MappingsConfig;
 pub use crate::metrics::config::MetricsConfig;
 pub use amqp_url::{parse_amqp_url, redact_url, url_user};
@@ -67,6 +68,10 @@ impl std::error::Error for ConfigError {}
 #[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
+    /// This instance's name in logs, metrics, status messages and the
+    /// fleet (default: the host name); unique within a fleet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance: Option<toml::Spanned<String>>,
     pub amqp: AmqpConfig,
     #[serde(rename = "server")]
     pub servers: Vec<ServerConfig>,
@@ -79,6 +84,8 @@ pub struct Config {
     pub actions: ActionsConfig,
     /// The AMI facade (AMI clients → bridge): docs/facade.md.
     pub facade: FacadeConfig,
+    /// Several instances sharing servers: docs/scaling.md.
+    pub fleet: FleetConfig,
     /// Where the file was read from (for messages; relative paths in the
     /// file are relative to the working directory).
     #[serde(skip)]
@@ -158,6 +165,15 @@ impl Config {
         Err(ConfigError(lines.join("\n")))
     }
 
+    /// This instance's name: the `instance` key, else the host name
+    /// (`"ami2amqp"` if even that cannot be read).
+    pub fn instance_name(&self) -> String {
+        match &self.instance {
+            Some(i) => i.get_ref().clone(),
+            None => host_name().unwrap_or_else(|| "ami2amqp".to_string()),
+        }
+    }
+
     /// The pool's view of the servers, secrets resolved.
     pub fn server_specs(&self) -> Result<Vec<ServerSpec>, ConfigError> {
         let limits = self.bridge.limits();
@@ -178,6 +194,20 @@ impl Config {
             })
             .collect()
     }
+}
+
+/// The host name (gethostname(2)), when it is a usable instance name.
+pub fn host_name() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname writes at
+    // most that many bytes.
+    let r = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if r != 0 {
+        return None;
+    }
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    let name = std::str::from_utf8(&buf[..end]).ok()?;
+    check::instance_name_ok(name).then(|| name.to_string())
 }
 
 /// The secret of `what` (`server "pbx1"`, `facade user "crm"`) from the

@@ -15,6 +15,7 @@ pub mod amqp;
 mod bridge;
 pub mod config;
 mod facade;
+mod fleet;
 mod internal_events;
 mod logs;
 pub mod mapping;

@@ -458,6 +458,7 @@ async fn pool_separates_event_and_action_connections() {
             },
         ],
         tx,
+        false,
     );
     assert!(pool.wait_all_connected(Duration::from_secs(5)).await);
     assert_eq!(pool.action_clients("a").len(), 2);

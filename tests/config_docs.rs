@@ -88,6 +88,10 @@ fn key_tables(doc: &str) -> BTreeMap<(String, String), String> {
     let mut in_table = false;
     for line in doc.lines() {
         if let Some(h) = line.strip_prefix("## ") {
+            if h == "Top-level keys" {
+                section = Some(String::new());
+                continue;
+            }
             section = h.strip_prefix("`[").map(|s| {
                 s.trim_end_matches(['`', ']'])
                     .trim_start_matches('[')

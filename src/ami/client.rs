@@ -262,6 +262,8 @@ pub struct Client {
     state: watch::Receiver<ConnState>,
     in_flight: Arc<AtomicUsize>,
     cancel: CancellationToken,
+    stop_reason: Arc<std::sync::Mutex<Option<String>>>,
+    done: CancellationToken,
     config: Arc<ClientConfig>,
 }
 
@@ -274,6 +276,8 @@ impl Client {
         let (cmd_tx, cmd_rx) = mpsc::channel(1024);
         let (state_tx, state_rx) = watch::channel(ConnState::Connecting { attempt: 0 });
         let cancel = CancellationToken::new();
+        let done = CancellationToken::new();
+        let stop_reason = Arc::new(std::sync::Mutex::new(None));
         let config = Arc::new(config);
         let task = Supervisor {
             config: config.clone(),
@@ -281,6 +285,8 @@ impl Client {
             state: state_tx,
             events,
             cancel: cancel.clone(),
+            stop_reason: stop_reason.clone(),
+            done: done.clone(),
             next_id: 0,
             queue: Outbox::default(),
             snapshot: Snapshotter::new(if events_wanted { &config.snapshot } else { &[] }),
@@ -292,6 +298,8 @@ impl Client {
             state: state_rx,
             in_flight: Arc::new(AtomicUsize::new(0)),
             cancel,
+            stop_reason,
+            done,
             config,
         }
     }
@@ -380,6 +388,22 @@ impl Client {
     pub fn shutdown(&self) {
         self.cancel.cancel();
     }
+
+    /// [`Client::shutdown`], saying why: a logged-in event connection
+    /// then ends with `Disconnected { reason }` (a `disconnected` status
+    /// message) rather than a bare `Stopped`.
+    pub fn shutdown_with(&self, reason: &str) {
+        *self
+            .stop_reason
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(reason.to_string());
+        self.cancel.cancel();
+    }
+
+    /// Resolves when the task has ended and handed its last event over.
+    pub async fn finished(&self) {
+        self.done.cancelled().await;
+    }
 }
 
 struct InFlight<'a>(&'a AtomicUsize);
@@ -462,6 +486,10 @@ struct Supervisor {
     state: watch::Sender<ConnState>,
     events: Option<mpsc::Sender<Incoming>>,
     cancel: CancellationToken,
+    /// Why it was shut down, when the caller said ([`Client::shutdown_with`]).
+    stop_reason: Arc<std::sync::Mutex<Option<String>>>,
+    /// Cancelled when the task has ended, its last event handed over.
+    done: CancellationToken,
     next_id: u64,
     /// Events (and state changes) the consumer has not taken yet, in order.
     /// Lives across reconnects so nothing queued is dropped.
@@ -624,6 +652,7 @@ impl Supervisor {
             }
         }
         self.stop().await;
+        self.done.cancel();
     }
 
     /// Waits `delay` (or until cancelled) before the next connect, still
@@ -652,6 +681,16 @@ impl Supervisor {
     /// The end: delivers what is queued (the consumer may be slow, not
     /// gone) and fails whatever actions are still queued.
     async fn stop(&mut self) {
+        let reason = self
+            .stop_reason
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(reason) = reason
+            && self.state.borrow().is_connected()
+        {
+            self.set_state(ConnState::Disconnected { reason });
+        }
         self.set_state(ConnState::Stopped);
         if let Some(tx) = &self.events {
             for item in self.queue.items.drain(..) {

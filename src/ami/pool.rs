@@ -11,13 +11,19 @@
 //! flight; with `action_connections = 0` the event connection carries them.
 //!
 //! All servers' events arrive on one bounded channel. Each server has
-//! exactly one event connection, so the events of one server keep the order
+//! at most one event connection, so the events of one server keep the order
 //! Asterisk sent them in; servers are independent of each other (one
 //! server's reconnect loop never stalls another's: each connection is its
 //! own task).
+//!
+//! In a fleet (docs/scaling.md) the event connections are not started with
+//! the pool: the lease task starts a server's with [`Pool::hold`] when this
+//! instance gets its lease and stops it with [`Pool::release`] (which
+//! waits until its last event is in the channel) when it gives the lease
+//! back. The action connections run all the time either way.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -37,14 +43,27 @@ pub struct ServerSpec {
 }
 
 struct Server {
-    events: Client,
+    /// The event connection's settings, to start it again.
+    config: ClientConfig,
+    /// The event connection, while this instance reads the server.
+    events: Mutex<Option<Client>>,
     actions: Vec<Client>,
+}
+
+impl Server {
+    fn events(&self) -> Option<Client> {
+        self.events
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
 }
 
 /// The pool of connections to every configured server.
 pub struct Pool {
     servers: HashMap<Arc<str>, Server>,
     order: Vec<Arc<str>>,
+    sink: mpsc::Sender<Incoming>,
 }
 
 /// Why the pool could not run an action.
@@ -57,13 +76,15 @@ pub enum PoolError {
 }
 
 impl Pool {
-    /// Starts every connection. Events of all servers go to `events`.
-    pub fn start(specs: Vec<ServerSpec>, events: mpsc::Sender<Incoming>) -> Pool {
+    /// Starts every connection (the event connections only when `leased`
+    /// is false: in a fleet [`Pool::hold`] starts them). Events of all
+    /// servers go to `events`.
+    pub fn start(specs: Vec<ServerSpec>, events: mpsc::Sender<Incoming>, leased: bool) -> Pool {
         let mut servers = HashMap::new();
         let mut order = Vec::new();
         for spec in specs {
             let name = spec.client.server.clone();
-            let ev = Client::spawn(spec.client.clone(), Some(events.clone()));
+            let ev = (!leased).then(|| Client::spawn(spec.client.clone(), Some(events.clone())));
             let actions = (0..spec.action_connections)
                 .map(|i| {
                     let mut c = spec.client.clone();
@@ -77,12 +98,46 @@ impl Pool {
             servers.insert(
                 name,
                 Server {
-                    events: ev,
+                    config: spec.client,
+                    events: Mutex::new(ev),
                     actions,
                 },
             );
         }
-        Pool { servers, order }
+        Pool {
+            servers,
+            order,
+            sink: events,
+        }
+    }
+
+    /// Starts the event connection of `server` if it is not running;
+    /// false for an unknown server.
+    pub fn hold(&self, server: &str) -> bool {
+        let Some(s) = self.servers.get(server) else {
+            return false;
+        };
+        let mut ev = s.events.lock().unwrap_or_else(PoisonError::into_inner);
+        if ev.is_none() {
+            *ev = Some(Client::spawn(s.config.clone(), Some(self.sink.clone())));
+        }
+        true
+    }
+
+    /// Stops the event connection of `server` (logs off; its status
+    /// message says `disconnected` with `reason`) and waits, at most
+    /// `limit`, until its last event is in the channel.
+    pub async fn release(&self, server: &str, reason: &str, limit: Duration) {
+        let client = self.servers.get(server).and_then(|s| {
+            s.events
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take()
+        });
+        if let Some(c) = client {
+            c.shutdown_with(reason);
+            let _ = tokio::time::timeout(limit, c.finished()).await;
+        }
     }
 
     /// Server names in configuration order.
@@ -96,14 +151,17 @@ impl Pool {
 
     /// True when the server's event connection is logged in.
     pub fn events_connected(&self, name: &str) -> bool {
-        self.servers
-            .get(name)
-            .is_some_and(|s| s.events.is_connected())
+        self.event_client(name).is_some_and(|c| c.is_connected())
     }
 
-    /// The event connection of a server (for state watching).
-    pub fn event_client(&self, name: &str) -> Option<&Client> {
-        self.servers.get(name).map(|s| &s.events)
+    /// True when this instance runs the server's event connection.
+    pub fn reads(&self, name: &str) -> bool {
+        self.event_client(name).is_some()
+    }
+
+    /// The event connection of a server (for state watching), while it runs.
+    pub fn event_client(&self, name: &str) -> Option<Client> {
+        self.servers.get(name).and_then(Server::events)
     }
 
     /// The action connections of a server.
@@ -118,7 +176,7 @@ impl Pool {
     pub async fn wait_all_connected(&self, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
         for s in self.servers.values() {
-            for c in std::iter::once(&s.events).chain(s.actions.iter()) {
+            for c in s.events().iter().chain(s.actions.iter()) {
                 let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                 if !c.wait_connected(left).await {
                     return false;
@@ -131,19 +189,21 @@ impl Pool {
     /// Picks the connection for an action: the connected action connection
     /// with the fewest actions in flight, or the event connection when the
     /// server has no action connections.
-    fn pick(&self, server: &str) -> Result<&Client, PoolError> {
+    fn pick(&self, server: &str) -> Result<Client, PoolError> {
         let s = self
             .servers
             .get(server)
             .ok_or_else(|| PoolError::UnknownServer(server.to_string()))?;
+        let unavailable = || PoolError::Action(ActionError::Unavailable(server.to_string()));
         if s.actions.is_empty() {
-            return Ok(&s.events);
+            return s.events().ok_or_else(unavailable);
         }
         s.actions
             .iter()
             .filter(|c| c.is_connected())
             .min_by_key(|c| c.in_flight())
-            .ok_or_else(|| PoolError::Action(ActionError::Unavailable(server.to_string())))
+            .cloned()
+            .ok_or_else(unavailable)
     }
 
     /// Runs an action on `server`.
@@ -172,7 +232,9 @@ impl Pool {
     /// Logs off every connection.
     pub fn shutdown(&self) {
         for s in self.servers.values() {
-            s.events.shutdown();
+            if let Some(c) = s.events() {
+                c.shutdown();
+            }
             for a in &s.actions {
                 a.shutdown();
             }

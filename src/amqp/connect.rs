@@ -61,6 +61,13 @@ pub fn is_not_found(e: &lapin::Error) -> bool {
         if matches!(p.kind(), AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)))
 }
 
+/// True when the broker answered 405 RESOURCE_LOCKED (an exclusive queue
+/// another connection owns: a lease held by another instance).
+pub fn is_resource_locked(e: &lapin::Error) -> bool {
+    matches!(e.kind(), ErrorKind::ProtocolError(p)
+        if matches!(p.kind(), AMQPErrorKind::Soft(AMQPSoftError::RESOURCELOCKED)))
+}
+
 /// TLS settings for `amqps://` URLs: the CA(s) to trust (a file, or the
 /// system's), an optional client certificate, and an optional name the
 /// broker's certificate must carry instead of the URL's host. `amqp://`
@@ -136,7 +143,21 @@ impl AmqpTls {
 /// URL is opened with `tls` (see [`AmqpTls`]); a failed handshake is an
 /// error naming its cause, never a plain-text retry.
 pub async fn connect(url: &str, tls: &AmqpTls, timeout: Duration) -> Result<Connection, AmqpError> {
-    tokio::time::timeout(timeout, open(url, tls))
+    tokio::time::timeout(timeout, open(url, tls, None))
+        .await
+        .map_err(|_| AmqpError::ConnectTimeout)?
+}
+
+/// [`connect`] asking for a heartbeat of `heartbeat_s` seconds unless the
+/// URL sets one (`?heartbeat=`): the fleet's lease connection, whose loss
+/// the broker must notice within a bound the lease timing relies on.
+pub async fn connect_with_heartbeat(
+    url: &str,
+    tls: &AmqpTls,
+    timeout: Duration,
+    heartbeat_s: u16,
+) -> Result<Connection, AmqpError> {
+    tokio::time::timeout(timeout, open(url, tls, Some(heartbeat_s)))
         .await
         .map_err(|_| AmqpError::ConnectTimeout)?
 }
@@ -149,7 +170,7 @@ pub async fn connect(url: &str, tls: &AmqpTls, timeout: Duration) -> Result<Conn
 /// one is only split into more frames.
 pub const DEFAULT_FRAME_MAX: u32 = 16 * 1024;
 
-async fn open(url: &str, tls: &AmqpTls) -> Result<Connection, AmqpError> {
+async fn open(url: &str, tls: &AmqpTls, heartbeat: Option<u16>) -> Result<Connection, AmqpError> {
     let props = ConnectionProperties::default();
     let mut uri = match url.parse::<AMQPUri>() {
         Ok(u) => u,
@@ -161,6 +182,9 @@ async fn open(url: &str, tls: &AmqpTls) -> Result<Connection, AmqpError> {
         }
     };
     uri.query.frame_max.get_or_insert(DEFAULT_FRAME_MAX);
+    if let Some(h) = heartbeat {
+        uri.query.heartbeat.get_or_insert(h);
+    }
     if uri.scheme != AMQPScheme::AMQPS {
         return Connection::connect_uri(uri, props)
             .await

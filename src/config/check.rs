@@ -108,6 +108,7 @@ pub fn check(cfg: &Config) -> Findings {
     spool(cfg, &mut f);
     others(cfg, &mut f);
     facade(cfg, &mut f);
+    fleet(cfg, &mut f);
     if let Err((key, msg)) = cfg.mappings.check() {
         f.err(key, msg);
     }
@@ -676,6 +677,67 @@ fn others(cfg: &Config, f: &mut Findings) {
     );
     if let Err(e) = crate::actions::allow::AllowList::new(&a.allow) {
         f.err("actions.allow", e);
+    }
+}
+
+/// An instance name: 1 to 64 characters of A-Z, a-z, 0-9, '.', '-', '_'
+/// (it is a label value, part of consumer tags and of message ids).
+pub fn instance_name_ok(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_SERVER_NAME
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// `instance` and `[fleet]`.
+fn fleet(cfg: &Config, f: &mut Findings) {
+    if let Some(i) = &cfg.instance
+        && !instance_name_ok(i.get_ref())
+    {
+        f.err_at(
+            "instance",
+            i,
+            format!(
+                "\"{}\" must be 1 to {MAX_SERVER_NAME} characters of A-Z, a-z, 0-9, '.', '-' and '_'",
+                crate::logs::clip(i.get_ref())
+            ),
+        );
+    }
+    let c = &cfg.fleet;
+    f.name("fleet.exchange", &c.exchange);
+    f.name("fleet.lease_prefix", &c.lease_prefix);
+    f.range(
+        "fleet.announce_interval_ms",
+        c.announce_interval_ms,
+        100,
+        60_000,
+        "milliseconds",
+    );
+    f.range(
+        "fleet.peer_timeout_ms",
+        c.peer_timeout_ms,
+        c.announce_interval_ms.saturating_mul(2).max(200),
+        600_000,
+        "milliseconds, at least twice announce_interval_ms",
+    );
+    if !c.enabled {
+        return;
+    }
+    for (i, s) in cfg.servers.iter().enumerate() {
+        let q = c.lease_prefix.len() + s.name().len();
+        if q > SHORTSTR {
+            f.err(
+                format!("server[{i}].name"),
+                format!("the lease queue name (fleet.lease_prefix + name) would be {q} bytes: at most {SHORTSTR}"),
+            );
+        }
+        if s.action_connections == 0 {
+            f.err(
+                format!("server[{i}].action_connections"),
+                "must be at least 1 with [fleet] enabled: an instance that does not hold a server's lease runs its actions on an action connection",
+            );
+        }
     }
 }
 

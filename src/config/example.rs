@@ -12,7 +12,7 @@ use toml::Spanned;
 
 use super::doc::render;
 use super::{
-    ActionsConfig, AmqpConfig, BridgeConfig, FacadeConfig, FacadeUser, MappingsConfig,
+    ActionsConfig, AmqpConfig, BridgeConfig, FacadeConfig, FacadeUser, FleetConfig, MappingsConfig,
     MetricsConfig, ServerConfig, SpoolSettings, StatusConfig,
 };
 
@@ -48,7 +48,10 @@ pub fn example() -> Result<String, String> {
          # `ami2amqp config example`. docs/config.md describes every key.\n\
          # Only the [[server]] table must be edited: name, address, username and\n\
          # one of secret, secret_file, secret_env are required (one table per\n\
-         # Asterisk server). Every other section and key may be left out.\n\n",
+         # Asterisk server). Every other section and key may be left out.\n\n\
+         # This instance's name in logs, metrics, status messages and the fleet\n\
+         # (default: the host name); unique within a fleet.\n\
+         # instance = (not set)\n\n",
     );
     render(&mut out, "[amqp]", &AmqpConfig::default())?;
     render(&mut out, "[[server]]", &example_server())?;
@@ -60,6 +63,7 @@ pub fn example() -> Result<String, String> {
     render(&mut out, "[actions]", &ActionsConfig::default())?;
     render(&mut out, "[facade]", &FacadeConfig::default())?;
     render(&mut out, "[[facade.user]]", &example_facade_user())?;
+    render(&mut out, "[fleet]", &FleetConfig::default())?;
     Ok(out.trim_end().to_string() + "\n")
 }
 
@@ -90,6 +94,8 @@ mod tests {
         assert_eq!(table(&c.bridge), table(&BridgeConfig::default()));
         assert_eq!(table(&c.status), table(&StatusConfig::default()));
         assert_eq!(table(&c.actions), table(&ActionsConfig::default()));
+        assert_eq!(table(&c.fleet), table(&FleetConfig::default()));
+        assert!(c.instance.is_none());
         assert_eq!(c.servers.len(), 1);
         assert_eq!(table(&c.servers[0]), table(&example_server()));
         // Every optional server key is at its default.
@@ -138,6 +144,7 @@ mod tests {
         documented::<ActionsConfig>();
         documented::<FacadeConfig>();
         documented::<FacadeUser>();
+        documented::<FleetConfig>();
         // The keys a default does not serialize are documented too.
         let server: Vec<&str> = ServerConfig::KEYS.iter().map(|(k, _)| *k).collect();
         assert!(server.contains(&"secret") && server.contains(&"secret_file"));

@@ -66,6 +66,11 @@ pub const ACTIONS_BUSY_TOTAL: &str = "actions_busy_total";
 pub const ACTIONS_TOO_LARGE_TOTAL: &str = "actions_too_large_total";
 pub const ACTIONS_REPLY_FAILURES_TOTAL: &str = "actions_reply_failures_total";
 pub const ACTIONS_REPLY_CHANNEL_REOPENED_TOTAL: &str = "actions_reply_channel_reopened_total";
+pub const FLEET_LEASES: &str = "fleet_leases";
+pub const FLEET_LEASE_CHANGES_TOTAL: &str = "fleet_lease_changes_total";
+pub const FLEET_INSTANCES: &str = "fleet_instances";
+pub const FLEET_BAD_ANNOUNCEMENTS_TOTAL: &str = "fleet_bad_announcements_total";
+pub const INSTANCE_INFO: &str = "bridge_instance_info";
 pub const FACADE_SESSIONS: &str = "facade_sessions";
 pub const FACADE_ACTIONS_TOTAL: &str = "facade_actions_total";
 pub const FACADE_DROPPED_SESSIONS_TOTAL: &str = "facade_dropped_sessions_total";
@@ -229,6 +234,26 @@ pub const METRICS: &[Metric] = &[
     counter(
         ACTIONS_REPLY_CHANNEL_REOPENED_TOTAL,
         "Reply channels the broker closed and the bridge reopened.",
+    ),
+    gauge(
+        INSTANCE_INFO,
+        "Always 1; its `instance` label is this instance's name (the top-level `instance` key, default the host name).",
+    ),
+    gauge(
+        FLEET_LEASES,
+        "Server leases this instance holds, so event connections it runs ([fleet]; without a fleet every server).",
+    ),
+    counter(
+        FLEET_LEASE_CHANGES_TOTAL,
+        "Leases this instance took or ended, by server and change (`acquired`, `rebalanced`, `stopping`, `lost`).",
+    ),
+    gauge(
+        FLEET_INSTANCES,
+        "Live instances sharing servers with this one, itself included ([fleet]).",
+    ),
+    counter(
+        FLEET_BAD_ANNOUNCEMENTS_TOTAL,
+        "Messages on the fleet exchange that were not a valid announcement (or came from a second instance with this name).",
     ),
     gauge(
         FACADE_SESSIONS,

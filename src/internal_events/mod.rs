@@ -20,6 +20,7 @@ pub(crate) mod ami;
 pub(crate) mod amqp;
 pub(crate) mod catalog;
 pub(crate) mod facade;
+pub(crate) mod fleet;
 pub(crate) mod mapping;
 pub(crate) mod snapshot;
 pub(crate) mod spool;

@@ -399,21 +399,12 @@ exchange = "{exchange}"
 
     /// GET /metrics or /healthz from the bridge.
     pub fn http_get(&self, path: &str) -> Option<(u16, String)> {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(&self.metrics).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").ok()?;
-        let mut r = String::new();
-        s.read_to_string(&mut r).ok()?;
-        let code = r.split_whitespace().nth(1)?.parse().ok()?;
-        let body = r.split_once("\r\n\r\n").map(|x| x.1.to_string())?;
-        Some((code, body))
+        http_get(&self.metrics, path)
     }
 
     /// `/healthz`: status code and JSON body.
     pub fn health(&self) -> Option<(u16, serde_json::Value)> {
-        let (code, b) = self.http_get("/healthz")?;
-        Some((code, serde_json::from_str(&b).ok()?))
+        health(&self.metrics)
     }
 
     /// Run 1 of a spool test: with the broker away the bridge reads the
@@ -616,6 +607,26 @@ impl Sink {
 /// A delivery's body as JSON.
 pub fn body(d: &lapin::message::Delivery) -> serde_json::Value {
     serde_json::from_slice(&d.data).expect("JSON body")
+}
+
+/// GET `path` from the bridge's metrics listener at `addr`: status code
+/// and body.
+pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").ok()?;
+    let mut r = String::new();
+    s.read_to_string(&mut r).ok()?;
+    let code = r.split_whitespace().nth(1)?.parse().ok()?;
+    let body = r.split_once("\r\n\r\n").map(|x| x.1.to_string())?;
+    Some((code, body))
+}
+
+/// `/healthz` of the bridge whose metrics listener is `addr`.
+pub fn health(addr: &str) -> Option<(u16, serde_json::Value)> {
+    let (code, b) = http_get(addr, "/healthz")?;
+    Some((code, serde_json::from_str(&b).ok()?))
 }
 
 /// Waits until `f` is true, at most `t`.
