@@ -10,5 +10,5 @@ pub(crate) mod limits;
 pub(crate) mod request;
 pub(crate) mod rpc;
 
-pub use rpc::ActionsConfig;
 pub(crate) use rpc::PathHealth;
+pub use rpc::{ActionsConfig, QueueType};

@@ -92,6 +92,10 @@ documented! {
         /// The largest reply body; a larger one (a long event list) is answered
         /// `too_large`. Keep it below the broker's `max_message_size`.
         pub max_reply_bytes: usize,
+        /// The type of the request queues: "classic" or "quorum" (replicated
+        /// over a RabbitMQ cluster, so requests survive the loss of a node).
+        /// A queue's type cannot change: delete the queues to switch.
+        pub queue_type: QueueType,
         /// Who may run which action where: [[actions.allow]] entries
         /// (docs/actions.md); none by default.
         pub allow: Vec<AllowEntry>,
@@ -111,7 +115,29 @@ impl Default for ActionsConfig {
             prefetch: 64,
             max_in_flight_per_user: 16,
             max_reply_bytes: 16 * 1024 * 1024,
+            queue_type: QueueType::Classic,
             allow: Vec::new(),
+        }
+    }
+}
+
+/// The type of the action path's queues (`x-queue-type`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueType {
+    /// A classic queue: on one node; the default, as it always was, so an
+    /// upgrade never meets queues of another type.
+    #[default]
+    Classic,
+    /// A quorum queue (Raft-replicated over the cluster's nodes).
+    Quorum,
+}
+
+impl QueueType {
+    fn name(self) -> &'static str {
+        match self {
+            QueueType::Classic => "classic",
+            QueueType::Quorum => "quorum",
         }
     }
 }
@@ -258,6 +284,15 @@ async fn declare(ctx: &Ctx, ch: &Channel) -> Result<Vec<(String, Source)>, AmqpE
         ..Default::default()
     };
     let sac = ("x-single-active-consumer", AMQPValue::Boolean(true));
+    // Classic queues are declared without the argument, as they always
+    // were: queues declared by earlier versions stay equivalent.
+    let qtype: Vec<(&str, AMQPValue)> = match c.queue_type {
+        QueueType::Classic => Vec::new(),
+        QueueType::Quorum => vec![(
+            "x-queue-type",
+            AMQPValue::LongString(c.queue_type.name().as_bytes().into()),
+        )],
+    };
     let e = |what: &str, err: lapin::Error| AmqpError::op(format!("declare {what}"))(err);
     for fanout in [&c.unrouted, &c.expired] {
         ch.exchange_declare(
@@ -271,7 +306,7 @@ async fn declare(ctx: &Ctx, ch: &Channel) -> Result<Vec<(String, Source)>, AmqpE
         ch.queue_declare(
             short(fanout),
             qdurable,
-            durable_queue_args(std::slice::from_ref(&sac)),
+            durable_queue_args(&[vec![sac.clone()], qtype.clone()].concat()),
         )
         .await
         .map_err(|x| e(fanout, x))?;
@@ -298,13 +333,19 @@ async fn declare(ctx: &Ctx, ch: &Channel) -> Result<Vec<(String, Source)>, AmqpE
     ];
     for server in ctx.pool.server_names() {
         let q = format!("{}{}", c.queue_prefix, server);
-        let args = durable_queue_args(&[
-            sac.clone(),
-            (
-                "x-dead-letter-exchange",
-                AMQPValue::LongString(c.expired.as_bytes().into()),
-            ),
-        ]);
+        let args = durable_queue_args(
+            &[
+                vec![
+                    sac.clone(),
+                    (
+                        "x-dead-letter-exchange",
+                        AMQPValue::LongString(c.expired.as_bytes().into()),
+                    ),
+                ],
+                qtype.clone(),
+            ]
+            .concat(),
+        );
         ch.queue_declare(short(&q), qdurable, args)
             .await
             .map_err(|x| e(&q, x))?;
