@@ -507,10 +507,15 @@ pub struct SpoolHealth {
     pub held: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub since_s: Option<u64>,
+    /// Messages the spool held at start, per server (published first,
+    /// whether or not this instance reads those servers now); absent when
+    /// it was empty.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub recovered: std::collections::BTreeMap<String, u64>,
 }
 
 impl SpoolHealth {
-    fn of(spool: &Spool) -> SpoolHealth {
+    fn of(spool: &Spool, recovered: &std::collections::BTreeMap<String, u64>) -> SpoolHealth {
         let (bytes, messages) = spool.pending();
         let f = spool.write_failure();
         SpoolHealth {
@@ -520,6 +525,7 @@ impl SpoolHealth {
             error: f.as_ref().map(|f| crate::logs::clip(&f.error).to_string()),
             held: f.as_ref().map(|f| f.held),
             since_s: f.as_ref().map(|f| f.since.elapsed().as_secs()),
+            recovered: recovered.clone(),
         }
     }
 }
@@ -605,6 +611,11 @@ fn open_spool(cfg: &Config) -> Result<(Spool, SpoolWriter, Recovered), BridgeErr
             bytes = recovered.bytes,
             "spool holds messages from a previous run; they are published first"
         );
+        for (server, n) in &recovered.by_server {
+            let configured = cfg.servers.iter().any(|s| s.name() == server);
+            tracing::info!(server = %crate::logs::clip(server), records = n, configured,
+                "spool: recovered messages of this server are published first, in order, whoever reads it now");
+        }
     }
     let writer = spool
         .writer()
@@ -626,6 +637,15 @@ async fn start_metrics(
         .increment(recovered.corrupt_bytes);
     metrics::counter!(crate::internal_events::catalog::SPOOL_MISSING_SEGMENTS_TOTAL)
         .increment(recovered.missing_segments);
+    for (server, n) in &recovered.by_server {
+        let label = if cfg.servers.iter().any(|s| s.name() == server) {
+            server.clone()
+        } else {
+            "other".to_string()
+        };
+        metrics::counter!(crate::internal_events::catalog::SPOOL_RECOVERED_TOTAL, "server" => label)
+            .increment(*n);
+    }
     if let Some(h) = handle.clone() {
         // Histograms keep their samples until upkeep folds them in (a
         // scrape does it too): without this, memory grows when nobody
@@ -687,6 +707,7 @@ fn start_publisher(
 /// The parts `/healthz` reads when asked.
 struct HealthSources {
     instance: String,
+    recovered: std::collections::BTreeMap<String, u64>,
     pool: Arc<Pool>,
     spool: Spool,
     broker: watch::Receiver<BrokerState>,
@@ -718,7 +739,7 @@ fn health_fn(src: HealthSources) -> crate::metrics::HealthFn {
         let h = Health::new(
             &src.broker.borrow().clone(),
             ServerHealth(servers),
-            SpoolHealth::of(&src.spool),
+            SpoolHealth::of(&src.spool, &src.recovered),
             extra,
         );
         let json = serde_json::to_value(&h).unwrap_or_default();
@@ -826,13 +847,14 @@ impl Bridge {
             &mut cfg,
             amqp_tls.clone(),
             &pool,
-            instance,
+            (instance, fleet_rx.clone()),
             actions_cancel.clone(),
         );
         let metrics_cancel = CancellationToken::new();
         if let Some(l) = metrics_listener {
             let health = health_fn(HealthSources {
                 instance: name,
+                recovered: recovered.by_server.clone(),
                 pool: pool.clone(),
                 spool: spool.clone(),
                 broker: broker_rx,
@@ -943,7 +965,7 @@ fn start_actions(
     cfg: &mut Config,
     amqp_tls: crate::amqp::connect::AmqpTls,
     pool: &Arc<Pool>,
-    instance: String,
+    instance: (String, Option<crate::fleet::HeldLeases>),
     cancel: CancellationToken,
 ) -> (
     Option<tokio::task::JoinHandle<Result<(), String>>>,
@@ -979,6 +1001,7 @@ mod tests {
             error: None,
             held: None,
             since_s: None,
+            recovered: Default::default(),
         }
     }
 

@@ -51,6 +51,8 @@ struct Fleet {
     dir: tempfile::TempDir,
     servers: Vec<(String, TickAmi)>,
     exchange: String,
+    /// The action path's exchange.
+    actions: String,
     text: String,
     metrics: BTreeMap<String, String>,
     _cleanup: BrokerCleanup,
@@ -91,6 +93,7 @@ impl Fleet {
         text += &format!(
             "[mappings]\ndir = \"{m}\"\n\n[status]\nexchange = \"{exchange}\"\n\n\
              [actions]\nexchange = \"{actions}\"\nqueue_prefix = \"{actions}.\"\nunrouted = \"{actions}.unrouted\"\nexpired = \"{actions}.expired\"\n\n\
+             [[actions.allow]]\nuser = \"guest\"\nactions = [\"Ping\"]\n\n\
              [fleet]\nenabled = true\nexchange = \"{fleet_exchange}\"\nlease_prefix = \"{fleet_exchange}.lease.\"\n\
              announce_interval_ms = {ANNOUNCE_MS}\npeer_timeout_ms = {PEER_TIMEOUT_MS}\n",
             m = mappings.display(),
@@ -99,6 +102,7 @@ impl Fleet {
             dir,
             servers,
             exchange,
+            actions,
             text,
             metrics: BTreeMap::new(),
             _cleanup: cleanup,
@@ -159,6 +163,36 @@ impl Fleet {
                 .filter_map(|s| s.as_str().map(str::to_string))
                 .collect(),
         )
+    }
+
+    /// The process id instance `name` logged at its (last) start.
+    fn process(&self, name: &str) -> String {
+        let log = self.log(name);
+        let line = log
+            .lines()
+            .rfind(|l| l.contains("ami2amqp starting"))
+            .expect("a start line");
+        let at = line.find("process=").expect("process=") + "process=".len();
+        line[at..].split_whitespace().next().unwrap().to_string()
+    }
+
+    /// Runs `Ping` on `server` through the action path; the reply's
+    /// `bridge` (the process that answered).
+    async fn ping(&self, server: &str) -> String {
+        let broker = ami2amqp::amqp::Broker::plain_settings(shared_amqp_url());
+        let body = ami2amqp::actions::client::body_from_args("Ping", &[]).unwrap();
+        let r = ami2amqp::actions::client::call(
+            &broker,
+            &self.actions,
+            server,
+            body.to_string().as_bytes(),
+            Duration::from_secs(10),
+            Some("guest"),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("Ping {server}: {e}"));
+        assert_eq!(r["response"], "Success", "{r}");
+        r["bridge"].as_str().unwrap().to_string()
     }
 
     fn server(&self, name: &str) -> &TickAmi {
@@ -338,8 +372,33 @@ async fn three_instances_share_twelve_servers_and_take_over() {
             .contains("lease handed over: this instance is stopping")
     );
 
-    // b comes back with its spool and gets its share by hand-overs.
+    // b comes back with its spool and gets its share by hand-overs; what
+    // its spool held is published first, and /healthz says whose it was.
     let mut b = f.start("b");
+    let mut recovered = BTreeMap::new();
+    assert!(
+        wait_for(Duration::from_secs(20), || {
+            health(&f.metrics["b"]).is_some_and(|(_, h)| {
+                recovered = h["spool"]["recovered"]
+                    .as_object()
+                    .map(|o| {
+                        o.iter()
+                            .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                true
+            })
+        })
+        .await
+    );
+    eprintln!("b's spool at restart: {recovered:?}");
+    for server in recovered.keys() {
+        assert!(
+            held_b.contains(server),
+            "{server} was not b's: {recovered:?}"
+        );
+    }
     assert!(
         wait_for(Duration::from_secs(40), || {
             f.held("b").is_some_and(|h| h.len() == 6)
@@ -505,4 +564,49 @@ async fn two_instances_with_one_server_never_read_it_together() {
         "two readers for {overlap:?}"
     );
     drop((x, y));
+}
+
+/// In a fleet an instance consumes a server's action queue only while it
+/// holds the lease: the actions of the fleet's servers are spread like
+/// their events, and follow a hand-over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn actions_follow_the_leases() {
+    let mut f = Fleet::new(4);
+    let _p = f.start("p");
+    let mut q = f.start("q");
+    assert!(
+        wait_for(Duration::from_secs(30), || {
+            ["p", "q"]
+                .iter()
+                .all(|i| f.held(i).is_some_and(|h| h.len() == 2))
+                && f.one_reader_each()
+        })
+        .await,
+        "{}",
+        f.log("p")
+    );
+    let (pp, pq) = (f.process("p"), f.process("q"));
+    let held_p = f.held("p").unwrap();
+    // Give the action paths a moment to follow the leases.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for (name, _) in &f.servers {
+        let by = f.ping(name).await;
+        let want = if held_p.contains(name) { &pp } else { &pq };
+        assert_eq!(
+            &by, want,
+            "{name}: answered by the instance without its lease"
+        );
+    }
+    q.signal("TERM");
+    assert_eq!(q.wait_timeout(Duration::from_secs(30)), Some(0));
+    assert!(
+        wait_for(Duration::from_secs(15), || f
+            .held("p")
+            .is_some_and(|h| h.len() == 4))
+        .await
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for (name, _) in &f.servers {
+        assert_eq!(f.ping(name).await, pp, "{name}");
+    }
 }

@@ -16,7 +16,11 @@
 //! while it waited in the queue is dead-lettered to `ami.actions.expired`
 //! and answered `expired` — never executed late. `x-single-active-consumer`
 //! lets several bridges share the queues: one consumes, the others take over
-//! when it goes away.
+//! when it goes away. In a fleet (`[fleet] enabled`, docs/scaling.md) an
+//! instance consumes the queue of a server only while it holds that
+//! server's lease ([`crate::fleet`]), so the requests of the fleet's servers
+//! are spread like their events; the unrouted and expired queues are
+//! consumed by every instance (one at a time).
 //!
 //! Each delivery is handled in its own task (at most `prefetch` at once, the
 //! broker enforces that): parse, check the allow-list, run on the pool,
@@ -36,13 +40,14 @@
 //! values clipped ([`crate::logs`]). `/healthz` shows the path's state
 //! ([`PathHealth`]).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
@@ -211,6 +216,9 @@ struct Ctx {
     health: watch::Sender<PathHealth>,
     /// For `amqps://` URLs.
     tls: AmqpTls,
+    /// In a fleet: the servers whose lease this instance holds, whose
+    /// queues alone it consumes. `None`: every server's.
+    leases: Option<crate::fleet::HeldLeases>,
 }
 
 /// Runs the action path until `cancel` fires; its state goes to `health`.
@@ -218,7 +226,7 @@ pub async fn run(
     cfg: ActionsConfig,
     mut urls: Reconnect,
     pool: Arc<Pool>,
-    instance: String,
+    (instance, leases): (String, Option<crate::fleet::HeldLeases>),
     health: watch::Sender<PathHealth>,
     cancel: CancellationToken,
 ) -> Result<(), String> {
@@ -236,6 +244,7 @@ pub async fn run(
         labels,
         health,
         tls: urls.tls().clone(),
+        leases,
     });
     loop {
         let url = urls.url().to_string();
@@ -440,15 +449,20 @@ async fn session(
     cancel: &CancellationToken,
 ) -> Result<(), SessionError> {
     ctx.health.send_replace(PathHealth::Connecting);
-    let (replies, mut all) = tokio::select! {
+    let (replies, mut consumers) = tokio::select! {
         r = set_up(ctx, url) => r?,
         _ = cancel.cancelled() => return Ok(()),
     };
     let replies = Arc::new(replies);
     ctx.health.send_replace(PathHealth::Ready);
+    let mut leases = ctx.leases.clone();
     loop {
         let next = tokio::select! {
-            n = all.next() => n,
+            n = consumers.all.next() => n,
+            Some(held) = lease_change(&mut leases) => {
+                consumers.follow(ctx, &held).await?;
+                continue;
+            }
             _ = replies.broken.cancelled() => {
                 close_bounded(&replies.conn, "ami2amqp: reply channel broken", CLOSE_LIMIT).await;
                 return Err(SessionError::ReplyChannelBroken);
@@ -472,9 +486,87 @@ async fn session(
     }
 }
 
-/// Connects, declares the topology and starts the consumers; returns the
-/// connection with the channel for replies, and the merged requests.
-async fn set_up(ctx: &Arc<Ctx>, url: &str) -> Result<(Replies, Requests), SessionError> {
+/// The next set of held leases, when it changed (never resolves without
+/// a fleet, or once the lease task is gone).
+async fn lease_change(leases: &mut Option<crate::fleet::HeldLeases>) -> Option<Vec<String>> {
+    match leases {
+        Some(rx) => match rx.changed().await {
+            Ok(()) => Some(rx.borrow_and_update().held.clone()),
+            Err(_) => {
+                *leases = None;
+                std::future::pending().await
+            }
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// The request consumers of a session: the merged deliveries, and the
+/// per-server queues consumed now (by server, with their consumer tags).
+struct Consumers {
+    ch: Channel,
+    all: Requests,
+    servers: HashMap<Arc<str>, String>,
+}
+
+impl Consumers {
+    /// Starts consuming queue `q` for `src`.
+    async fn consume(&mut self, ctx: &Ctx, q: &str, src: Source) -> Result<String, AmqpError> {
+        let tag = format!("ami2amqp-{}-{q}", ctx.instance);
+        let consumer = self
+            .ch
+            .basic_consume(
+                short(q),
+                short(&tag),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(AmqpError::op(format!("consume {q}")))?;
+        self.all
+            .push(consumer.map(move |d| (src.clone(), d)).boxed());
+        Ok(tag)
+    }
+
+    /// In a fleet: consumes the queues of the servers in `held` and no
+    /// others (requests being run finish and are acked as usual).
+    async fn follow(&mut self, ctx: &Ctx, held: &[String]) -> Result<(), SessionError> {
+        let gone: Vec<Arc<str>> = self
+            .servers
+            .keys()
+            .filter(|s| !held.iter().any(|h| h.as_str() == &***s))
+            .cloned()
+            .collect();
+        for s in gone {
+            if let Some(tag) = self.servers.remove(&s) {
+                self.ch
+                    .basic_cancel(short(&tag), BasicCancelOptions::default())
+                    .await?;
+                tracing::info!(server = %s, "action path: lease gone, no longer consuming this server's requests");
+            }
+        }
+        for name in held {
+            let Some(server) = ctx.pool.server_names().iter().find(|s| ***s == *name) else {
+                continue;
+            };
+            if self.servers.contains_key(server) {
+                continue;
+            }
+            let q = format!("{}{}", ctx.cfg.queue_prefix, server);
+            let tag = self
+                .consume(ctx, &q, Source::Server(server.clone()))
+                .await?;
+            self.servers.insert(server.clone(), tag);
+            tracing::info!(server = %server, "action path: lease held, consuming this server's requests");
+        }
+        Ok(())
+    }
+}
+
+/// Connects, declares the topology and starts the consumers (in a fleet,
+/// of the servers held now); returns the connection with the channel for
+/// replies, and the consumers.
+async fn set_up(ctx: &Arc<Ctx>, url: &str) -> Result<(Replies, Consumers), SessionError> {
     let conn = connect(url, &ctx.tls, CONNECT_LIMIT).await?;
     let ch = conn.create_channel().await?;
     let queues = declare(ctx, &ch).await?;
@@ -485,26 +577,33 @@ async fn set_up(ctx: &Arc<Ctx>, url: &str) -> Result<(Replies, Requests), Sessio
     // its reply is published). Waiting for the broker's confirm of every
     // reply cost about a third of the round-trip rate.
     let reply_ch = conn.create_channel().await?;
-    let mut streams = Vec::new();
+    let mut consumers = Consumers {
+        ch,
+        all: futures::stream::select_all(Vec::new()),
+        servers: HashMap::new(),
+    };
+    let held: Option<Vec<String>> = ctx.leases.as_ref().map(|rx| rx.borrow().held.clone());
     for (q, src) in queues {
-        let consumer = ch
-            .basic_consume(
-                short(&q),
-                short(&format!("ami2amqp-{}-{q}", ctx.instance)),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(AmqpError::op(format!("consume {q}")))?;
-        streams.push(consumer.map(move |d| (src.clone(), d)).boxed());
+        match (&src, &held) {
+            (Source::Server(s), Some(h)) if !h.iter().any(|x| x.as_str() == &**s) => continue,
+            (Source::Server(s), _) => {
+                let s = s.clone();
+                let tag = consumers.consume(ctx, &q, src).await?;
+                consumers.servers.insert(s, tag);
+            }
+            _ => {
+                consumers.consume(ctx, &q, src).await?;
+            }
+        }
     }
-    tracing::info!(url = %redact_url(url), servers = ctx.pool.server_names().len(), "action path ready");
+    tracing::info!(url = %redact_url(url), servers = ctx.pool.server_names().len(),
+        consuming = consumers.servers.len(), "action path ready");
     let replies = Replies {
         conn,
         ch: tokio::sync::Mutex::new(reply_ch),
         broken: CancellationToken::new(),
     };
-    Ok((replies, futures::stream::select_all(streams)))
+    Ok((replies, consumers))
 }
 
 fn result_label(r: &Reply) -> &'static str {

@@ -560,8 +560,14 @@ struct SessionState {
 }
 
 /// Says goodbye to Asterisk (bounded: the session is ending anyway).
+/// The ActionID of our `Logoff`.
+const LOGOFF_ID: &str = "a2a-logoff";
+/// How long a stopping event connection reads on for the answer to its
+/// `Logoff` (see `Supervisor::log_off_draining`).
+const LOGOFF_DRAIN: Duration = Duration::from_secs(2);
+
 async fn logoff(framed: &mut AmiFramed) -> SessionEnd {
-    let logoff = Message::from_pairs([("Action", "Logoff"), ("ActionID", "a2a-logoff")]);
+    let logoff = Message::from_pairs([("Action", "Logoff"), ("ActionID", LOGOFF_ID)]);
     let _ = tokio::time::timeout(Duration::from_secs(1), framed.send(logoff)).await;
     SessionEnd::Cancelled
 }
@@ -960,7 +966,9 @@ impl Supervisor {
             let can_read = self.read_budget(&mut st);
             let step = tokio::select! {
                 biased;
-                _ = self.cancel.cancelled() => ControlFlow::Break(logoff(&mut framed).await),
+                _ = self.cancel.cancelled() => {
+                    ControlFlow::Break(self.log_off_draining(&mut framed, &events_tx, &mut st).await)
+                }
                 // Hand queued events to the consumer first, in order.
                 permit = reserve(&events_tx), if !self.queue.items.is_empty() => {
                     self.deliver(permit, &mut st);
@@ -991,6 +999,37 @@ impl Supervisor {
                 .send(Err(ActionError::ConnectionLost(server.clone())));
         }
         end
+    }
+
+    /// Logs off and reads on until Asterisk's answer to the `Logoff` (or
+    /// the end of the connection, at most [`LOGOFF_DRAIN`]): every event
+    /// Asterisk wrote to the session before it took the `Logoff` is read
+    /// and handed over, so a lease hand-over or a shutdown loses none.
+    async fn log_off_draining(
+        &mut self,
+        framed: &mut AmiFramed,
+        events_tx: &Option<mpsc::Sender<Incoming>>,
+        st: &mut SessionState,
+    ) -> SessionEnd {
+        let logoff = Message::from_pairs([("Action", "Logoff"), ("ActionID", LOGOFF_ID)]);
+        if !matches!(
+            tokio::time::timeout(Duration::from_secs(1), framed.send(logoff)).await,
+            Ok(Ok(()))
+        ) {
+            return SessionEnd::Cancelled;
+        }
+        let deadline = tokio::time::Instant::now() + LOGOFF_DRAIN;
+        while let Ok(frame) = tokio::time::timeout_at(deadline, framed.next()).await {
+            if let Some(Ok(Frame::Message(m))) = &frame
+                && m.get("ActionID").as_deref() == Some(LOGOFF_ID)
+            {
+                break;
+            }
+            if self.on_frame(frame, events_tx, st).is_break() {
+                break;
+            }
+        }
+        SessionEnd::Cancelled
     }
 
     /// Ends a session whose push-down request changed: log off, then

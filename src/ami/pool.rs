@@ -63,7 +63,10 @@ impl Server {
 pub struct Pool {
     servers: HashMap<Arc<str>, Server>,
     order: Vec<Arc<str>>,
-    sink: mpsc::Sender<Incoming>,
+    /// Where event connections started later ([`Pool::hold`]) send; taken
+    /// by [`Pool::shutdown`], so that the channel closes once the running
+    /// connections have ended, however long other holders keep the pool.
+    sink: Mutex<Option<mpsc::Sender<Incoming>>>,
 }
 
 /// Why the pool could not run an action.
@@ -107,19 +110,27 @@ impl Pool {
         Pool {
             servers,
             order,
-            sink: events,
+            sink: Mutex::new(Some(events)),
         }
     }
 
     /// Starts the event connection of `server` if it is not running;
-    /// false for an unknown server.
+    /// false for an unknown server or a pool shut down.
     pub fn hold(&self, server: &str) -> bool {
         let Some(s) = self.servers.get(server) else {
             return false;
         };
+        let Some(sink) = self
+            .sink
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+        else {
+            return false;
+        };
         let mut ev = s.events.lock().unwrap_or_else(PoisonError::into_inner);
         if ev.is_none() {
-            *ev = Some(Client::spawn(s.config.clone(), Some(self.sink.clone())));
+            *ev = Some(Client::spawn(s.config.clone(), Some(sink)));
         }
         true
     }
@@ -229,8 +240,12 @@ impl Pool {
         Ok(client.send_action_as(action, id, timeout).await?)
     }
 
-    /// Logs off every connection.
+    /// Logs off every connection (none starts after this).
     pub fn shutdown(&self) {
+        self.sink
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
         for s in self.servers.values() {
             if let Some(c) = s.events() {
                 c.shutdown();

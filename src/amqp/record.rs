@@ -75,6 +75,17 @@ impl Record {
         out.extend_from_slice(&m.body);
     }
 
+    /// The server of an encoded record, read without decoding the rest
+    /// (what a recovered spool holds, per server).
+    pub fn server_of(b: &[u8]) -> Result<&str, String> {
+        let mut r = Reader { b, pos: 0 };
+        if r.u8()? != VERSION {
+            return Err("unknown spool record version".into());
+        }
+        r.u64()?;
+        r.str()
+    }
+
     pub fn decode(b: &[u8]) -> Result<Record, String> {
         let mut r = Reader { b, pos: 0 };
         let v = r.u8()?;

@@ -161,6 +161,33 @@ pub struct Recovered {
     pub missing_segments: u64,
     /// The cursor was unusable and reading starts at the oldest segment.
     pub cursor_reset: bool,
+    /// Records per server (at most [`MAX_RECOVERED_SERVERS`] names; the
+    /// records of further names are counted under `""`).
+    pub by_server: std::collections::BTreeMap<String, u64>,
+}
+
+/// How many server names [`Recovered::by_server`] keeps (a damaged or
+/// foreign spool could hold any number).
+pub const MAX_RECOVERED_SERVERS: usize = 1024;
+
+/// Counts the records at `offsets` of the segment bytes `b` per server.
+fn count_servers(b: &[u8], offsets: &[u64], by: &mut std::collections::BTreeMap<String, u64>) {
+    for &o in offsets {
+        let Some(payload) = usize::try_from(o)
+            .ok()
+            .and_then(|o| b.get(o.checked_add(scan::HEADER)?..))
+        else {
+            continue;
+        };
+        let name = super::record::Record::server_of(payload).unwrap_or("");
+        if let Some(n) = by.get_mut(name) {
+            *n += 1;
+        } else if by.len() < MAX_RECOVERED_SERVERS {
+            by.insert(name.to_string(), 1);
+        } else {
+            *by.entry(String::new()).or_insert(0) += 1;
+        }
+    }
 }
 
 fn seg_path(dir: &Path, base: u64) -> PathBuf {
@@ -335,8 +362,16 @@ fn recover(
         }
         rec.corrupt_records += lost;
         rec.corrupt_bytes += bytes;
-        let records = s.records.iter().filter(|&&o| o >= from).count() as u64;
+        let pending: Vec<u64> = s.records.iter().copied().filter(|&o| o >= from).collect();
+        let records = pending.len() as u64;
         rec.records += records;
+        if records > 0 {
+            let mut b = Vec::new();
+            File::open(&path)
+                .and_then(|f| f.take(s.len).read_to_end(&mut b))
+                .map_err(|e| io_ctx(e, "cannot read spool segment", &path))?;
+            count_servers(&b, &pending, &mut rec.by_server);
+        }
         if let Some(next) = found.get(i + 1)
             && g.base + g.len < next.base
         {
@@ -1296,6 +1331,79 @@ mod tests {
         let more = read_all(&mut r);
         assert_eq!(more.len(), 1);
         assert_eq!(more[0].1, "after");
+    }
+
+    #[test]
+    fn recovery_counts_the_unconfirmed_records_per_server() {
+        use crate::mapping::{MessageProps, Outgoing};
+        let rec = |server: &str, seq: u64| {
+            let r = crate::amqp::record::Record {
+                received_at_us: 1,
+                server: Arc::from(server),
+                seq,
+                msg: Outgoing {
+                    exchange: Arc::from("x"),
+                    routing_key: "k".into(),
+                    props: MessageProps {
+                        persistent: true,
+                        priority: None,
+                        expiration_ms: None,
+                        content_type: Arc::from("application/json"),
+                        kind: "E".into(),
+                        message_id: format!("{server}:{seq}"),
+                        headers: Vec::new(),
+                    },
+                    body: b"{}".to_vec(),
+                    route: Arc::from("r"),
+                },
+            };
+            let mut b = Vec::new();
+            r.encode(&mut b);
+            b
+        };
+        let d = tempfile::tempdir().unwrap();
+        {
+            let (sp, _) = Spool::open(cfg(d.path())).unwrap();
+            let mut w = sp.writer().unwrap();
+            for i in 0..10 {
+                w.stage(&rec(if i % 3 == 0 { "pbx1" } else { "pbx2" }, i));
+            }
+            w.stage(b"not a record");
+            w.commit().unwrap();
+            let mut r = sp.reader();
+            let got = read_all(&mut r);
+            // The first four (pbx1, pbx2, pbx2, pbx1) are confirmed.
+            sp.ack(got[3].0, 4, true).unwrap();
+        }
+        let (_sp, rec) = Spool::open(cfg(d.path())).unwrap();
+        assert_eq!(rec.records, 7);
+        let by: Vec<(&str, u64)> = rec
+            .by_server
+            .iter()
+            .map(|(k, v)| (k.as_str(), *v))
+            .collect();
+        assert_eq!(by, [("", 1), ("pbx1", 2), ("pbx2", 4)]);
+    }
+
+    #[test]
+    fn recovered_server_names_are_bounded() {
+        let mut by = std::collections::BTreeMap::new();
+        let mut b = Vec::new();
+        let mut offsets = Vec::new();
+        for i in 0..(MAX_RECOVERED_SERVERS + 10) {
+            offsets.push(b.len() as u64);
+            let mut payload = vec![1u8];
+            payload.extend_from_slice(&0u64.to_le_bytes());
+            let name = format!("s{i}");
+            payload.extend_from_slice(&(name.len() as u32).to_le_bytes());
+            payload.extend_from_slice(name.as_bytes());
+            b.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+            b.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+            b.extend_from_slice(&payload);
+        }
+        count_servers(&b, &offsets, &mut by);
+        assert_eq!(by.len(), MAX_RECOVERED_SERVERS + 1);
+        assert_eq!(by[""], 10);
     }
 
     #[test]

@@ -49,6 +49,7 @@ pub const SPOOL_WRITE_ERRORS_TOTAL: &str = "spool_write_errors_total";
 pub const SPOOL_CORRUPT_RECORDS_TOTAL: &str = "spool_corrupt_records_total";
 pub const SPOOL_CORRUPT_BYTES_TOTAL: &str = "spool_corrupt_bytes_total";
 pub const SPOOL_MISSING_SEGMENTS_TOTAL: &str = "spool_missing_segments_total";
+pub const SPOOL_RECOVERED_TOTAL: &str = "spool_recovered_total";
 pub const SPOOL_FSYNCS_TOTAL: &str = "spool_fsyncs_total";
 pub const SPOOL_SYNC_SECONDS: &str = "spool_sync_seconds";
 pub const SPOOL_SYNC_ERRORS_TOTAL: &str = "spool_sync_errors_total";
@@ -165,6 +166,10 @@ pub const METRICS: &[Metric] = &[
     counter(
         SPOOL_CORRUPT_BYTES_TOTAL,
         "Bytes of the damaged spool regions skipped.",
+    ),
+    counter(
+        SPOOL_RECOVERED_TOTAL,
+        "Messages the spool held at start (a previous run's, not yet confirmed), by server (configured names, else `other`); they are published first.",
     ),
     counter(
         SPOOL_MISSING_SEGMENTS_TOTAL,
