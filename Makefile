@@ -74,6 +74,7 @@ bench: rabbitmq
 	$(CARGO) bench --bench route
 	$(CARGO) bench --bench bridge
 	$(CARGO) bench --bench actions
+	$(CARGO) bench --bench fleet
 
 fuzz:
 	bash scripts/fuzz.sh

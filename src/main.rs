@@ -40,7 +40,10 @@ struct LogArgs {
     /// Log filter in RUST_LOG syntax, e.g. `info`, `debug`,
     /// `ami2amqp=debug,info`. Logs go to stderr. The default keeps lapin
     /// from logging every returned (unroutable) message: they are counted
-    /// in `amqp_returned_total`. lapin and amq-protocol never log below
+    /// in `amqp_returned_total`; and from logging each channel the broker
+    /// closes as an error (in a fleet, every lease another instance holds
+    /// is refused that way): the bridge logs the failures that matter
+    /// itself. lapin and amq-protocol never log below
     /// `debug`, whatever the filter says: at `trace` they print every
     /// frame, the broker password (SASL response) included.
     #[arg(
@@ -48,7 +51,7 @@ struct LogArgs {
         global = true,
         env = "RUST_LOG",
         hide_env_values = true,
-        default_value = "info,lapin::returned_messages=error"
+        default_value = "info,lapin::returned_messages=error,lapin::channel=off"
     )]
     log_level: String,
     /// Log format: human-readable `text` or one JSON object per line.

@@ -921,12 +921,16 @@ fn async_originate_response_comes_before_its_event() {
     let extra = format!("[actions]\nenabled = false\n\n[facade]\nlisten = \"{facade}\"\n{USERS}");
     let setup = BridgeSetup::new(&fake, &shared_amqp_url(), &extra);
     let mut bridge = setup.start();
+    // The facade answers once the event connection is up; the Originate
+    // goes out on the action connection, which may log in a moment later
+    // on a loaded machine.
     let ready = wait_until(Duration::from_secs(20), || {
-        TcpStream::connect(&facade).is_ok_and(|s| {
-            let mut a = Ami { s, buf: Vec::new() };
-            a.try_banner()
-                .is_some_and(|b| b.starts_with("Asterisk Call Manager/5.0.2"))
-        })
+        setup.log().contains("role=action-1")
+            && TcpStream::connect(&facade).is_ok_and(|s| {
+                let mut a = Ami { s, buf: Vec::new() };
+                a.try_banner()
+                    .is_some_and(|b| b.starts_with("Asterisk Call Manager/5.0.2"))
+            })
     });
     assert!(ready, "{}", setup.log());
     let (mut a, _) = Ami::login(&facade, "all", "allpass", Some("call"));

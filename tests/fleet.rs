@@ -15,20 +15,14 @@
 //!   never two event sessions at once (the fake server's own log).
 
 mod common;
-#[path = "common/tick_ami.rs"]
-mod tick_ami;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::broker::shared_amqp_url;
-use common::cleanup::BrokerCleanup;
-use common::procs::{
-    Proc, bin, body, copy_mappings, free_port, health, sink, unique, unroutable_of, wait_for,
-};
-use tick_ami::TickAmi;
+use common::fleet::Timings;
+use common::procs::{body, sink, wait_for};
+use common::tick_ami::TickAmi;
 
 /// Events per second each fake server sends.
 const RATE: u32 = 20;
@@ -46,151 +40,47 @@ const KILL_TAKEOVER_BOUND: Duration =
 /// of a peer takes them, then the AMI login.
 const TERM_GAP_BOUND: Duration = Duration::from_millis(2 * ANNOUNCE_MS + 2000);
 
-/// The servers, the names on the broker, and the instances' configs.
+/// The fleet's config with its fake Asterisks.
 struct Fleet {
-    dir: tempfile::TempDir,
+    f: common::fleet::Fleet,
     servers: Vec<(String, TickAmi)>,
-    exchange: String,
-    /// The action path's exchange.
-    actions: String,
-    text: String,
-    metrics: BTreeMap<String, String>,
-    _cleanup: BrokerCleanup,
+}
+
+impl std::ops::Deref for Fleet {
+    type Target = common::fleet::Fleet;
+    fn deref(&self) -> &Self::Target {
+        &self.f
+    }
+}
+
+impl std::ops::DerefMut for Fleet {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.f
+    }
 }
 
 impl Fleet {
     fn new(servers: usize) -> Fleet {
-        let dir = tempfile::tempdir().unwrap();
-        let exchange = unique("ami.test.fleet.");
-        let actions = unique("ami.actions.test.fleet.");
-        let fleet_exchange = unique("ami.test.fleetx.");
-        let mappings = copy_mappings(dir.path(), &exchange).unwrap();
-        let cleanup = BrokerCleanup::new();
-        let unroutable = unroutable_of(&exchange);
-        cleanup
-            .exchange(&exchange)
-            .exchange(&unroutable)
-            .queue(&unroutable);
-        cleanup.exchange(&fleet_exchange);
-        for x in [format!("{actions}.unrouted"), format!("{actions}.expired")] {
-            cleanup.exchange(&x).queue(&x);
-        }
-        cleanup.exchange(&actions);
         let servers: Vec<(String, TickAmi)> = (0..servers)
             .map(|i| (format!("s{i}"), TickAmi::start(RATE)))
             .collect();
-        let mut text = format!(
-            "[amqp]\nurl = \"{url}\"\nreconnect_initial_ms = 100\nreconnect_max_ms = 1000\nalternate_exchange = \"{unroutable}\"\n\n",
-            url = shared_amqp_url()
-        );
-        for (name, ami) in &servers {
-            cleanup.queue(&format!("{actions}.{name}"));
-            text += &format!(
-                "[[server]]\nname = \"{name}\"\naddress = \"{}\"\nusername = \"bridge\"\nsecret = \"x\"\nsnapshot = []\naction_connections = 1\nreconnect_initial_ms = 100\nreconnect_max_ms = 1000\n\n",
-                ami.addr
-            );
-        }
-        text += &format!(
-            "[mappings]\ndir = \"{m}\"\n\n[status]\nexchange = \"{exchange}\"\n\n\
-             [actions]\nexchange = \"{actions}\"\nqueue_prefix = \"{actions}.\"\nunrouted = \"{actions}.unrouted\"\nexpired = \"{actions}.expired\"\n\n\
-             [[actions.allow]]\nuser = \"guest\"\nactions = [\"Ping\"]\n\n\
-             [fleet]\nenabled = true\nexchange = \"{fleet_exchange}\"\nlease_prefix = \"{fleet_exchange}.lease.\"\n\
-             announce_interval_ms = {ANNOUNCE_MS}\npeer_timeout_ms = {PEER_TIMEOUT_MS}\n",
-            m = mappings.display(),
-        );
+        let addrs: Vec<(String, String)> = servers
+            .iter()
+            .map(|(n, a)| (n.clone(), a.addr.clone()))
+            .collect();
+        let timings = Timings {
+            announce_ms: ANNOUNCE_MS,
+            peer_timeout_ms: PEER_TIMEOUT_MS,
+        };
         Fleet {
-            dir,
+            f: common::fleet::Fleet::new(&addrs, &[shared_amqp_url()], timings),
             servers,
-            exchange,
-            actions,
-            text,
-            metrics: BTreeMap::new(),
-            _cleanup: cleanup,
         }
     }
 
-    /// The config of instance `name`: its own spool and metrics listener.
-    fn config(&mut self, name: &str) -> PathBuf {
-        let metrics = self
-            .metrics
-            .entry(name.to_string())
-            .or_insert_with(|| format!("127.0.0.1:{}", free_port()))
-            .clone();
-        let spool = self.dir.path().join(format!("spool-{name}"));
-        let text = format!(
-            "instance = \"{name}\"\n\n{}\n[spool]\ndir = \"{}\"\nfsync_interval_ms = 50\n\n[metrics]\nlisten = \"{metrics}\"\n",
-            self.text,
-            spool.display()
-        );
-        let p = self.dir.path().join(format!("{name}.toml"));
-        std::fs::write(&p, text).unwrap();
-        p
-    }
-
-    /// Starts `ami2amqp run` as instance `name` (its log in `<name>.log`).
-    fn start(&mut self, name: &str) -> Proc {
-        let config = self.config(name);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join(format!("{name}.log")))
-            .unwrap();
-        let child = Command::new(bin())
-            .args(["run", "--config"])
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start bridge");
-        Proc {
-            child,
-            name: name.to_string(),
-        }
-    }
-
-    fn log(&self, name: &str) -> String {
-        std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
-    }
-
-    /// The servers instance `name` holds, from its `/healthz`.
-    fn held(&self, name: &str) -> Option<BTreeSet<String>> {
-        let (_, h) = health(&self.metrics[name])?;
-        Some(
-            h["held"]
-                .as_array()?
-                .iter()
-                .filter_map(|s| s.as_str().map(str::to_string))
-                .collect(),
-        )
-    }
-
-    /// The process id instance `name` logged at its (last) start.
-    fn process(&self, name: &str) -> String {
-        let log = self.log(name);
-        let line = log
-            .lines()
-            .rfind(|l| l.contains("ami2amqp starting"))
-            .expect("a start line");
-        let at = line.find("process=").expect("process=") + "process=".len();
-        line[at..].split_whitespace().next().unwrap().to_string()
-    }
-
-    /// Runs `Ping` on `server` through the action path; the reply's
-    /// `bridge` (the process that answered).
-    async fn ping(&self, server: &str) -> String {
-        let broker = ami2amqp::amqp::Broker::plain_settings(shared_amqp_url());
-        let body = ami2amqp::actions::client::body_from_args("Ping", &[]).unwrap();
-        let r = ami2amqp::actions::client::call(
-            &broker,
-            &self.actions,
-            server,
-            body.to_string().as_bytes(),
-            Duration::from_secs(10),
-            Some("guest"),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("Ping {server}: {e}"));
+    /// `Ping` on `server`; the process that answered.
+    async fn ping_by(&self, server: &str) -> String {
+        let r = self.f.ping(server).await.unwrap();
         assert_eq!(r["response"], "Success", "{r}");
         r["bridge"].as_str().unwrap().to_string()
     }
@@ -203,42 +93,6 @@ impl Fleet {
     fn one_reader_each(&self) -> bool {
         self.servers.iter().all(|(_, a)| a.readers() == 1)
     }
-}
-
-/// How long server `s` had no reader after its event session that ended
-/// last before `after`: the next session's login − that logout.
-fn gap_after(ami: &TickAmi, after: Instant) -> Option<Duration> {
-    let sessions: Vec<_> = ami.sessions().into_iter().filter(|s| s.events).collect();
-    let ended = sessions
-        .iter()
-        .filter(|s| s.logout.is_some_and(|l| l >= after))
-        .min_by_key(|s| s.logout)?;
-    let out = ended.logout?;
-    let next = sessions
-        .iter()
-        .filter(|s| s.login >= out)
-        .min_by_key(|s| s.login)?;
-    Some(next.login - out)
-}
-
-/// The longest time two event sessions of `ami` were logged in together.
-fn max_overlap(ami: &TickAmi) -> Duration {
-    let now = Instant::now();
-    let s: Vec<_> = ami
-        .sessions()
-        .into_iter()
-        .filter(|s| s.events)
-        .map(|s| (s.login, s.logout.unwrap_or(now)))
-        .collect();
-    let mut worst = Duration::ZERO;
-    for (i, a) in s.iter().enumerate() {
-        for b in &s[i + 1..] {
-            let start = a.0.max(b.0);
-            let end = a.1.min(b.1);
-            worst = worst.max(end.saturating_duration_since(start));
-        }
-    }
-    worst
 }
 
 /// What arrived for one server: the `N` of each Tick event with the
@@ -329,7 +183,10 @@ async fn three_instances_share_twelve_servers_and_take_over() {
     assert!(back, "b's servers were not taken over\n{}", f.log("a"));
     let mut kill_gaps = Vec::new();
     for srv in &held_b {
-        let g = gap_after(f.server(srv), killed).expect("a new session after the kill");
+        let g = f
+            .server(srv)
+            .gap_after(killed)
+            .expect("a new session after the kill");
         kill_gaps.push(g);
     }
     let worst = kill_gaps.iter().max().copied().unwrap();
@@ -362,7 +219,11 @@ async fn three_instances_share_twelve_servers_and_take_over() {
     );
     let mut term_gaps = Vec::new();
     for srv in &held_c {
-        term_gaps.push(gap_after(f.server(srv), termed).expect("a new session after SIGTERM"));
+        term_gaps.push(
+            f.server(srv)
+                .gap_after(termed)
+                .expect("a new session after SIGTERM"),
+        );
     }
     eprintln!("SIGTERM hand-over gaps: {term_gaps:?}");
     let worst = term_gaps.iter().max().copied().unwrap();
@@ -378,7 +239,7 @@ async fn three_instances_share_twelve_servers_and_take_over() {
     let mut recovered = BTreeMap::new();
     assert!(
         wait_for(Duration::from_secs(20), || {
-            health(&f.metrics["b"]).is_some_and(|(_, h)| {
+            f.health("b").is_some_and(|h| {
                 recovered = h["spool"]["recovered"]
                     .as_object()
                     .map(|o| {
@@ -502,7 +363,7 @@ async fn three_instances_share_twelve_servers_and_take_over() {
     assert!(lost_to_kill <= 4 * u64::from(RATE), "{lost_to_kill}");
     for (_, ami) in &f.servers {
         assert!(
-            max_overlap(ami) <= Duration::from_millis(100),
+            ami.max_overlap() <= Duration::from_millis(100),
             "two readers at once"
         );
     }
@@ -550,7 +411,7 @@ async fn two_instances_with_one_server_never_read_it_together() {
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert_eq!(f.servers[0].1.readers(), 1, "round {round}");
     }
-    let overlap = max_overlap(&f.servers[0].1);
+    let overlap = f.servers[0].1.max_overlap();
     let sessions = f.servers[0]
         .1
         .sessions()
@@ -585,12 +446,12 @@ async fn actions_follow_the_leases() {
         "{}",
         f.log("p")
     );
-    let (pp, pq) = (f.process("p"), f.process("q"));
+    let (pp, pq) = (f.process("p").unwrap(), f.process("q").unwrap());
     let held_p = f.held("p").unwrap();
     // Give the action paths a moment to follow the leases.
     tokio::time::sleep(Duration::from_secs(1)).await;
     for (name, _) in &f.servers {
-        let by = f.ping(name).await;
+        let by = f.ping_by(name).await;
         let want = if held_p.contains(name) { &pp } else { &pq };
         assert_eq!(
             &by, want,
@@ -607,6 +468,6 @@ async fn actions_follow_the_leases() {
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
     for (name, _) in &f.servers {
-        assert_eq!(f.ping(name).await, pp, "{name}");
+        assert_eq!(f.ping_by(name).await, pp, "{name}");
     }
 }

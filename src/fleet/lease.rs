@@ -281,7 +281,12 @@ impl LeaseTask {
             .emit();
             return false;
         }
-        self.planner.heard(w.announce, std::time::Instant::now());
+        if !self.planner.heard(w.announce, std::time::Instant::now()) {
+            BadAnnouncement {
+                error: "too many instances announced: ignoring new names",
+            }
+            .emit();
+        }
         false
     }
 

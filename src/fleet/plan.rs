@@ -82,6 +82,10 @@ pub struct Planner {
     unclaimed_since: HashMap<Arc<str>, Instant>,
 }
 
+/// Peers remembered at most (a flood of announcements with made-up names
+/// cannot grow the table beyond it).
+pub const MAX_PEERS: usize = 1024;
+
 /// The rendezvous-hashing weight of `(instance, server)`: a stable
 /// pseudo-random number, higher is preferred.
 fn weight(instance: &str, server: &str) -> u64 {
@@ -128,10 +132,14 @@ impl Planner {
         }
     }
 
-    /// A peer's announcement arrived (our own is ignored).
-    pub fn heard(&mut self, a: Announce, now: Instant) {
+    /// A peer's announcement arrived (our own is ignored); false when it
+    /// was dropped because the table of peers is full.
+    pub fn heard(&mut self, a: Announce, now: Instant) -> bool {
         if a.instance == self.me {
-            return;
+            return true;
+        }
+        if self.peers.len() >= MAX_PEERS && !self.peers.contains_key(&a.instance) {
+            return false;
         }
         let peer = Peer {
             servers: a.servers.into_iter().collect(),
@@ -140,6 +148,7 @@ impl Planner {
             leaving: a.leaving,
         };
         self.peers.insert(a.instance, peer);
+        true
     }
 
     /// The broker granted the lease of `server`.
@@ -179,9 +188,16 @@ impl Planner {
         self.servers.len().div_ceil(self.live_instances(now))
     }
 
-    /// Servers a live peer says it holds.
-    fn claimed(&self, now: Instant) -> BTreeSet<&str> {
+    /// Servers a live peer says it holds. The claims of a peer above
+    /// share + 1 are not believed: a peer that claims leases it does not
+    /// hold (a bug, or a message forged on the fleet exchange) then cannot
+    /// keep servers unread — they are tried like unclaimed ones, and the
+    /// broker grants those nobody holds and refuses the others (as it
+    /// does for a peer really that far above its share, for a few ticks
+    /// while it hands leases over).
+    fn claimed(&self, now: Instant, share: usize) -> BTreeSet<&str> {
         self.live_peers(now)
+            .filter(|(_, p)| p.held.len() <= share + 1)
             .flat_map(|(_, p)| p.held.iter().map(String::as_str))
             .collect()
     }
@@ -195,7 +211,7 @@ impl Planner {
             return Decision::default();
         }
         let share = self.share(now);
-        let claimed = self.claimed(now);
+        let claimed = self.claimed(now, share);
         let unclaimed: Vec<Arc<str>> = self
             .servers
             .iter()
@@ -486,6 +502,41 @@ mod tests {
         assert_eq!(d.acquire, vec![servers[1].clone()]);
         let d = p.decide(now + TICK * 9);
         assert!(d.acquire.contains(&servers[0]), "{d:?}");
+    }
+
+    #[test]
+    fn a_peer_claiming_leases_it_does_not_hold_cannot_keep_servers_unread() {
+        let mut f = Fleet::new(6);
+        f.join();
+        f.join();
+        // A forged announcement: "ghost" holds everything.
+        let ghost = Announce {
+            instance: "ghost".into(),
+            servers: (0..6).map(|i| format!("pbx{i}")).collect(),
+            held: (0..6).map(|i| format!("pbx{i}")).collect(),
+            leaving: false,
+        };
+        for _ in 0..40 {
+            f.inbox.push(ghost.clone());
+            f.tick(&[0, 1]);
+        }
+        assert_eq!(f.leases.len(), 6, "{:?}", f.leases);
+    }
+
+    #[test]
+    fn the_peer_table_is_bounded() {
+        let now = Instant::now();
+        let mut p = Planner::new("a", &names(2), timing(), now);
+        for i in 0..MAX_PEERS + 5 {
+            let a = Announce {
+                instance: format!("x{i}"),
+                servers: vec!["pbx0".into()],
+                held: Vec::new(),
+                leaving: false,
+            };
+            assert_eq!(p.heard(a, now), i < MAX_PEERS);
+        }
+        assert_eq!(p.peers.len(), MAX_PEERS);
     }
 
     #[test]

@@ -9,4 +9,6 @@
 pub mod broker;
 pub mod certs;
 pub mod cleanup;
+pub mod fleet;
 pub mod procs;
+pub mod tick_ami;

@@ -5,9 +5,7 @@
 //! the first and last `N` written to it), so a test knows exactly which
 //! events each reader was sent and when the server had no reader.
 //!
-//! Included with `#[path = "common/tick_ami.rs"] mod tick_ami;`. Blocking
-//! std I/O on threads: independent of the runtime under test.
-#![allow(dead_code)]
+//! Blocking std I/O on threads: independent of the runtime under test.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
@@ -115,6 +113,43 @@ impl TickAmi {
             .iter()
             .filter(|s| s.events && s.logout.is_none())
             .count()
+    }
+}
+
+impl TickAmi {
+    /// How long the server had no event reader after its event session
+    /// that ended first at or after `after`: the next session's login −
+    /// that logout.
+    pub fn gap_after(&self, after: Instant) -> Option<Duration> {
+        let sessions: Vec<Session> = self.sessions().into_iter().filter(|s| s.events).collect();
+        let ended = sessions
+            .iter()
+            .filter(|s| s.logout.is_some_and(|l| l >= after))
+            .min_by_key(|s| s.logout)?;
+        let out = ended.logout?;
+        let next = sessions
+            .iter()
+            .filter(|s| s.login >= out)
+            .min_by_key(|s| s.login)?;
+        Some(next.login - out)
+    }
+
+    /// The longest time two event sessions were logged in together.
+    pub fn max_overlap(&self) -> Duration {
+        let now = Instant::now();
+        let s: Vec<(Instant, Instant)> = self
+            .sessions()
+            .into_iter()
+            .filter(|s| s.events)
+            .map(|s| (s.login, s.logout.unwrap_or(now)))
+            .collect();
+        let mut worst = Duration::ZERO;
+        for (i, a) in s.iter().enumerate() {
+            for b in &s[i + 1..] {
+                worst = worst.max(a.1.min(b.1).saturating_duration_since(a.0.max(b.0)));
+            }
+        }
+        worst
     }
 }
 
