@@ -227,6 +227,18 @@ fn confirmed(f: &mut Fleet, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// VmRSS of a process, in MB.
+fn rss_mb(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
 fn cpu_s(pid: u32) -> f64 {
     let ticks = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
@@ -328,12 +340,14 @@ async fn throughput(n: usize, parts: &str) -> Res<()> {
             let per: Vec<String> = before
                 .iter()
                 .zip(&after)
-                .map(|(b, a)| {
+                .zip(&names)
+                .map(|((b, a), name)| {
                     let m = (a.0 - b.0).max(1.0);
                     format!(
-                        "{:.0} msg/s, {:.1} µs CPU/msg",
+                        "{:.0} msg/s, {:.1} µs CPU/msg, {:.0} MB",
                         m / el,
-                        (a.1 - b.1) * 1e6 / m
+                        (a.1 - b.1) * 1e6 / m,
+                        rss_mb(procs[name].pid())
                     )
                 })
                 .collect();

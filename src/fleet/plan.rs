@@ -64,7 +64,8 @@ pub struct Timing {
     /// Nothing is acquired until this long after start, so that the first
     /// decision knows the peers already running.
     pub discovery: Duration,
-    /// A lease this instance gave back is not tried again for this long.
+    /// A lease this instance gave back is not tried again for this long,
+    /// or until a peer claims it (the hand-over is then complete).
     pub cooldown: Duration,
 }
 
@@ -218,6 +219,18 @@ impl Planner {
             .filter(|s| !self.held.contains(*s) && !claimed.contains(&***s))
             .cloned()
             .collect();
+        // A hand-over is complete once a peer claims the server: the
+        // cooldown has done its job (no taking it back before the peer
+        // could), and must not delay taking it over if that peer dies.
+        let handed: Vec<Arc<str>> = self
+            .cooldown
+            .keys()
+            .filter(|s| claimed.contains(&***s))
+            .cloned()
+            .collect();
+        for s in handed {
+            self.cooldown.remove(&s);
+        }
         self.unclaimed_since.retain(|s, _| unclaimed.contains(s));
         for s in &unclaimed {
             self.unclaimed_since.entry(s.clone()).or_insert(now);
@@ -459,6 +472,29 @@ mod tests {
         f.settle(4);
         f.assert_fair();
         assert_eq!(f.counts(), vec![4, 4, 4]);
+    }
+
+    #[test]
+    fn a_server_handed_over_is_taken_back_at_once_when_its_new_holder_dies() {
+        let mut f = Fleet::new(4);
+        f.join();
+        f.settle(5);
+        f.join();
+        let mut ticks = 0;
+        while f.counts() != vec![2, 2] {
+            f.tick(&[0, 1]);
+            ticks += 1;
+            assert!(ticks < 30, "{:?}", f.counts());
+        }
+        // The newcomer (which got its two by hand-overs) is killed at
+        // once, well within the cooldown of those hand-overs.
+        f.kill(1);
+        let mut ticks = 0;
+        while f.leases.len() < 4 {
+            f.tick(&[0]);
+            ticks += 1;
+            assert!(ticks <= 5, "waited out the cooldown: {ticks} ticks");
+        }
     }
 
     #[test]
