@@ -22,12 +22,16 @@
 
 mod common;
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use common::arrivals::{
+    Outcome, assert_exactly_once_in_order, events_read, id_ref, is_status, metric, split_id,
+    spool_bytes, wait_drained,
+};
 use common::broker::{PrivateBroker, blocking, shared_amqp_url};
 use common::procs::{
     BridgeSetup, Proc, bin, body, bound_queue, consume_auto_ack, free_port, replay, sink, trace,
@@ -38,44 +42,12 @@ use lapin::message::Delivery;
 use lapin::options::{BasicQosOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
-use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 // ---------------------------------------------------------------------------
 // Helpers: the bridge's numbers, processes, the expected messages.
 // ---------------------------------------------------------------------------
-
-/// Sum of every series of a Prometheus metric (counter or gauge), or None
-/// when the bridge does not answer.
-fn metric(setup: &BridgeSetup, name: &str) -> Option<f64> {
-    let (_, text) = setup.http_get("/metrics")?;
-    let mut sum = 0.0;
-    for line in text.lines() {
-        let Some(rest) = line.strip_prefix(name) else {
-            continue;
-        };
-        if !(rest.starts_with('{') || rest.starts_with(' ')) {
-            continue;
-        }
-        if let Some(v) = rest.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) {
-            sum += v;
-        }
-    }
-    Some(sum)
-}
-
-/// Bytes waiting in the bridge's spool (appended, not yet confirmed).
-fn spool_bytes(setup: &BridgeSetup) -> Option<u64> {
-    setup
-        .health()
-        .and_then(|(_, h)| h["spool"]["bytes"].as_u64())
-}
-
-/// Events the bridge has read from AMI (all servers, all names).
-fn events_read(setup: &BridgeSetup) -> u64 {
-    metric(setup, "ami_events_total").unwrap_or(0.0) as u64
-}
 
 /// Points the setup's config at another AMI address.
 fn set_ami_address(setup: &BridgeSetup, from: &str, to: &str) {
@@ -92,106 +64,6 @@ fn set_ami_address(setup: &BridgeSetup, from: &str, to: &str) {
 /// An address where nothing listens.
 fn dead_address() -> String {
     format!("127.0.0.1:{}", free_port())
-}
-
-/// `message_id` of a delivery.
-fn msg_id(d: &Delivery) -> String {
-    d.properties
-        .message_id()
-        .as_ref()
-        .map(|s| s.to_string())
-        .unwrap_or_default()
-}
-
-fn is_status(d: &Delivery) -> bool {
-    d.routing_key.as_str().ends_with(".bridge.status")
-}
-
-/// `instance:server:seq:route` → (`instance`, `server:seq:route`).
-fn split_id(id: &str) -> (&str, &str) {
-    id.split_once(':').unwrap_or((id, ""))
-}
-
-/// What a batch of deliveries held, once duplicates are dropped.
-#[derive(Debug)]
-struct Outcome {
-    /// Event messages after deduplication, in first-arrival order.
-    unique: usize,
-    /// Deliveries dropped as duplicates (same `message_id` seen before).
-    duplicates: usize,
-    /// Bridge status messages (bodies), in arrival order.
-    statuses: Vec<Value>,
-}
-
-/// The core assertion: after dropping repeated `message_id`s (first
-/// arrival kept), the event messages are exactly `expected` (the dry run),
-/// one for one and in the same order — no loss, no extra, no reordering.
-fn assert_exactly_once_in_order(what: &str, got: &[&Delivery], expected: &[Value]) -> Outcome {
-    let mut seen = HashSet::new();
-    let mut unique = Vec::new();
-    let mut statuses = Vec::new();
-    let mut duplicates = 0;
-    for d in got {
-        if !seen.insert(msg_id(d)) {
-            duplicates += 1;
-            continue;
-        }
-        if is_status(d) {
-            statuses.push(body(d));
-        } else {
-            unique.push(*d);
-        }
-    }
-    let missing: Vec<&str> = {
-        let have: HashSet<&str> = unique.iter().map(|d| split_id(id_ref(d)).1).collect();
-        expected
-            .iter()
-            .map(|e| split_id(e["properties"]["message_id"].as_str().unwrap_or("")).1)
-            .filter(|k| !have.contains(k))
-            .take(10)
-            .collect()
-    };
-    assert_eq!(
-        unique.len(),
-        expected.len(),
-        "{what}: {} distinct event messages arrived, {} expected; first missing ids: {missing:?}",
-        unique.len(),
-        expected.len()
-    );
-    let mut last_seq = 0;
-    for (i, (d, e)) in unique.iter().zip(expected).enumerate() {
-        let want = split_id(e["properties"]["message_id"].as_str().unwrap_or("")).1;
-        assert_eq!(
-            split_id(id_ref(d)).1,
-            want,
-            "{what}: message {i} (after dedup) is not the one `ami2amqp map` puts there"
-        );
-        assert_eq!(
-            d.routing_key.as_str(),
-            e["routing_key"],
-            "{what}: routing key of {i}"
-        );
-        let b = body(d);
-        assert_eq!(b["event"], e["body"]["event"], "{what}: event of {i}");
-        assert_eq!(b["fields"], e["body"]["fields"], "{what}: fields of {i}");
-        let seq = b["seq"].as_u64().expect("seq");
-        assert!(seq > last_seq, "{what}: seq {seq} after {last_seq} at {i}");
-        last_seq = seq;
-        assert_eq!(d.properties.delivery_mode(), &Some(2), "{what}: persistent");
-    }
-    Outcome {
-        unique: unique.len(),
-        duplicates,
-        statuses,
-    }
-}
-
-fn id_ref(d: &Delivery) -> &str {
-    d.properties
-        .message_id()
-        .as_ref()
-        .map(|s| s.as_str())
-        .unwrap_or("")
 }
 
 // ---------------------------------------------------------------------------
@@ -262,22 +134,6 @@ async fn read_queue(url: &str, queue: &str) -> Vec<Delivery> {
     );
     let _ = conn.close(200, "bye".into()).await;
     got
-}
-
-/// Waits until the bridge has read `events` events and confirmed
-/// everything it spooled; panics with the log otherwise.
-async fn wait_drained(setup: &BridgeSetup, events: u64, t: Duration) {
-    let ok = wait_for(t, || {
-        events_read(setup) >= events && spool_bytes(setup) == Some(0)
-    })
-    .await;
-    assert!(
-        ok,
-        "bridge did not read {events} events and empty its spool within {t:?}: read {}, health {:?}\n{}",
-        events_read(setup),
-        setup.health(),
-        setup.log()
-    );
 }
 
 fn replay_args<'a>(extra: &[&'a str], trace_path: &'a str) -> Vec<&'a str> {

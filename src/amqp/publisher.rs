@@ -70,7 +70,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::confirm::{Advance, ConfirmWindow, Confirmation, Id, Resolved};
-use super::connect::{AmqpError, AmqpTls, Reconnect, close_bounded, connect};
+use super::connect::{AmqpError, AmqpTls, Reconnect, close_bounded, connect, is_not_found};
 use super::record::Record;
 use super::spool::{ReadRecord, Spool};
 use crate::config::redact_url;
@@ -423,7 +423,8 @@ impl Publisher {
 
     /// Declares the alternate exchange and queue, then every exchange of
     /// the mapping set (durable). An exchange that already exists with other
-    /// arguments is left as it is (and logged).
+    /// arguments is left as it is (and logged), so is an alternate queue
+    /// whose cluster node is down.
     async fn declare_all(&mut self, conn: &Connection, ch: &Channel) -> Result<(), AmqpError> {
         self.declared.clear();
         let durable = ExchangeDeclareOptions {
@@ -441,25 +442,43 @@ impl Publisher {
             )
             .await
             .map_err(AmqpError::op(format!("declare alternate exchange {ae}")))?;
-            ch.queue_declare(
-                short(&ae),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(AmqpError::op(format!("declare queue {ae}")))?;
-            ch.queue_bind(
-                short(&ae),
-                short(&ae),
-                short(""),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(AmqpError::op(format!("bind queue {ae}")))?;
+            let declared = ch
+                .queue_declare(
+                    short(&ae),
+                    QueueDeclareOptions {
+                        durable: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await;
+            match declared {
+                Ok(_) => {
+                    ch.queue_bind(
+                        short(&ae),
+                        short(&ae),
+                        short(""),
+                        QueueBindOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await
+                    .map_err(AmqpError::op(format!("bind queue {ae}")))?;
+                }
+                // A durable classic queue lives on one node of a cluster;
+                // while that node is down, declaring it answers 404 ("home
+                // node ... is down") on every other node. The queue and its
+                // binding exist: go on without them rather than refuse
+                // every node of `urls` until that one is back.
+                Err(e) if is_not_found(&e) => {
+                    tracing::warn!(queue = %ae, error = %e,
+                        "alternate queue unavailable (its node is down?); publishing without it");
+                    ch = conn
+                        .create_channel()
+                        .await
+                        .map_err(AmqpError::op("channel"))?;
+                }
+                Err(e) => return Err(AmqpError::op(format!("declare queue {ae}"))(e)),
+            }
         }
         for (name, t) in (self.exchanges)() {
             if always_exists(&name) || !self.declared.insert(name.clone()) {

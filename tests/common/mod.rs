@@ -6,6 +6,7 @@
 //! the blanket `dead_code` allowance.
 #![allow(dead_code)]
 
+pub mod arrivals;
 pub mod broker;
 pub mod certs;
 pub mod cleanup;
