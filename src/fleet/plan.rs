@@ -142,6 +142,13 @@ impl Planner {
         if self.peers.len() >= MAX_PEERS && !self.peers.contains_key(&a.instance) {
             return false;
         }
+        // A hand-over is complete once a peer claims the server: the
+        // cooldown has done its job (no taking it back before the peer
+        // could), and must not delay taking it over when that peer dies or
+        // leaves (whose last announcements may be all we hear from it).
+        for h in &a.held {
+            self.cooldown.remove(h.as_str());
+        }
         let peer = Peer {
             servers: a.servers.into_iter().collect(),
             held: a.held.into_iter().collect(),
@@ -219,18 +226,7 @@ impl Planner {
             .filter(|s| !self.held.contains(*s) && !claimed.contains(&***s))
             .cloned()
             .collect();
-        // A hand-over is complete once a peer claims the server: the
-        // cooldown has done its job (no taking it back before the peer
-        // could), and must not delay taking it over if that peer dies.
-        let handed: Vec<Arc<str>> = self
-            .cooldown
-            .keys()
-            .filter(|s| claimed.contains(&***s))
-            .cloned()
-            .collect();
-        for s in handed {
-            self.cooldown.remove(&s);
-        }
+
         self.unclaimed_since.retain(|s, _| unclaimed.contains(s));
         for s in &unclaimed {
             self.unclaimed_since.entry(s.clone()).or_insert(now);
@@ -334,6 +330,15 @@ mod tests {
         /// kill -9: the broker drops its exclusive queues at once.
         fn kill(&mut self, i: usize) {
             self.planners[i] = None;
+            self.leases.retain(|_, h| *h != i);
+        }
+
+        /// SIGTERM: it says it is leaving (still listing its leases),
+        /// gives them all back, and is gone.
+        fn leave(&mut self, i: usize) {
+            if let Some(p) = self.planners[i].take() {
+                self.inbox.push(p.announce(true));
+            }
             self.leases.retain(|_, h| *h != i);
         }
 
@@ -494,6 +499,29 @@ mod tests {
             f.tick(&[0]);
             ticks += 1;
             assert!(ticks <= 5, "waited out the cooldown: {ticks} ticks");
+        }
+    }
+
+    #[test]
+    fn a_server_handed_over_is_taken_back_at_once_when_its_new_holder_leaves() {
+        let mut f = Fleet::new(4);
+        f.join();
+        f.settle(5);
+        f.join();
+        let mut ticks = 0;
+        while f.counts() != vec![2, 2] {
+            f.tick(&[0, 1]);
+            ticks += 1;
+            assert!(ticks < 30, "{:?}", f.counts());
+        }
+        // SIGTERM before the old holder has heard the newcomer's claims:
+        // the leaving announcement is the first it hears of them.
+        f.leave(1);
+        let mut ticks = 0;
+        while f.leases.len() < 4 {
+            f.tick(&[0]);
+            ticks += 1;
+            assert!(ticks <= 2, "waited out the cooldown: {ticks} ticks");
         }
     }
 
