@@ -23,7 +23,9 @@
 //! `AMQP_URLS` (comma-separated, default the local broker) points the
 //! instances and this process at a broker or a cluster: instance `i`
 //! starts on URL `i mod n` (its `[amqp] urls` rotated), so a 3-node
-//! cluster gets one instance per node. `BENCH_FLEET_PARTS` (default
+//! cluster gets one instance per node. `BENCH_FLEET_CLUSTER=1` starts a
+//! private 3-node cluster on this machine (`tests/common/broker.rs`) for
+//! the event and action parts instead. `BENCH_FLEET_PARTS` (default
 //! `takeover,events,actions`) picks the parts.
 
 #[path = "../tests/common/mod.rs"]
@@ -50,11 +52,18 @@ fn env_or<T: std::str::FromStr>(k: &str, d: T) -> T {
 }
 
 fn urls() -> Vec<String> {
+    if let Some(u) = CLUSTER_URLS.get() {
+        return u.clone();
+    }
     std::env::var("AMQP_URLS")
         .ok()
         .map(|v| v.split(',').map(str::to_string).collect())
         .unwrap_or_else(|| vec![common::broker::shared_amqp_url()])
 }
+
+/// The URLs of the private cluster of `BENCH_FLEET_CLUSTER=1` (the
+/// cluster itself lives in `run`, which stops it when it returns).
+static CLUSTER_URLS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
 
 fn main() {
     if std::env::args().any(|a| a == "--list") {
@@ -78,7 +87,20 @@ async fn run(parts: &str) -> Res<()> {
     if parts.contains("takeover") {
         takeover().await?;
     }
+    let mut cluster = None;
     if parts.contains("events") || parts.contains("actions") {
+        if std::env::var("BENCH_FLEET_CLUSTER").is_ok_and(|v| v == "1") {
+            let c = tokio::task::spawn_blocking(|| common::broker::PrivateCluster::start(3))
+                .await
+                .map_err(|e| e.to_string())?;
+            println!(
+                "\nprivate 3-node cluster booted in {:.1} s: {:?}",
+                c.boot_duration().as_secs_f64(),
+                c.amqp_urls(&[0, 1, 2])
+            );
+            let _ = CLUSTER_URLS.set(c.amqp_urls(&[0, 1, 2]));
+            cluster = Some(c);
+        }
         println!("\n## Event rate and action round trips (6 replay servers, calls_busy looped)\n");
         println!("| load | instances | aggregate | per instance |");
         println!("|---|---|---|---|");
@@ -86,6 +108,7 @@ async fn run(parts: &str) -> Res<()> {
             throughput(n, parts).await?;
         }
     }
+    drop(cluster);
     Ok(())
 }
 
