@@ -46,6 +46,7 @@ const EXPECTED_ALERTS: &[&str] = &[
     "Ami2amqpActionRepliesFailing",
     "Ami2amqpFacadeSessionsDropped",
     "Ami2amqpFacadeLoginFailures",
+    "Ami2amqpFleetLeasesLost",
 ];
 
 /// Series Prometheus makes itself (not the bridge's): allowed in queries

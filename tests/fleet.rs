@@ -346,6 +346,17 @@ async fn three_instances_share_twelve_servers_and_take_over() {
         for st in &a.status {
             assert!(st["instance"].is_string(), "{st}");
         }
+        if held_b.contains(name) {
+            // The killed holder could not say anything; its successor's
+            // `connected` marks where reading resumed.
+            assert!(
+                a.status
+                    .iter()
+                    .any(|st| st["status"] == "connected" && st["instance"] != "b"),
+                "{name}: no connected marker from the new holder: {:?}",
+                a.status
+            );
+        }
         if held_c.contains(name) {
             assert!(
                 a.status.iter().any(|st| st["instance"] == "c"
