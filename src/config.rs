@@ -398,6 +398,40 @@ mod tests {
         assert!(e.0.starts_with("c.toml:1:35: server[0].address:"), "{e}");
     }
 
+    #[test]
+    fn fleet_checks() {
+        let t = format!("instance = \"bridge a\"\n{MIN}");
+        let e = parse(&t).unwrap_err();
+        assert!(
+            e.0.starts_with("c.toml:1:12: instance: \"bridge a\" must be"),
+            "{e}"
+        );
+        let t = format!("{MIN}action_connections = 0\n[fleet]\nenabled = true\n");
+        let e = parse(&t).unwrap_err();
+        assert!(
+            e.0.contains("server[0].action_connections: must be at least 1"),
+            "{e}"
+        );
+        let t = format!("{MIN}[fleet]\nenabled = true\npeer_timeout_ms = 1500\n");
+        let e = parse(&t).unwrap_err();
+        assert!(
+            e.0.contains("fleet.peer_timeout_ms: 1500 is out of range"),
+            "{e}"
+        );
+        let t = format!("{MIN}[fleet]\nenabled = true\n[facade]\nlisten = \"127.0.0.1:5039\"\n");
+        let c = parse(&t).unwrap();
+        assert!(
+            c.warnings
+                .iter()
+                .any(|w| w.contains("fleet.enabled: with the AMI facade on")),
+            "{:?}",
+            c.warnings
+        );
+        let c = parse(&format!("instance = \"bridge-a.1\"\n{MIN}")).unwrap();
+        assert_eq!(c.instance_name(), "bridge-a.1");
+        assert!(!parse(MIN).unwrap().instance_name().is_empty());
+    }
+
     /// `name`, `address` and `username` have no default: a server without
     /// one is an error naming the key, with every other problem of the file.
     #[test]

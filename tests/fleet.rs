@@ -482,3 +482,79 @@ async fn actions_follow_the_leases() {
         assert_eq!(f.ping_by(name).await, pp, "{name}");
     }
 }
+
+/// An instance that loses the broker stops reading its servers, and
+/// reads them again once it holds their leases again: when the broker
+/// closes its connections (`close_all_connections`), and when the broker
+/// falls silent (its processes stopped with SIGSTOP: no close, no
+/// heartbeat), where the instance fences itself because its own
+/// announcements stop coming back. A private broker, since both disturb
+/// every client of the node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_the_broker_stops_reading_until_the_lease_is_back() {
+    let broker = common::broker::blocking(common::broker::PrivateBroker::start).await;
+    let ami = TickAmi::start(RATE);
+    let mut f = common::fleet::Fleet::new(
+        &[("s0".to_string(), ami.addr.clone())],
+        &[broker.amqp_url()],
+        Timings {
+            announce_ms: ANNOUNCE_MS,
+            peer_timeout_ms: PEER_TIMEOUT_MS,
+        },
+    );
+    let _solo = f.start("solo");
+    let reading = |n: usize| ami.readers() == n;
+    assert!(
+        wait_for(Duration::from_secs(30), || reading(1)).await,
+        "{}",
+        f.log("solo")
+    );
+
+    // The broker closes the lease connection: reading stops at once.
+    broker.ctl(&["close_all_connections", "test"]);
+    assert!(
+        wait_for(Duration::from_secs(5), || reading(0)).await,
+        "still reading after the lease connection closed\n{}",
+        f.log("solo")
+    );
+    assert!(
+        wait_for(Duration::from_secs(20), || reading(1)).await,
+        "{}",
+        f.log("solo")
+    );
+    assert!(f.log("solo").contains("lease lost"), "{}", f.log("solo"));
+
+    // The broker falls silent: the instance fences itself within the
+    // peer timeout and a tick or two.
+    let pids = common::broker::processes_of_node(broker.node_name());
+    assert!(!pids.is_empty());
+    let kill = |sig: &str| {
+        for p in &pids {
+            let _ = std::process::Command::new("kill")
+                .args([sig, &p.to_string()])
+                .status();
+        }
+    };
+    let silent = Instant::now();
+    kill("-STOP");
+    let fenced = wait_for(Duration::from_secs(10), || reading(0)).await;
+    let took = silent.elapsed();
+    kill("-CONT");
+    assert!(
+        fenced,
+        "still reading with a silent broker\n{}",
+        f.log("solo")
+    );
+    eprintln!("fenced {took:?} after the broker fell silent");
+    assert!(
+        took <= Duration::from_millis(PEER_TIMEOUT_MS + 2 * ANNOUNCE_MS + 1000),
+        "fenced after {took:?}\n{}",
+        f.log("solo")
+    );
+    assert!(
+        wait_for(Duration::from_secs(30), || reading(1)).await,
+        "not reading again after the broker came back\n{}",
+        f.log("solo")
+    );
+    assert!(ami.max_overlap() <= Duration::from_millis(100));
+}

@@ -724,6 +724,12 @@ fn fleet(cfg: &Config, f: &mut Findings) {
     if !c.enabled {
         return;
     }
+    if cfg.facade.listen().is_some() {
+        f.warn(
+            "fleet.enabled",
+            "with the AMI facade on: this instance's facade clients see the events of the servers whose lease it holds, not of every server (docs/scaling.md)",
+        );
+    }
     for (i, s) in cfg.servers.iter().enumerate() {
         let q = c.lease_prefix.len() + s.name().len();
         if q > SHORTSTR {

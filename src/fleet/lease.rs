@@ -23,7 +23,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, ExchangeDeclareOptions, QueueBindOptions,
     QueueDeclareOptions, QueueDeleteOptions,
@@ -53,6 +53,64 @@ const RELEASE_LIMIT: Duration = Duration::from_secs(10);
 /// Announcements larger than this are not read (a thousand servers'
 /// names fit many times over).
 const MAX_ANNOUNCE_BYTES: usize = 256 * 1024;
+
+/// The fence's clock: since when an announcement of ours has been on its
+/// way through the broker without coming back.
+#[derive(Debug, Default)]
+struct Echo {
+    unanswered_since: Option<Instant>,
+}
+
+impl Echo {
+    fn sent(&mut self, now: Instant) {
+        self.unanswered_since.get_or_insert(now);
+    }
+
+    fn came_back(&mut self) {
+        self.unanswered_since = None;
+    }
+
+    /// True when one has been on its way for longer than `fence`.
+    fn overdue(&self, now: Instant, fence: Duration) -> bool {
+        self.unanswered_since
+            .is_some_and(|t| now.saturating_duration_since(t) > fence)
+    }
+}
+
+/// A broker operation of the lease task, bounded by the fence: a broker
+/// that does not answer within `peer_timeout_ms` is treated like a lost
+/// lease connection (the loop must not hang on it while the instance
+/// reads servers whose leases the broker may be giving away).
+async fn within<T>(
+    fence: Duration,
+    what: &str,
+    op: impl std::future::Future<Output = Result<T, lapin::Error>>,
+) -> Result<T, AmqpError> {
+    match tokio::time::timeout(fence, op).await {
+        Ok(r) => r.map_err(AmqpError::op(what.to_string())),
+        Err(_) => Err(fenced(what)),
+    }
+}
+
+/// The error of a lease operation the broker did not answer in time.
+fn fenced(what: &str) -> AmqpError {
+    AmqpError::op(format!("fencing: {what}"))(lapin::Error::from(std::io::Error::other(
+        "the broker did not answer within peer_timeout_ms",
+    )))
+}
+
+/// One delivery of the announcement consumer; its end is an error.
+fn delivery(
+    d: Option<Result<lapin::message::Delivery, lapin::Error>>,
+) -> Result<lapin::message::Delivery, AmqpError> {
+    match d {
+        Some(Ok(d)) => Ok(d),
+        Some(Err(e)) => Err(AmqpError::op("fleet consumer")(e)),
+        None => Err(AmqpError::op("fleet consumer")(lapin::Error::from(
+            std::io::Error::other("cancelled by the broker"),
+        ))),
+    }
+}
 
 /// The lease task's settings and the pool it drives.
 pub struct LeaseTask {
@@ -149,6 +207,11 @@ impl LeaseTask {
             _ = cancel.cancelled() => return Ok(()),
         };
         let r = self.connected(&conn, cancel).await;
+        if r.is_err() {
+            // Stop reading first: closing a connection to a broker that
+            // stopped answering takes up to CLOSE_LIMIT.
+            self.end_all(LeaseEnd::Lost).await;
+        }
         close_bounded(&conn, "ami2amqp: lease connection closing", CLOSE_LIMIT).await;
         r
     }
@@ -169,7 +232,7 @@ impl LeaseTask {
             exchange = %self.cfg.exchange, "fleet: lease connection ready");
         let mut tick = tokio::time::interval(self.cfg.announce_interval());
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut echoed = Instant::now();
+        let mut echo = Echo::default();
         let fence = Duration::from_millis(self.cfg.peer_timeout_ms);
         loop {
             tokio::select! {
@@ -177,23 +240,28 @@ impl LeaseTask {
                     self.leave(&ch).await;
                     return Ok(());
                 }
-                d = heard.next() => match d {
-                    Some(Ok(d)) => {
+                d = heard.next() => {
+                    let d = delivery(d)?;
+                    if self.heard(&d.data) {
+                        echo.came_back();
+                    }
+                }
+                _ = tick.tick() => {
+                    // What arrived while a slow hand-over held this loop
+                    // counts before the fence is checked.
+                    while let Some(d) = heard.next().now_or_never() {
+                        let d = delivery(d)?;
                         if self.heard(&d.data) {
-                            echoed = Instant::now();
+                            echo.came_back();
                         }
                     }
-                    Some(Err(e)) => return Err(AmqpError::op("fleet consumer")(e)),
-                    None => return Err(AmqpError::op("fleet consumer")(lapin::Error::from(
-                        std::io::Error::other("cancelled by the broker")))),
-                },
-                _ = tick.tick() => {
-                    if echoed.elapsed() > fence {
+                    if echo.overdue(Instant::now(), fence) {
                         return Err(AmqpError::op("fencing")(lapin::Error::from(std::io::Error::other(
                             "no announcement of ours came back through the broker within peer_timeout_ms"))));
                     }
                     self.step(conn, &ch).await?;
                     self.announce(&ch, false).await?;
+                    echo.sent(Instant::now());
                 }
             }
         }
@@ -317,23 +385,22 @@ impl LeaseTask {
     /// refusal closes the channel); on success starts reading the server.
     async fn try_acquire(&mut self, conn: &Connection, server: &Arc<str>) -> Result<(), AmqpError> {
         let q = self.cfg.lease_queue(server);
-        let ch = conn
-            .create_channel()
+        let fence = self.fence();
+        let ch = within(fence, "channel", conn.create_channel()).await?;
+        let declare = ch.queue_declare(
+            short(&q),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        );
+        let declared = tokio::time::timeout(fence, declare)
             .await
-            .map_err(AmqpError::op("channel"))?;
-        let declared = ch
-            .queue_declare(
-                short(&q),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await;
+            .map_err(|_| fenced("declare lease"))?;
         match declared {
             Ok(_) => {
-                let _ = ch.close(200, short("")).await;
+                let _ = within(fence, "close", ch.close(200, short(""))).await;
                 self.planner.acquired(server);
                 self.pool.hold(server);
                 self.publish_held();
@@ -369,10 +436,15 @@ impl LeaseTask {
         }
         .emit();
         let q = self.cfg.lease_queue(server);
-        ch.queue_delete(short(&q), QueueDeleteOptions::default())
+        let delete = ch.queue_delete(short(&q), QueueDeleteOptions::default());
+        within(self.fence(), &format!("delete lease {q}"), delete)
             .await
             .map(|_| ())
-            .map_err(AmqpError::op(format!("delete lease {q}")))
+    }
+
+    /// How long the broker may take to answer a lease operation.
+    fn fence(&self) -> Duration {
+        Duration::from_millis(self.cfg.peer_timeout_ms)
     }
 
     /// Every lease is gone (the connection ended): stop reading at once.
@@ -419,16 +491,14 @@ impl LeaseTask {
             process: self.process.clone(),
         };
         let body = serde_json::to_vec(&w).unwrap_or_default();
-        ch.basic_publish(
+        let publish = ch.basic_publish(
             short(&self.cfg.exchange),
             short(""),
             BasicPublishOptions::default(),
             &body,
             BasicProperties::default().with_content_type(short("application/json")),
-        )
-        .await
-        .map(|_| ())
-        .map_err(AmqpError::op("announce"))
+        );
+        within(self.fence(), "announce", publish).await.map(|_| ())
     }
 
     fn publish_held(&self) {
@@ -442,5 +512,29 @@ impl LeaseTask {
             s.ready = ready;
             s.instances = instances;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fence_counts_from_the_oldest_announcement_not_come_back() {
+        let t0 = Instant::now();
+        let fence = Duration::from_secs(3);
+        let mut e = Echo::default();
+        assert!(!e.overdue(t0 + fence * 10, fence), "nothing sent yet");
+        e.sent(t0);
+        e.sent(t0 + Duration::from_secs(1));
+        assert!(!e.overdue(t0 + fence, fence));
+        assert!(e.overdue(t0 + fence + Duration::from_millis(1), fence));
+        e.came_back();
+        assert!(!e.overdue(t0 + fence * 10, fence));
+        // A loop held up for longer than the fence (a slow hand-over)
+        // does not fence by itself once the echo is read.
+        e.sent(t0 + Duration::from_secs(20));
+        e.came_back();
+        assert!(!e.overdue(t0 + Duration::from_secs(30), fence));
     }
 }
