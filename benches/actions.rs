@@ -29,7 +29,7 @@ use lapin::{BasicProperties, Connection, ConnectionProperties};
 mod common;
 
 use common::cleanup::BrokerCleanup;
-use common::procs::{ActionNames, Proc, bin, free_port, replay, repo, trace};
+use common::procs::{ActionNames, Proc, bin, consume_auto_ack, free_port, replay, repo, trace};
 
 fn url() -> String {
     std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
@@ -47,18 +47,7 @@ async fn drive(url: &str, exchange: &str, key: &str, n: usize, window: usize) ->
         .await
         .expect("connect");
     let ch = conn.create_channel().await.expect("channel");
-    let mut replies = ch
-        .basic_consume(
-            "amq.rabbitmq.reply-to".into(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("reply-to");
+    let mut replies = consume_auto_ack(&ch, "amq.rabbitmq.reply-to").await;
     let body = br#"{"Action":"Ping"}"#;
     let mut sent_at: HashMap<String, Instant> = HashMap::new();
     let mut lat = Vec::with_capacity(n);

@@ -38,8 +38,7 @@ use common::fleet::{Fleet, Timings};
 use common::procs::{Proc, replay, trace};
 use common::tick_ami::TickAmi;
 use futures::StreamExt;
-use lapin::options::{BasicConsumeOptions, BasicPublishOptions};
-use lapin::types::FieldTable;
+use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 
 type Res<T> = Result<T, String>;
@@ -135,11 +134,6 @@ fn ms(d: Duration) -> String {
     format!("{:.0} ms", d.as_secs_f64() * 1000.0)
 }
 
-/// The instance names and processes of a running fleet.
-struct Running {
-    procs: BTreeMap<String, Proc>,
-}
-
 /// Two instances, four servers: kill -9 / SIGTERM / restart rounds.
 async fn takeover() -> Res<()> {
     let runs: usize = env_or("BENCH_FLEET_RUNS", 10);
@@ -151,11 +145,9 @@ async fn takeover() -> Res<()> {
         .map(|(n, a)| (n.clone(), a.addr.clone()))
         .collect();
     let mut f = Fleet::new(&addrs, &urls(), Timings::DEFAULT);
-    let mut r = Running {
-        procs: BTreeMap::new(),
-    };
+    let mut procs: BTreeMap<String, Proc> = BTreeMap::new();
     for name in ["x", "y"] {
-        r.procs.insert(name.into(), f.start(name));
+        procs.insert(name.into(), f.start(name));
     }
     let settled = |f: &Fleet| {
         ["x", "y"]
@@ -176,7 +168,7 @@ async fn takeover() -> Res<()> {
             };
             let held = f.held(victim).unwrap_or_default();
             let t = Instant::now();
-            if let Some(p) = r.procs.get_mut(victim) {
+            if let Some(p) = procs.get_mut(victim) {
                 p.signal(sig);
                 p.wait_timeout(Duration::from_secs(30));
             }
@@ -197,7 +189,7 @@ async fn takeover() -> Res<()> {
                 }
             }
             let back = Instant::now();
-            r.procs.insert(victim.into(), f.start(victim));
+            procs.insert(victim.into(), f.start(victim));
             if !until(Duration::from_secs(60), || settled(&f)).await {
                 return Err(format!("round {round}: no rebalancing after the restart"));
             }
@@ -228,25 +220,14 @@ async fn takeover() -> Res<()> {
         "\nlongest time two instances read one server: {}",
         ms(overlap)
     );
-    drop(r);
+    drop(procs);
     Ok(())
-}
-
-/// /metrics sample `name` summed over every label set.
-fn metric_sum(page: &str, name: &str) -> f64 {
-    page.lines()
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|r| r.starts_with('{') || r.starts_with(' '))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 fn confirmed(f: &mut Fleet, name: &str) -> f64 {
     let addr = f.metrics_addr(name);
     common::procs::http_get(&addr, "/metrics")
-        .map(|(_, page)| metric_sum(&page, "amqp_confirmed_total"))
+        .map(|(_, page)| common::arrivals::metric_sum(&page, "amqp_confirmed_total"))
         .unwrap_or(0.0)
 }
 
@@ -400,18 +381,7 @@ async fn actions_rate(f: &Fleet, secs: u64) -> Res<String> {
         .await
         .map_err(|e| e.to_string())?;
     let ch = conn.create_channel().await.map_err(|e| e.to_string())?;
-    let mut replies = ch
-        .basic_consume(
-            "amq.rabbitmq.reply-to".into(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
+    let mut replies = common::procs::consume_auto_ack(&ch, "amq.rabbitmq.reply-to").await;
     let body = ami2amqp::actions::client::body_from_args("Ping", &[])?.to_string();
     let mut next = 0usize;
     let send = |i: usize| {

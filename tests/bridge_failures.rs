@@ -34,13 +34,12 @@ use common::arrivals::{
 };
 use common::broker::{PrivateBroker, blocking, shared_amqp_url};
 use common::procs::{
-    BridgeSetup, Proc, bin, body, bound_queue, consume_auto_ack, free_port, replay, sink, trace,
-    wait_exit, wait_for,
+    BridgeSetup, Proc, bin, body, bound_queue, consume_auto_ack, free_port, passive_declare,
+    replay, sink, trace, wait_exit, wait_for,
 };
 use futures::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicQosOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
+use lapin::options::BasicQosOptions;
 use lapin::{Connection, ConnectionProperties};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -98,15 +97,7 @@ async fn durable_queue(url: &str, setup: &BridgeSetup) -> String {
 async fn read_queue(url: &str, queue: &str) -> Vec<Delivery> {
     let conn = connect(url).await;
     let ch = conn.create_channel().await.expect("channel");
-    let n = ch
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
+    let n = passive_declare(&ch, queue)
         .await
         .expect("passive declare")
         .message_count() as usize;
@@ -194,12 +185,7 @@ where
     let refs: Vec<&Delivery> = got.iter().collect();
     let out = assert_exactly_once_in_order(what, &refs, &expected);
     // The AMI side never noticed: one `connected`, nothing else yet.
-    let statuses: Vec<&str> = out
-        .statuses
-        .iter()
-        .map(|s| s["status"].as_str().unwrap_or(""))
-        .collect();
-    assert_eq!(statuses, ["connected"], "{what}: status messages");
+    assert_eq!(out.status_words(), ["connected"], "{what}: status messages");
     bridge.signal("TERM");
     assert_eq!(
         wait_exit(&mut bridge, Duration::from_secs(15)).await,
@@ -693,12 +679,11 @@ async fn spool_survives_sigterm_and_kill_9_while_the_broker_is_down() {
         "A's messages come first (spool order): last A at {last_a}, first B at {first_b}"
     );
     let out_a = assert_exactly_once_in_order("A (SIGTERM, spooled)", &got_a, &expected_a);
-    let st: Vec<&str> = out_a
-        .statuses
-        .iter()
-        .map(|s| s["status"].as_str().unwrap_or(""))
-        .collect();
-    assert_eq!(st, ["connected", "stopped"], "A's status messages");
+    assert_eq!(
+        out_a.status_words(),
+        ["connected", "stopped"],
+        "A's status messages"
+    );
 
     // B: an in-order prefix of what the fake Asterisk sent.
     let arrived_b = got_b.iter().filter(|d| !is_status(d)).count();
@@ -706,12 +691,7 @@ async fn spool_survives_sigterm_and_kill_9_while_the_broker_is_down() {
     let prefix = write_trace(dir.path(), "b.ami", &events[..arrived_b]);
     let expected_b = setup.dry_run_all(&[&prefix]);
     let out_b = assert_exactly_once_in_order("B (kill -9, spooled)", &got_b, &expected_b);
-    let st: Vec<&str> = out_b
-        .statuses
-        .iter()
-        .map(|s| s["status"].as_str().unwrap_or(""))
-        .collect();
-    assert_eq!(st, ["connected"], "B's status messages");
+    assert_eq!(out_b.status_words(), ["connected"], "B's status messages");
     let lost = sent_b - arrived_b;
     eprintln!(
         "kill -9: fake Asterisk sent {sent_b} events, {arrived_b} were spooled and delivered, {lost} lost (in memory or in flight)"

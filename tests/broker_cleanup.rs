@@ -14,7 +14,7 @@ use lapin::{Connection, ConnectionProperties, ExchangeKind};
 
 use common::broker::shared_amqp_url;
 use common::cleanup::BrokerCleanup;
-use common::procs::{BridgeSetup, replay, trace, unique};
+use common::procs::{BridgeSetup, passive_declare, replay, trace, unique};
 
 async fn connect(url: &str) -> Connection {
     tokio::time::timeout(
@@ -30,16 +30,7 @@ async fn connect(url: &str) -> Connection {
 /// 404 closes the channel).
 async fn queue_exists(conn: &Connection, queue: &str) -> bool {
     let ch = conn.create_channel().await.expect("channel");
-    let r = ch
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await;
+    let r = passive_declare(&ch, queue).await;
     let _ = ch.close(200, "bye".into()).await;
     r.is_ok()
 }

@@ -29,7 +29,8 @@ use common::arrivals::{
 };
 use common::broker::{PrivateCluster, blocking, processes_of_node, shared_amqp_url};
 use common::procs::{
-    BridgeSetup, Proc, declare_exchange, replay, trace, unique, wait_exit, wait_for,
+    BridgeSetup, Proc, consume_auto_ack, declare_exchange, passive_declare, replay, trace, unique,
+    wait_exit, wait_for,
 };
 use futures::StreamExt;
 use lapin::message::Delivery;
@@ -117,18 +118,7 @@ type Timed = tokio::sync::mpsc::UnboundedReceiver<(Instant, Delivery)>;
 
 /// Consumes `queue` on `ch` without acks, from now on.
 async fn consume_timed(ch: &Channel, queue: &str) -> Timed {
-    let mut consumer = ch
-        .basic_consume(
-            queue.into(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("consume {queue}: {e}"));
+    let mut consumer = consume_auto_ack(ch, queue).await;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Some(Ok(d)) = consumer.next().await {
@@ -220,15 +210,7 @@ async fn queue_row_off(
 /// the queue's leader answers).
 async fn message_count(conn: &Connection, queue: &str) -> u32 {
     let ch = conn.create_channel().await.expect("channel");
-    let n = ch
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
+    let n = passive_declare(&ch, queue)
         .await
         .unwrap_or_else(|e| panic!("passive declare of {queue}: {e}"))
         .message_count();
@@ -340,13 +322,8 @@ async fn publisher_fails_over(cluster: &Arc<PrivateCluster>) {
     let refs: Vec<&Delivery> = got.iter().map(|(_, d)| d).collect();
     let out = assert_exactly_once_in_order(what, &refs, &expected);
     // The AMI side never noticed, and `stopped` came after the events.
-    let statuses: Vec<&str> = out
-        .statuses
-        .iter()
-        .map(|s| s["status"].as_str().unwrap_or(""))
-        .collect();
     assert_eq!(
-        statuses,
+        out.status_words(),
         ["connected", "stopped"],
         "{what}: status messages"
     );
@@ -726,13 +703,8 @@ async fn stream_read_back_from_an_offset() {
     let refs: Vec<&Delivery> = all.iter().map(|(_, d)| d).collect();
     let out = assert_exactly_once_in_order(what, &refs, &expected);
     assert_eq!(out.duplicates, 0, "{what}: duplicates in a stream");
-    let statuses: Vec<&str> = out
-        .statuses
-        .iter()
-        .map(|s| s["status"].as_str().unwrap_or(""))
-        .collect();
     assert_eq!(
-        statuses,
+        out.status_words(),
         ["connected", "stopped"],
         "{what}: status messages"
     );

@@ -333,6 +333,22 @@ mod tests {
             self.leases.retain(|_, h| *h != i);
         }
 
+        /// Four servers: instance 0 alone, then instance 1 joins and has
+        /// just got its two by hand-overs (the giver's cooldowns running).
+        fn newcomer_by_hand_overs() -> Fleet {
+            let mut f = Fleet::new(4);
+            f.join();
+            f.settle(5);
+            f.join();
+            let mut ticks = 0;
+            while f.counts() != vec![2, 2] {
+                f.tick(&[0, 1]);
+                ticks += 1;
+                assert!(ticks < 30, "{:?}", f.counts());
+            }
+            f
+        }
+
         /// SIGTERM: it says it is leaving (still listing its leases),
         /// gives them all back, and is gone.
         fn leave(&mut self, i: usize) {
@@ -481,16 +497,7 @@ mod tests {
 
     #[test]
     fn a_server_handed_over_is_taken_back_at_once_when_its_new_holder_dies() {
-        let mut f = Fleet::new(4);
-        f.join();
-        f.settle(5);
-        f.join();
-        let mut ticks = 0;
-        while f.counts() != vec![2, 2] {
-            f.tick(&[0, 1]);
-            ticks += 1;
-            assert!(ticks < 30, "{:?}", f.counts());
-        }
+        let mut f = Fleet::newcomer_by_hand_overs();
         // The newcomer (which got its two by hand-overs) is killed at
         // once, well within the cooldown of those hand-overs.
         f.kill(1);
@@ -504,16 +511,7 @@ mod tests {
 
     #[test]
     fn a_server_handed_over_is_taken_back_at_once_when_its_new_holder_leaves() {
-        let mut f = Fleet::new(4);
-        f.join();
-        f.settle(5);
-        f.join();
-        let mut ticks = 0;
-        while f.counts() != vec![2, 2] {
-            f.tick(&[0, 1]);
-            ticks += 1;
-            assert!(ticks < 30, "{:?}", f.counts());
-        }
+        let mut f = Fleet::newcomer_by_hand_overs();
         // SIGTERM before the old holder has heard the newcomer's claims:
         // the leaving announcement is the first it hears of them.
         f.leave(1);

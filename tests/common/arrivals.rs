@@ -19,19 +19,17 @@ use super::procs::{BridgeSetup, body, wait_for};
 /// when the bridge does not answer.
 pub fn metric(setup: &BridgeSetup, name: &str) -> Option<f64> {
     let (_, text) = setup.http_get("/metrics")?;
-    let mut sum = 0.0;
-    for line in text.lines() {
-        let Some(rest) = line.strip_prefix(name) else {
-            continue;
-        };
-        if !(rest.starts_with('{') || rest.starts_with(' ')) {
-            continue;
-        }
-        if let Some(v) = rest.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) {
-            sum += v;
-        }
-    }
-    Some(sum)
+    Some(metric_sum(&text, name))
+}
+
+/// The samples of metric `name` in a /metrics page, summed over every
+/// label set.
+pub fn metric_sum(page: &str, name: &str) -> f64 {
+    page.lines()
+        .filter_map(|l| l.strip_prefix(name))
+        .filter(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        .filter_map(|rest| rest.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// Bytes waiting in the bridge's spool (appended, not yet confirmed).
@@ -73,6 +71,16 @@ pub struct Outcome {
     pub duplicates: usize,
     /// Bridge status messages (bodies), in arrival order.
     pub statuses: Vec<Value>,
+}
+
+impl Outcome {
+    /// The `status` word of each status message, in arrival order.
+    pub fn status_words(&self) -> Vec<&str> {
+        self.statuses
+            .iter()
+            .map(|s| s["status"].as_str().unwrap_or(""))
+            .collect()
+    }
 }
 
 /// The core assertion: after dropping repeated `message_id`s (first

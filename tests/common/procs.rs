@@ -546,6 +546,20 @@ pub async fn bound_queue(
     q.name().clone()
 }
 
+/// A passive declare of `queue`: whether it exists, and its message
+/// count (a 404 closes the channel: use one of its own).
+pub async fn passive_declare(ch: &lapin::Channel, queue: &str) -> lapin::Result<lapin::Queue> {
+    ch.queue_declare(
+        queue.into(),
+        QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+}
+
 /// Consumes `queue` without acks (the broker forgets each message as it
 /// delivers it): what every test reader here wants.
 pub async fn consume_auto_ack(ch: &lapin::Channel, queue: &str) -> lapin::Consumer {
