@@ -3,19 +3,29 @@
 //! echo service (consume the request, publish the reply, ack; no AMI) on
 //! the same broker: the ceiling RabbitMQ itself sets on this machine.
 //!
-//! Both are driven by the same client: one connection, direct reply-to,
+//! All are driven by the same client: one connection, direct reply-to,
 //! a fixed number of requests in flight (1 and 64). Latency is from
-//! publishing a request to receiving its reply.
+//! publishing a request to receiving its reply. The echo service runs in
+//! its own process, as the bridge does; a second echo inside the client's
+//! process (sharing its runtime, how this bench measured the echo first)
+//! is kept as an extra line.
+//!
+//! At 64 in flight the sides take turns: `BENCH_ACTIONS_ROUNDS` rounds
+//! (default 4) of bridge, echo, in-process echo, each with its share of
+//! `BENCH_ACTIONS_REQUESTS` (default 20,000), so that a quiet or a busy
+//! moment of the machine falls on all of them; each side's rate is its
+//! requests over its time in all rounds. Every line also has the CPU time
+//! and context switches per request of each process (`/proc`).
 //!
 //! Run with `cargo bench --bench actions` (RabbitMQ on AMQP_URL or
 //! 127.0.0.1:5672; `make bench` makes sure one runs).
-
 //!
 //! The processes (the replay, the bridge) are started with the integration
 //! tests' helpers (`tests/common`, included as a module as the tests do).
 
 use std::collections::HashMap;
 use std::process::{Command, Stdio};
+use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -29,16 +39,62 @@ use lapin::{BasicProperties, Connection, ConnectionProperties};
 mod common;
 
 use common::cleanup::BrokerCleanup;
+use common::cpu::{CpuMeter, listener_pid};
 use common::procs::{ActionNames, Proc, bin, consume_auto_ack, free_port, replay, repo, trace};
 
 fn url() -> String {
     std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
+/// One side's round trips (summed over rounds).
+#[derive(Default)]
 struct Result {
-    rate: f64,
-    p50: Duration,
-    p99: Duration,
+    requests: usize,
+    secs: f64,
+    /// Every round trip's latency.
+    lat: Vec<Duration>,
+    /// CPU seconds and context switches of the processes measured
+    /// ([`Procs`]).
+    cpu: Vec<(f64, u64)>,
+}
+
+impl Result {
+    fn rate(&self) -> f64 {
+        self.requests as f64 / self.secs.max(1e-9)
+    }
+
+    fn quantile(&self, q: f64) -> Duration {
+        let mut l = self.lat.clone();
+        l.sort();
+        l.get(((l.len() as f64 * q) as usize).min(l.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    }
+
+    fn add(&mut self, r: Result) {
+        self.requests += r.requests;
+        self.secs += r.secs;
+        self.lat.extend(r.lat);
+        if self.cpu.is_empty() {
+            self.cpu = r.cpu;
+        } else {
+            for (a, b) in self.cpu.iter_mut().zip(r.cpu) {
+                a.0 += b.0;
+                a.1 += b.1;
+            }
+        }
+    }
+
+    /// "µs (context switches)" per request of each process.
+    fn cpu_per_request(&self) -> String {
+        let n = self.requests.max(1) as f64;
+        let v: Vec<String> = self
+            .cpu
+            .iter()
+            .map(|(s, c)| format!("{:.1} ({:.2})", s * 1e6 / n, *c as f64 / n))
+            .collect();
+        v.join(" / ")
+    }
 }
 
 /// Sends `n` requests keeping `window` in flight; returns rate and latency.
@@ -87,25 +143,81 @@ async fn drive(url: &str, exchange: &str, key: &str, n: usize, window: usize) ->
             lat.push(t.elapsed());
         }
     }
-    let total = start.elapsed();
+    let secs = start.elapsed().as_secs_f64();
     let _ = conn.close(200, "bye".into()).await;
-    lat.sort();
     Result {
-        rate: n as f64 / total.as_secs_f64(),
-        p50: lat[lat.len() / 2],
-        p99: lat[(lat.len() * 99 / 100).min(lat.len() - 1)],
+        requests: n,
+        secs,
+        lat,
+        cpu: Vec::new(),
     }
 }
 
-/// The plain lapin echo service: consume, reply, ack.
-async fn echo_service(url: String, queue: String, ready: tokio::sync::oneshot::Sender<()>) {
-    let conn = Connection::connect(&url, ConnectionProperties::default())
+/// The processes whose CPU time a phase reports, per request: the bridge,
+/// its `replay`, the echo service, this bench (the client) and the broker
+/// (when its process is found).
+struct Procs {
+    names: Vec<&'static str>,
+    pids: Vec<u32>,
+}
+
+impl Procs {
+    fn new(bridge: &Bridge, echo: &Proc, url: &str) -> Procs {
+        let mut names = vec!["bridge", "replay", "echo", "client"];
+        let mut pids = vec![
+            bridge.bridge.pid(),
+            bridge.replay.pid(),
+            echo.pid(),
+            std::process::id(),
+        ];
+        let port = lapin::uri::AMQPUri::from_str(url).map_or(5672, |u| u.authority.port);
+        if let Some(p) = listener_pid(port) {
+            names.push("broker");
+            pids.push(p);
+        }
+        Procs { names, pids }
+    }
+
+    /// Runs `phase` and adds the CPU time its processes used.
+    async fn measure(&self, phase: impl std::future::Future<Output = Result>) -> Result {
+        let meter = CpuMeter::start(&self.pids);
+        let mut r = phase.await;
+        r.cpu = meter.used();
+        r
+    }
+}
+
+/// The plain lapin echo service: consume, reply, ack. It runs in its own
+/// process (this bench's binary with `--echo-service <queue>`), as the
+/// bridge does, so that neither shares a runtime with the client driving
+/// it; it prints `ready` once it consumes.
+async fn echo_service(url: String, queue: String) {
+    let (_conn, consumer, out) = echo_consume(&url, &queue).await;
+    println!("ready");
+    echo_serve(consumer, out).await;
+}
+
+/// The echo service inside this process, on the client's runtime.
+async fn echo_service_in_client(
+    url: String,
+    queue: String,
+    ready: tokio::sync::oneshot::Sender<()>,
+) {
+    let (_conn, consumer, out) = echo_consume(&url, &queue).await;
+    let _ = ready.send(());
+    echo_serve(consumer, out).await;
+}
+
+/// Declares the echo's queue and consumes it (prefetch 64, as the bridge);
+/// returns the connection, the consumer and the channel for replies.
+async fn echo_consume(url: &str, queue: &str) -> (Connection, lapin::Consumer, lapin::Channel) {
+    let conn = Connection::connect(url, ConnectionProperties::default())
         .await
         .expect("connect");
     let ch = conn.create_channel().await.expect("channel");
     let out = conn.create_channel().await.expect("channel");
     ch.queue_declare(
-        queue.as_str().into(),
+        queue.into(),
         QueueDeclareOptions {
             auto_delete: true,
             ..Default::default()
@@ -117,16 +229,19 @@ async fn echo_service(url: String, queue: String, ready: tokio::sync::oneshot::S
     ch.basic_qos(64, BasicQosOptions::default())
         .await
         .expect("qos");
-    let mut c = ch
+    let c = ch
         .basic_consume(
-            queue.as_str().into(),
+            queue.into(),
             "echo".into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )
         .await
         .expect("consume");
-    let _ = ready.send(());
+    (conn, c, out)
+}
+
+async fn echo_serve(mut c: lapin::Consumer, out: lapin::Channel) {
     // Each request is answered in its own task, as the bridge does, so the
     // echo is a ceiling and not a sequential strawman.
     while let Some(Ok(d)) = c.next().await {
@@ -156,15 +271,41 @@ fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1000.0)
 }
 
+/// Starts the echo service (this binary, `--echo-service <queue>`) and
+/// waits until it consumes.
+fn start_echo(url: &str, queue: &str) -> Proc {
+    let exe = std::env::current_exe().expect("the bench's own path");
+    // As many runtime threads as the bridge has by default: on this
+    // machine's two CPUs one thread makes the echo both faster and cheaper.
+    let workers =
+        std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1));
+    let mut child = Command::new(exe)
+        .args(["--echo-service", queue])
+        .env("AMQP_URL", url)
+        .env("TOKIO_WORKER_THREADS", workers.to_string())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("echo service");
+    let mut line = String::new();
+    let stdout = child.stdout.take().expect("stdout");
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)
+        .expect("the echo service starts");
+    assert_eq!(line.trim(), "ready", "echo service: {line:?}");
+    Proc {
+        child,
+        name: "echo".into(),
+    }
+}
+
 /// The bridge under test, with its fake Asterisk and its temp dir (dropped
 /// in this order: the bridge is killed first).
 struct Bridge {
-    _bridge: Proc,
+    bridge: Proc,
     /// Deletes the action path's queues and exchanges once the bridge is
     /// gone (fields drop in order).
     _cleanup: BrokerCleanup,
     _dir: tempfile::TempDir,
-    _replay: Proc,
+    replay: Proc,
     /// The action exchange (unique to this run).
     exchange: String,
 }
@@ -206,13 +347,13 @@ fn start_bridge(url: &str) -> Bridge {
         .spawn()
         .expect("bridge");
     Bridge {
-        _bridge: Proc {
+        bridge: Proc {
             child,
             name: "bridge".into(),
         },
         _cleanup: cleanup,
         _dir: dir,
-        _replay: replay,
+        replay,
         exchange: ex,
     }
 }
@@ -248,71 +389,143 @@ async fn wait_answering(url: &str, ex: &str) -> bool {
     false
 }
 
+/// A number from the environment, or `default`.
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A side of the comparison: where its requests go.
+struct Side<'a> {
+    name: &'static str,
+    exchange: &'a str,
+    key: &'a str,
+}
+
 #[tokio::main]
 async fn main() {
     let url = url();
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--echo-service") {
+        let queue = args.get(i + 1).expect("--echo-service <queue>").clone();
+        echo_service(url, queue).await;
+        return;
+    }
     let quick = !std::env::args().any(|a| a == "--bench");
     let (n1, n64) = if quick { (50, 500) } else { (2000, 20000) };
+    let n64 = env_or("BENCH_ACTIONS_REQUESTS", n64);
+    let rounds = env_or("BENCH_ACTIONS_ROUNDS", 4).max(1);
+    // `bridge` or `echo`: run the sides whose name contains it (for a
+    // profile of one).
+    let only = std::env::var("BENCH_ACTIONS_ONLY").unwrap_or_default();
 
     let bridge = start_bridge(&url);
     let ex = bridge.exchange.clone();
     assert!(wait_answering(&url, &ex).await, "bridge did not answer");
-
-    // The echo service.
     let q = format!("bench.echo.{}", std::process::id());
+    let echo = start_echo(&url, &q);
+    let q_in = format!("bench.echo-in-client.{}", std::process::id());
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let echo = tokio::spawn(echo_service(url.clone(), q.clone(), tx));
-    rx.await.expect("echo ready");
+    let echo_in = tokio::spawn(echo_service_in_client(url.clone(), q_in.clone(), tx));
+    rx.await.expect("in-process echo ready");
+    let procs = Procs::new(&bridge, &echo, &url);
+
+    let sides: Vec<Side> = [
+        Side {
+            name: BRIDGE,
+            exchange: &ex,
+            key: "pbx1",
+        },
+        Side {
+            name: ECHO,
+            exchange: "",
+            key: &q,
+        },
+        Side {
+            name: ECHO_IN_CLIENT,
+            exchange: "",
+            key: &q_in,
+        },
+    ]
+    .into_iter()
+    .filter(|s| only.is_empty() || s.name.contains(only.as_str()))
+    .collect();
 
     println!(
-        "action round trips (Ping), {} requests at 1 in flight, {} at 64",
-        n1, n64
+        "action round trips (Ping): {n1} requests at 1 in flight; {n64} at 64, in {rounds} rounds taking turns"
     );
-    println!("{:<28} {:>12} {:>10} {:>10}", "", "req/s", "p50", "p99");
-    let mut rows = Vec::new();
-    for (name, exch, key) in [
-        ("bridge (AMQP→AMI→AMQP)", ex.as_str(), "pbx1"),
-        ("lapin echo (no AMI)", "", q.as_str()),
-    ] {
-        for (w, n) in [(1usize, n1), (64usize, n64)] {
-            let _ = drive(&url, exch, key, 20.min(n), w).await; // warm-up
-            let r = drive(&url, exch, key, n, w).await;
-            println!(
-                "{:<28} {:>12.0} {:>10} {:>10}   ({} in flight)",
-                name,
-                r.rate,
-                ms(r.p50),
-                ms(r.p99),
-                w
-            );
-            rows.push((name, w, r));
+    println!(
+        "{:<30} {:>8} {:>9} {:>9}  CPU µs (context switches) per request: {}",
+        "",
+        "req/s",
+        "p50",
+        "p99",
+        procs.names.join(" / ")
+    );
+    let mut at1 = Vec::new();
+    for side in &sides {
+        let r = run_phase(&url, &procs, side, n1, 1).await;
+        print_row(side.name, 1, &r);
+        at1.push((side.name, r));
+    }
+    let mut at64: Vec<(&str, Result)> = sides.iter().map(|s| (s.name, Result::default())).collect();
+    for _ in 0..rounds {
+        for (side, (_, total)) in sides.iter().zip(at64.iter_mut()) {
+            total.add(run_phase(&url, &procs, side, n64 / rounds, 64).await);
         }
     }
-    summary(&rows);
-    echo.abort();
+    for (name, r) in &at64 {
+        print_row(name, 64, r);
+    }
+    summary(&at1, &at64);
+    echo_in.abort();
+    drop(echo);
     drop(bridge);
 }
 
-/// The targets line: bridge/echo throughput at 64 in flight, bridge p99 at 1.
-fn summary(rows: &[(&str, usize, Result)]) {
-    let bridge64 = rows
+const BRIDGE: &str = "bridge (AMQP→AMI→AMQP)";
+const ECHO: &str = "lapin echo (no AMI)";
+const ECHO_IN_CLIENT: &str = "lapin echo in client process";
+
+/// A warm-up, then `n` requests with `window` in flight, measured.
+async fn run_phase(url: &str, procs: &Procs, side: &Side<'_>, n: usize, window: usize) -> Result {
+    let _ = drive(url, side.exchange, side.key, 20.min(n), window).await;
+    procs
+        .measure(drive(url, side.exchange, side.key, n, window))
+        .await
+}
+
+fn print_row(name: &str, window: usize, r: &Result) {
+    println!(
+        "{:<30} {:>8.0} {:>9} {:>9}  {}   ({} in flight)",
+        name,
+        r.rate(),
+        ms(r.quantile(0.5)),
+        ms(r.quantile(0.99)),
+        r.cpu_per_request(),
+        window
+    );
+}
+
+/// The targets line: bridge/echo throughput at 64 in flight (and against
+/// the in-process echo, for comparison with earlier runs), bridge p99 at 1.
+fn summary(at1: &[(&str, Result)], at64: &[(&str, Result)]) {
+    let rate = |name: &str| {
+        at64.iter()
+            .find(|(n, _)| *n == name)
+            .map_or(f64::NAN, |(_, r)| r.rate())
+    };
+    let bridge1 = at1
         .iter()
-        .find(|(n, w, _)| n.starts_with("bridge") && *w == 64)
-        .map(|r| r.2.rate)
-        .unwrap_or(0.0);
-    let echo64 = rows
-        .iter()
-        .find(|(n, w, _)| n.starts_with("lapin") && *w == 64)
-        .map(|r| r.2.rate)
-        .unwrap_or(1.0);
-    let bridge1 = rows
-        .iter()
-        .find(|(n, w, _)| n.starts_with("bridge") && *w == 1)
-        .map(|r| r.2.p99)
+        .find(|(n, _)| *n == BRIDGE)
+        .map(|(_, r)| r.quantile(0.99))
         .unwrap_or_default();
     println!(
-        "bridge/echo at 64 in flight: {:.2} (target >= 0.90, median of 7 runs); bridge p99 at 1 in flight: {} (target < 2 ms)",
-        bridge64 / echo64,
+        "bridge/echo at 64 in flight: {:.2} (target >= 0.90, median of 7 runs; against the in-process echo: {:.2}); bridge p99 at 1 in flight: {} (target < 2 ms)",
+        rate(BRIDGE) / rate(ECHO),
+        rate(BRIDGE) / rate(ECHO_IN_CLIENT),
         ms(bridge1)
     );
 }

@@ -34,6 +34,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use common::cpu::cpu_seconds;
 use common::fleet::{Fleet, Timings};
 use common::procs::{Proc, replay, trace};
 use common::tick_ami::TickAmi;
@@ -243,18 +244,6 @@ fn rss_mb(pid: u32) -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-fn cpu_s(pid: u32) -> f64 {
-    let ticks = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            let rest = s[s.rfind(')')? + 2..].to_string();
-            let v: Vec<&str> = rest.split_whitespace().collect();
-            Some(v.get(11)?.parse::<u64>().ok()? + v.get(12)?.parse::<u64>().ok()?)
-        })
-        .unwrap_or(0);
-    ticks as f64 / 100.0
-}
-
 /// Six replay servers; `n` instances; the event rate at full speed and at
 /// a fixed rate, and the action round trips.
 async fn throughput(n: usize, parts: &str) -> Res<()> {
@@ -328,7 +317,7 @@ async fn throughput(n: usize, parts: &str) -> Res<()> {
         };
         let before: Vec<(f64, f64)> = names
             .iter()
-            .map(|i| (confirmed(&mut f, i), cpu_s(procs[i].pid())))
+            .map(|i| (confirmed(&mut f, i), cpu_seconds(procs[i].pid())))
             .collect();
         let t0 = Instant::now();
         if label == "events" {
@@ -337,7 +326,7 @@ async fn throughput(n: usize, parts: &str) -> Res<()> {
         let el = t0.elapsed().as_secs_f64().max(0.001);
         let after: Vec<(f64, f64)> = names
             .iter()
-            .map(|i| (confirmed(&mut f, i), cpu_s(procs[i].pid())))
+            .map(|i| (confirmed(&mut f, i), cpu_seconds(procs[i].pid())))
             .collect();
         if label == "events" {
             let total: f64 = before.iter().zip(&after).map(|(b, a)| a.0 - b.0).sum();

@@ -782,6 +782,7 @@ impl Bridge {
         metrics::gauge!(crate::internal_events::catalog::INSTANCE_INFO, "instance" => name.clone())
             .set(1.0);
         tracing::info!(instance = %name, process = %instance, servers = specs.len(), fleet = cfg.fleet.enabled, routes = mappings.current().len(),
+            worker_threads = tokio::runtime::Handle::current().metrics().num_workers(),
             mappings = %crate::mapping::load::show_dirs(mappings.dirs()), spool = %cfg.spool.dir.display(), "ami2amqp starting");
 
         let (tx, rx) = mpsc::channel::<Incoming>(1024);

@@ -31,8 +31,22 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 struct Cli {
     #[command(flatten)]
     log: LogArgs,
+    /// Threads that run the bridge's tasks (parsing, routing, the action
+    /// path, the HTTP endpoints). Default: one less than the CPUs, at
+    /// least one: the AMQP connections' I/O loops and the spool's fsync
+    /// have threads of their own, and on a small machine a second task
+    /// thread only adds hand-overs between threads (BENCHMARKS.md, "Action
+    /// round trips": 2 CPUs, one thread is as fast for events and faster
+    /// for actions).
+    #[arg(long, global = true, env = "AMI2AMQP_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    worker_threads: Option<u16>,
     #[command(subcommand)]
     command: Command,
+}
+
+/// One less than the CPUs this process may use, at least one.
+fn default_worker_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
 }
 
 #[derive(Args, Debug)]
@@ -876,7 +890,14 @@ fn main() -> ExitCode {
         eprintln!("ami2amqp: error: {}", one_line(e.as_ref()));
         return ExitCode::FAILURE;
     }
-    let runtime = match tokio::runtime::Runtime::new() {
+    let workers = cli
+        .worker_threads
+        .map_or_else(default_worker_threads, usize::from);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("ami2amqp: error: cannot start the runtime: {e}");

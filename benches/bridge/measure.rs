@@ -11,39 +11,7 @@ use tokio::net::TcpStream;
 use crate::setup::Setup;
 use crate::trace::env_or;
 
-pub(crate) fn clk_tck() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
-/// utime + stime of a process (all its threads, dead ones included), in
-/// clock ticks.
-pub(crate) fn cpu_ticks(pid: u32) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &s[s.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-}
-
-/// Context switches (voluntary + involuntary) of all live threads.
-pub(crate) fn ctx_switches(pid: u32) -> u64 {
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return 0;
-    };
-    dir.filter_map(|e| e.ok())
-        .filter_map(|e| std::fs::read_to_string(e.path().join("status")).ok())
-        .flat_map(|st| {
-            st.lines()
-                .filter(|l| l.contains("ctxt_switches:"))
-                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-                .collect::<Vec<_>>()
-        })
-        .sum()
-}
+pub(crate) use crate::common::cpu::{clk_tck, cpu_ticks, ctx_switches};
 
 /// `perf record` attached to `pid` (with BENCH_PERF: scenario a, and both
 /// bridge runs of scenario f, whose side is then `f0` / `f50`).

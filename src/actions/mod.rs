@@ -4,6 +4,7 @@
 //! allow-list that decides who may do what, [`rpc`] the consumer that ties
 //! them to the AMI pool.
 
+pub(crate) mod acks;
 pub(crate) mod allow;
 pub mod client;
 pub(crate) mod limits;

@@ -22,12 +22,17 @@
 //! are spread like their events; the unrouted and expired queues are
 //! consumed by every instance (one at a time).
 //!
-//! Each delivery is handled in its own task (at most `prefetch` at once, the
-//! broker enforces that): parse, check the allow-list, run on the pool,
-//! publish the reply to `reply_to` with the request's `correlation_id`,
-//! and only then ack the request. A
-//! bridge that dies before the ack has its requests redelivered to the next
-//! consumer: at-least-once, like the event path.
+//! Deliveries are handled concurrently inside the session's task (at most
+//! `prefetch` per queue at once, the broker enforces that; no task per
+//! request, whose spawn and cross-thread wake-ups cost more than the
+//! handling): parse, check the allow-list, run on the pool, publish the
+//! reply to `reply_to` with the request's `correlation_id`, and only once
+//! the reply is written ack the request. The acks of the requests that
+//! finished together go out as few frames ([`super::acks::AckBook`]: one
+//! `multiple` ack for a run, single acks around a slow request). A bridge
+//! that dies before the ack has its requests redelivered to the next
+//! consumer: at-least-once, like the event path. On shutdown the requests
+//! running get up to [`DRAIN_LIMIT`] to finish; the others are redelivered.
 //!
 //! Bounds against hostile or careless callers: a reply goes only to direct
 //! reply-to or a queue the allow-list permits for the user (others are
@@ -44,7 +49,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
@@ -56,6 +62,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::acks::{Ack, AckBook, Tag};
 use super::allow::{ANONYMOUS, AllowEntry, AllowList, Decision};
 use super::limits::{Labels, PerUser};
 use super::request::{self, ErrorKind, Reply, Request};
@@ -186,6 +193,8 @@ enum Source {
 /// to close (lapin may never finish closing a connection that died).
 const CONNECT_LIMIT: Duration = Duration::from_secs(10);
 const CLOSE_LIMIT: Duration = Duration::from_secs(2);
+/// How long the requests running at shutdown get to finish.
+const DRAIN_LIMIT: Duration = Duration::from_secs(2);
 
 /// Why a session of the action path ended; the texts are the log and
 /// `/healthz` texts.
@@ -456,8 +465,18 @@ async fn session(
     let replies = Arc::new(replies);
     ctx.health.send_replace(PathHealth::Ready);
     let mut leases = ctx.leases.clone();
+    let mut running = FuturesUnordered::new();
+    let ack_ch = consumers.ch.clone();
+    let mut book = AckBook::new();
+    let mut acking = FuturesUnordered::new();
     loop {
         let next = tokio::select! {
+            Some(done) = running.next() => {
+                finished(done, &mut running, &mut book);
+                acking.extend(book.take().into_iter().map(|a| ack(&ack_ch, a)));
+                continue;
+            }
+            Some(()) = acking.next() => continue,
             n = consumers.all.next() => n,
             Some(held) = lease_change(&mut leases) => {
                 consumers.follow(ctx, &held).await?;
@@ -468,6 +487,7 @@ async fn session(
                 return Err(SessionError::ReplyChannelBroken);
             }
             _ = cancel.cancelled() => {
+                drain(&mut running, &mut book, &mut acking, &ack_ch).await;
                 // Bounded: lapin may never finish closing a connection that
                 // died under it (see src/amqp/publisher.rs).
                 close_bounded(&replies.conn, "ami2amqp stopping", CLOSE_LIMIT).await;
@@ -478,16 +498,67 @@ async fn session(
             return Err(SessionError::ConsumersCancelled);
         };
         let d = d.map_err(AmqpError::op("consume"))?;
-        let ctx = ctx.clone();
-        let replies = replies.clone();
-        tokio::spawn(async move {
-            handle(ctx, replies, src, d).await;
-        });
+        running.push(handle(ctx.clone(), replies.clone(), src, d));
     }
 }
 
 /// The next set of held leases, when it changed (never resolves without
 /// a fleet, or once the lease task is gone).
+/// Books a finished request, and every other one that finished already.
+fn finished<F>(first: Option<Tag>, running: &mut FuturesUnordered<F>, book: &mut AckBook)
+where
+    F: std::future::Future<Output = Option<Tag>>,
+{
+    let mut done = first;
+    loop {
+        if let Some(tag) = done {
+            book.finish(tag);
+        }
+        match running.next().now_or_never() {
+            Some(Some(d)) => done = d,
+            _ => return,
+        }
+    }
+}
+
+/// Lets the requests running finish (replies published, acks sent), for
+/// at most [`DRAIN_LIMIT`]; new deliveries are not taken.
+async fn drain<F, A>(
+    running: &mut FuturesUnordered<F>,
+    book: &mut AckBook,
+    acking: &mut FuturesUnordered<A>,
+    ch: &Channel,
+) where
+    F: std::future::Future<Output = Option<Tag>>,
+    A: std::future::Future<Output = ()>,
+{
+    let left = running.len();
+    let deadline = tokio::time::sleep(DRAIN_LIMIT);
+    tokio::pin!(deadline);
+    let mut late: FuturesUnordered<_> = FuturesUnordered::new();
+    loop {
+        tokio::select! {
+            Some(done) = running.next() => {
+                finished(done, running, book);
+                late.extend(book.take().into_iter().map(|a| ack(ch, a)));
+            }
+            Some(()) = acking.next() => {}
+            Some(()) = late.next() => {}
+            _ = &mut deadline => {
+                tracing::info!(running = running.len(), "action path: stopping with requests still running; they are redelivered");
+                return;
+            }
+            else => break,
+        }
+    }
+    if left > 0 {
+        tracing::info!(
+            requests = left,
+            "action path: the requests running at shutdown finished"
+        );
+    }
+}
+
 async fn lease_change(leases: &mut Option<crate::fleet::HeldLeases>) -> Option<Vec<String>> {
     match leases {
         Some(rx) => match rx.changed().await {
@@ -615,33 +686,38 @@ fn result_label(r: &Reply) -> &'static str {
 
 /// Acks a request whose reply cannot go anywhere safe (its `reply_to` is
 /// not allowed for the user): not executed, not answered, not redelivered.
-async fn refuse_reply_to(d: &Delivery, user: Option<&str>, reply_to: &str) {
+fn refuse_reply_to(user: Option<&str>, reply_to: &str) {
     crate::internal_events::actions::ReplyToRefused {
         user: user.unwrap_or(super::allow::ANONYMOUS),
         reply_to,
     }
     .emit();
-    ack(d).await;
 }
 
-async fn ack(d: &Delivery) {
-    if let Err(e) = d.ack(BasicAckOptions::default()).await {
+/// Sends one ack of the [`AckBook`]'s.
+async fn ack(ch: &Channel, a: Ack) {
+    let opts = BasicAckOptions {
+        multiple: a.multiple,
+    };
+    if let Err(e) = ch.basic_ack(a.tag, opts).await {
         static T: Throttle = Throttle::new(Duration::from_secs(10));
         if let Some(suppressed) = T.allow() {
-            tracing::warn!(error = %e, suppressed, "could not ack an action request");
+            tracing::warn!(error = %e, suppressed, "could not ack action requests");
         }
     }
 }
 
-async fn handle(ctx: Arc<Ctx>, replies: Arc<Replies>, src: Source, d: Delivery) {
+/// Answers one request; returns its delivery tag when it may be acked
+/// (its reply is published, or it has none to publish).
+async fn handle(ctx: Arc<Ctx>, replies: Arc<Replies>, src: Source, d: Delivery) -> Option<Tag> {
     let props = &d.properties;
     let user = props.user_id().as_ref().map(|u| u.to_string());
     let reply_to = props.reply_to().as_ref().map(|s| s.to_string());
     if let Some(rt) = &reply_to
         && !ctx.allow.reply_to_ok(user.as_deref(), rt)
     {
-        refuse_reply_to(&d, user.as_deref(), rt).await;
-        return;
+        refuse_reply_to(user.as_deref(), rt);
+        return Some(d.delivery_tag);
     }
     let (server, reply, action_label) = answer(&ctx, &src, &d, user.as_deref()).await;
     let (reply, body) = reply.bounded(ctx.cfg.max_reply_bytes);
@@ -680,10 +756,10 @@ async fn handle(ctx: Arc<Ctx>, replies: Arc<Replies>, src: Source, d: Delivery) 
                 error: &e,
             }
             .emit();
-            return;
+            return None;
         }
     }
-    ack(&d).await;
+    Some(d.delivery_tag)
 }
 
 /// What to answer, with the server it concerns and the action label.

@@ -10,6 +10,7 @@ pub mod arrivals;
 pub mod broker;
 pub mod certs;
 pub mod cleanup;
+pub mod cpu;
 pub mod fleet;
 pub mod procs;
 pub mod tick_ami;
