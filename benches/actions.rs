@@ -53,9 +53,8 @@ struct Result {
     secs: f64,
     /// Every round trip's latency.
     lat: Vec<Duration>,
-    /// CPU seconds and context switches of the processes measured
-    /// ([`Procs`]).
-    cpu: Vec<(f64, u64)>,
+    /// CPU seconds and context switches of the side's processes.
+    cpu: Vec<(&'static str, f64, u64)>,
 }
 
 impl Result {
@@ -79,21 +78,32 @@ impl Result {
             self.cpu = r.cpu;
         } else {
             for (a, b) in self.cpu.iter_mut().zip(r.cpu) {
-                a.0 += b.0;
                 a.1 += b.1;
+                a.2 += b.2;
             }
         }
     }
 
-    /// "µs (context switches)" per request of each process.
+    /// "name µs (context switches)" per request of each process.
     fn cpu_per_request(&self) -> String {
         let n = self.requests.max(1) as f64;
         let v: Vec<String> = self
             .cpu
             .iter()
-            .map(|(s, c)| format!("{:.1} ({:.2})", s * 1e6 / n, *c as f64 / n))
+            .map(|(name, s, c)| format!("{name} {:.1} ({:.2})", s * 1e6 / n, *c as f64 / n))
             .collect();
-        v.join(" / ")
+        v.join(", ")
+    }
+
+    /// CPU µs per request of all the side's processes but the client and
+    /// the broker (the bridge and its replay, or the echo).
+    fn service_us(&self) -> f64 {
+        let n = self.requests.max(1) as f64;
+        self.cpu
+            .iter()
+            .filter(|(name, _, _)| !matches!(*name, "client" | "broker"))
+            .map(|(_, s, _)| s * 1e6 / n)
+            .sum()
     }
 }
 
@@ -153,38 +163,31 @@ async fn drive(url: &str, exchange: &str, key: &str, n: usize, window: usize) ->
     }
 }
 
-/// The processes whose CPU time a phase reports, per request: the bridge,
-/// its `replay`, the echo service, this bench (the client) and the broker
-/// (when its process is found).
-struct Procs {
-    names: Vec<&'static str>,
-    pids: Vec<u32>,
+/// Measures a phase: the CPU time and context switches of `procs` (the
+/// side's own processes, this bench as the client, the broker).
+async fn measure(
+    procs: &[(&'static str, u32)],
+    phase: impl std::future::Future<Output = Result>,
+) -> Result {
+    let pids: Vec<u32> = procs.iter().map(|p| p.1).collect();
+    let meter = CpuMeter::start(&pids);
+    let mut r = phase.await;
+    r.cpu = procs
+        .iter()
+        .zip(meter.used())
+        .map(|((name, _), (s, c))| (*name, s, c))
+        .collect();
+    r
 }
 
-impl Procs {
-    fn new(bridge: &Bridge, echo: &Proc, url: &str) -> Procs {
-        let mut names = vec!["bridge", "replay", "echo", "client"];
-        let mut pids = vec![
-            bridge.bridge.pid(),
-            bridge.replay.pid(),
-            echo.pid(),
-            std::process::id(),
-        ];
-        let port = lapin::uri::AMQPUri::from_str(url).map_or(5672, |u| u.authority.port);
-        if let Some(p) = listener_pid(port) {
-            names.push("broker");
-            pids.push(p);
-        }
-        Procs { names, pids }
+/// This bench (the client) and the broker (when its process is found).
+fn common_procs(url: &str) -> Vec<(&'static str, u32)> {
+    let mut v = vec![("client", std::process::id())];
+    let port = lapin::uri::AMQPUri::from_str(url).map_or(5672, |u| u.authority.port);
+    if let Some(p) = listener_pid(port) {
+        v.push(("broker", p));
     }
-
-    /// Runs `phase` and adds the CPU time its processes used.
-    async fn measure(&self, phase: impl std::future::Future<Output = Result>) -> Result {
-        let meter = CpuMeter::start(&self.pids);
-        let mut r = phase.await;
-        r.cpu = meter.used();
-        r
-    }
+    v
 }
 
 /// The plain lapin echo service: consume, reply, ack. It runs in its own
@@ -311,8 +314,9 @@ struct Bridge {
 }
 
 /// Starts `ami2amqp replay` as the AMI server and the bridge with `Ping`
-/// allowed for `guest`.
-fn start_bridge(url: &str) -> Bridge {
+/// allowed for `guest`; `threads`: its `--worker-threads` (None: the
+/// default); `n` numbers the bridges of a run.
+fn start_bridge(url: &str, threads: Option<u16>, n: usize) -> Bridge {
     let (replay, addr) = replay(&[
         "--username",
         "bridge",
@@ -321,7 +325,7 @@ fn start_bridge(url: &str) -> Bridge {
         &trace("login_plain.ami").display().to_string(),
     ]);
     let dir = tempfile::tempdir().expect("tempdir");
-    let ex = format!("ami.actions.bench{}", std::process::id());
+    let ex = format!("ami.actions.bench{}-{n}", std::process::id());
     let cfg = format!(
         "[amqp]\nurl = \"{url}\"\n[[server]]\nname = \"pbx1\"\naddress = \"{addr}\"\nusername = \"bridge\"\nsecret = \"bridgepass\"\naction_connections = 2\n[mappings]\ndir = \"{}/mappings\"\n[spool]\ndir = \"{}\"\n[metrics]\nlisten = \"127.0.0.1:{}\"\n[actions]\nexchange = \"{ex}\"\nqueue_prefix = \"{ex}.\"\nunrouted = \"{ex}.unrouted\"\nexpired = \"{ex}.expired\"\nmax_in_flight_per_user = 64\n[[actions.allow]]\nuser = \"guest\"\nactions = [\"Ping\"]\n",
         repo().display(),
@@ -338,7 +342,11 @@ fn start_bridge(url: &str) -> Bridge {
     .record(&cleanup, &["pbx1"]);
     let cfg_path = dir.path().join("c.toml");
     std::fs::write(&cfg_path, cfg).expect("config");
-    let child = Command::new(bin())
+    let mut cmd = Command::new(bin());
+    if let Some(t) = threads {
+        cmd.arg(format!("--worker-threads={t}"));
+    }
+    let child = cmd
         .args(["run", "--config"])
         .arg(&cfg_path)
         .env("RUST_LOG", "warn")
@@ -397,11 +405,12 @@ fn env_or(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// A side of the comparison: where its requests go.
-struct Side<'a> {
-    name: &'static str,
-    exchange: &'a str,
-    key: &'a str,
+/// A side of the comparison: where its requests go, and its processes.
+struct Side {
+    name: String,
+    exchange: String,
+    key: String,
+    procs: Vec<(&'static str, u32)>,
 }
 
 #[tokio::main]
@@ -420,60 +429,77 @@ async fn main() {
     // `bridge` or `echo`: run the sides whose name contains it (for a
     // profile of one).
     let only = std::env::var("BENCH_ACTIONS_ONLY").unwrap_or_default();
+    // More bridges, with these `--worker-threads` (e.g. `2`), taking turns
+    // with the default one.
+    let variants: Vec<u16> = std::env::var("BENCH_ACTIONS_THREADS")
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|t| t.trim().parse().ok())
+        .collect();
 
-    let bridge = start_bridge(&url);
-    let ex = bridge.exchange.clone();
-    assert!(wait_answering(&url, &ex).await, "bridge did not answer");
+    let mut bridges = vec![(BRIDGE.to_string(), start_bridge(&url, None, 0))];
+    for (i, t) in variants.iter().enumerate() {
+        let name = format!("bridge, {t} worker thread(s)");
+        bridges.push((name, start_bridge(&url, Some(*t), i + 1)));
+    }
+    for (_, b) in &bridges {
+        assert!(
+            wait_answering(&url, &b.exchange).await,
+            "bridge did not answer"
+        );
+    }
     let q = format!("bench.echo.{}", std::process::id());
     let echo = start_echo(&url, &q);
     let q_in = format!("bench.echo-in-client.{}", std::process::id());
     let (tx, rx) = tokio::sync::oneshot::channel();
     let echo_in = tokio::spawn(echo_service_in_client(url.clone(), q_in.clone(), tx));
     rx.await.expect("in-process echo ready");
-    let procs = Procs::new(&bridge, &echo, &url);
 
-    let sides: Vec<Side> = [
-        Side {
-            name: BRIDGE,
-            exchange: &ex,
-            key: "pbx1",
-        },
-        Side {
-            name: ECHO,
-            exchange: "",
-            key: &q,
-        },
-        Side {
-            name: ECHO_IN_CLIENT,
-            exchange: "",
-            key: &q_in,
-        },
-    ]
-    .into_iter()
-    .filter(|s| only.is_empty() || s.name.contains(only.as_str()))
-    .collect();
+    let common = common_procs(&url);
+    let with = |own: Vec<(&'static str, u32)>| [own, common.clone()].concat();
+    let mut sides: Vec<Side> = bridges
+        .iter()
+        .map(|(name, b)| Side {
+            name: name.clone(),
+            exchange: b.exchange.clone(),
+            key: "pbx1".into(),
+            procs: with(vec![("bridge", b.bridge.pid()), ("replay", b.replay.pid())]),
+        })
+        .collect();
+    sides.push(Side {
+        name: ECHO.into(),
+        exchange: String::new(),
+        key: q.clone(),
+        procs: with(vec![("echo", echo.pid())]),
+    });
+    sides.push(Side {
+        name: ECHO_IN_CLIENT.into(),
+        exchange: String::new(),
+        key: q_in.clone(),
+        procs: with(Vec::new()),
+    });
+    sides.retain(|s| only.is_empty() || s.name.contains(only.as_str()));
 
     println!(
         "action round trips (Ping): {n1} requests at 1 in flight; {n64} at 64, in {rounds} rounds taking turns"
     );
     println!(
-        "{:<30} {:>8} {:>9} {:>9}  CPU µs (context switches) per request: {}",
-        "",
-        "req/s",
-        "p50",
-        "p99",
-        procs.names.join(" / ")
+        "{:<30} {:>8} {:>9} {:>9}  CPU µs (context switches) per request",
+        "", "req/s", "p50", "p99",
     );
     let mut at1 = Vec::new();
     for side in &sides {
-        let r = run_phase(&url, &procs, side, n1, 1).await;
-        print_row(side.name, 1, &r);
-        at1.push((side.name, r));
+        let r = run_phase(&url, side, n1, 1).await;
+        print_row(&side.name, 1, &r);
+        at1.push((side.name.as_str(), r));
     }
-    let mut at64: Vec<(&str, Result)> = sides.iter().map(|s| (s.name, Result::default())).collect();
+    let mut at64: Vec<(&str, Result)> = sides
+        .iter()
+        .map(|s| (s.name.as_str(), Result::default()))
+        .collect();
     for _ in 0..rounds {
         for (side, (_, total)) in sides.iter().zip(at64.iter_mut()) {
-            total.add(run_phase(&url, &procs, side, n64 / rounds, 64).await);
+            total.add(run_phase(&url, side, n64 / rounds, 64).await);
         }
     }
     for (name, r) in &at64 {
@@ -482,7 +508,7 @@ async fn main() {
     summary(&at1, &at64);
     echo_in.abort();
     drop(echo);
-    drop(bridge);
+    drop(bridges);
 }
 
 const BRIDGE: &str = "bridge (AMQP→AMI→AMQP)";
@@ -490,11 +516,13 @@ const ECHO: &str = "lapin echo (no AMI)";
 const ECHO_IN_CLIENT: &str = "lapin echo in client process";
 
 /// A warm-up, then `n` requests with `window` in flight, measured.
-async fn run_phase(url: &str, procs: &Procs, side: &Side<'_>, n: usize, window: usize) -> Result {
-    let _ = drive(url, side.exchange, side.key, 20.min(n), window).await;
-    procs
-        .measure(drive(url, side.exchange, side.key, n, window))
-        .await
+async fn run_phase(url: &str, side: &Side, n: usize, window: usize) -> Result {
+    let _ = drive(url, &side.exchange, &side.key, 20.min(n), window).await;
+    measure(
+        &side.procs,
+        drive(url, &side.exchange, &side.key, n, window),
+    )
+    .await
 }
 
 fn print_row(name: &str, window: usize, r: &Result) {
@@ -510,13 +538,12 @@ fn print_row(name: &str, window: usize, r: &Result) {
 }
 
 /// The targets line: bridge/echo throughput at 64 in flight (and against
-/// the in-process echo, for comparison with earlier runs), bridge p99 at 1.
+/// the in-process echo, for comparison with earlier runs), bridge p99 at 1;
+/// then the CPU of the bridge and its replay against the echo's, and the
+/// other bridges' ratios.
 fn summary(at1: &[(&str, Result)], at64: &[(&str, Result)]) {
-    let rate = |name: &str| {
-        at64.iter()
-            .find(|(n, _)| *n == name)
-            .map_or(f64::NAN, |(_, r)| r.rate())
-    };
+    let find = |name: &str| at64.iter().find(|(n, _)| *n == name).map(|(_, r)| r);
+    let rate = |name: &str| find(name).map_or(f64::NAN, Result::rate);
     let bridge1 = at1
         .iter()
         .find(|(n, _)| *n == BRIDGE)
@@ -528,4 +555,19 @@ fn summary(at1: &[(&str, Result)], at64: &[(&str, Result)]) {
         rate(BRIDGE) / rate(ECHO_IN_CLIENT),
         ms(bridge1)
     );
+    if let (Some(b), Some(e)) = (find(BRIDGE), find(ECHO)) {
+        println!(
+            "CPU per request at 64 in flight: bridge + replay {:.1} µs, echo {:.1} µs",
+            b.service_us(),
+            e.service_us()
+        );
+    }
+    for (name, r) in at64.iter().filter(|(n, _)| n.starts_with("bridge,")) {
+        println!(
+            "{name}: {:.2} of the echo, {:.2} of the default bridge, bridge + replay {:.1} µs per request",
+            r.rate() / rate(ECHO),
+            r.rate() / rate(BRIDGE),
+            r.service_us()
+        );
+    }
 }
