@@ -19,6 +19,11 @@
 //!
 //! Run with `cargo bench --bench actions` (RabbitMQ on AMQP_URL or
 //! 127.0.0.1:5672; `make bench` makes sure one runs).
+//! `BENCH_ACTIONS_THREADS=2` adds a bridge with `--worker-threads 2`,
+//! `BENCH_ACTIONS_OTHER_BIN=<path>` one from another build: they take
+//! turns with the default bridge, an A/B inside one run (separate runs on
+//! a shared machine differ more than most changes do).
+//! `BENCH_ACTIONS_ONLY=<text>` runs the sides whose name contains it.
 //!
 //! The processes (the replay, the bridge) are started with the integration
 //! tests' helpers (`tests/common`, included as a module as the tests do).
@@ -317,6 +322,12 @@ struct Bridge {
 /// allowed for `guest`; `threads`: its `--worker-threads` (None: the
 /// default); `n` numbers the bridges of a run.
 fn start_bridge(url: &str, threads: Option<u16>, n: usize) -> Bridge {
+    start_bridge_from(std::path::Path::new(bin()), url, threads, n)
+}
+
+/// [`start_bridge`] with the bridge's binary at `exe` (another build, for
+/// an A/B inside one run).
+fn start_bridge_from(exe: &std::path::Path, url: &str, threads: Option<u16>, n: usize) -> Bridge {
     let (replay, addr) = replay(&[
         "--username",
         "bridge",
@@ -342,7 +353,7 @@ fn start_bridge(url: &str, threads: Option<u16>, n: usize) -> Bridge {
     .record(&cleanup, &["pbx1"]);
     let cfg_path = dir.path().join("c.toml");
     std::fs::write(&cfg_path, cfg).expect("config");
-    let mut cmd = Command::new(bin());
+    let mut cmd = Command::new(exe);
     if let Some(t) = threads {
         cmd.arg(format!("--worker-threads={t}"));
     }
@@ -441,6 +452,13 @@ async fn main() {
     for (i, t) in variants.iter().enumerate() {
         let name = format!("bridge, {t} worker thread(s)");
         bridges.push((name, start_bridge(&url, Some(*t), i + 1)));
+    }
+    // Another build of the bridge (e.g. the previous commit's), taking
+    // turns with this one: an A/B of a change inside one run.
+    if let Ok(other) = std::env::var("BENCH_ACTIONS_OTHER_BIN") {
+        let n = bridges.len();
+        let b = start_bridge_from(std::path::Path::new(&other), &url, None, n);
+        bridges.push(("bridge, other build".to_string(), b));
     }
     for (_, b) in &bridges {
         assert!(
@@ -562,7 +580,7 @@ fn summary(at1: &[(&str, Result)], at64: &[(&str, Result)]) {
             e.service_us()
         );
     }
-    for (name, r) in at64.iter().filter(|(n, _)| n.starts_with("bridge,")) {
+    for (name, r) in at64.iter().filter(|(n, _)| n.starts_with("bridge, ")) {
         println!(
             "{name}: {:.2} of the echo, {:.2} of the default bridge, bridge + replay {:.1} µs per request",
             r.rate() / rate(ECHO),
