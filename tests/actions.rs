@@ -783,6 +783,77 @@ impl Fake {
 
 /// Items 4, 5, 6, 7 and 18 of issue 10: what the allow-list checks is what
 /// Asterisk would run, or the request is refused before reaching it.
+/// SIGTERM lets a running request finish: its reply goes out and it is
+/// acked (not run again by the next bridge); with nothing running the
+/// bridge does not wait for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_finishes_running_requests_and_does_not_wait_without_any() {
+    let url = shared_amqp_url();
+    let (fake, fake_addr) = Fake::start().await;
+    let setup = Setup::new(&[("fake", &fake_addr)], &url);
+    let ex = setup.exchange.clone();
+    let mut c = Caller::new(&url).await;
+    let mut a = setup.start("a");
+    wait_ready(&mut c, &ex, "fake", &setup, "a").await;
+
+    // Never answered by the fake: the bridge answers `timeout` after 800 ms.
+    let corr = unique("running");
+    c.send(
+        &ex,
+        "fake",
+        &corr,
+        br#"{"Action":"Sleep","_timeout_ms":800}"#,
+        None,
+    )
+    .await;
+    assert!(common::procs::wait_for(Duration::from_secs(5), || fake.saw("Sleep").len() == 1).await);
+    a.signal("TERM");
+    let r = c.replies(1, Duration::from_secs(5)).await;
+    let r = r
+        .get(&corr)
+        .unwrap_or_else(|| panic!("the running request got no reply\n{}", setup.log("a")));
+    assert_eq!(kind(r), "timeout", "{r}");
+    assert_eq!(
+        a.wait_timeout(Duration::from_secs(10)),
+        Some(0),
+        "{}",
+        setup.log("a")
+    );
+    assert!(
+        setup
+            .log("a")
+            .contains("the requests running at shutdown finished"),
+        "{}",
+        setup.log("a")
+    );
+
+    // Acked: the next bridge does not run it again. And it stops at once
+    // when idle.
+    let mut b = setup.start("b");
+    wait_ready(&mut c, &ex, "fake", &setup, "b").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(fake.saw("Sleep").len(), 1, "run again after shutdown");
+    let t = std::time::Instant::now();
+    b.signal("TERM");
+    assert_eq!(
+        b.wait_timeout(Duration::from_secs(10)),
+        Some(0),
+        "{}",
+        setup.log("b")
+    );
+    let took = t.elapsed();
+    assert!(
+        !setup.log("b").contains("requests running at shutdown"),
+        "{}",
+        setup.log("b")
+    );
+    assert!(
+        took < Duration::from_millis(1800),
+        "an idle bridge took {took:?} to stop\n{}",
+        setup.log("b")
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_requests_are_refused_before_reaching_asterisk() {
     let url = shared_amqp_url();

@@ -502,8 +502,6 @@ async fn session(
     }
 }
 
-/// The next set of held leases, when it changed (never resolves without
-/// a fleet, or once the lease task is gone).
 /// Books a finished request, and every other one that finished already.
 fn finished<F>(first: Option<Tag>, running: &mut FuturesUnordered<F>, book: &mut AckBook)
 where
@@ -536,7 +534,7 @@ async fn drain<F, A>(
     let deadline = tokio::time::sleep(DRAIN_LIMIT);
     tokio::pin!(deadline);
     let mut late: FuturesUnordered<_> = FuturesUnordered::new();
-    loop {
+    while !(running.is_empty() && acking.is_empty() && late.is_empty()) {
         tokio::select! {
             Some(done) = running.next() => {
                 finished(done, running, book);
@@ -548,7 +546,6 @@ async fn drain<F, A>(
                 tracing::info!(running = running.len(), "action path: stopping with requests still running; they are redelivered");
                 return;
             }
-            else => break,
         }
     }
     if left > 0 {
@@ -559,6 +556,8 @@ async fn drain<F, A>(
     }
 }
 
+/// The next set of held leases, when it changed (never resolves without
+/// a fleet, or once the lease task is gone).
 async fn lease_change(leases: &mut Option<crate::fleet::HeldLeases>) -> Option<Vec<String>> {
     match leases {
         Some(rx) => match rx.changed().await {
