@@ -352,6 +352,20 @@ impl Caller {
     }
 }
 
+/// Sends a `Sleep` to server "fake" (which never answers it: the bridge
+/// answers `timeout` after `timeout_ms`) and waits until the fake has seen
+/// `seen` of them; returns its correlation id.
+async fn send_sleep(c: &Caller, ex: &str, fake: &Fake, timeout_ms: u64, seen: usize) -> String {
+    let corr = unique("sleep");
+    let body = json!({"Action": "Sleep", "_timeout_ms": timeout_ms}).to_string();
+    c.send(ex, "fake", &corr, body.as_bytes(), None).await;
+    assert!(
+        common::procs::wait_for(Duration::from_secs(5), || fake.saw("Sleep").len() == seen).await,
+        "the fake did not see the Sleep"
+    );
+    corr
+}
+
 fn kind(r: &Value) -> &str {
     r["error"]["kind"].as_str().unwrap_or("none")
 }
@@ -704,16 +718,7 @@ async fn unacked_requests_fail_over_to_the_next_bridge_and_expired_ones_are_not_
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
     // A request that a holds (its AMI server never answers).
-    let corr = unique("held");
-    c.send(
-        &ex,
-        "fake",
-        &corr,
-        br#"{"Action":"Sleep","_timeout_ms":2000}"#,
-        None,
-    )
-    .await;
-    assert!(common::procs::wait_for(Duration::from_secs(5), || fake.saw("Sleep").len() == 1).await);
+    let corr = send_sleep(&c, &ex, &fake, 2000, 1).await;
     a.signal("KILL");
     let _ = a.wait_timeout(Duration::from_secs(5));
     // b takes over, gets the redelivered request, runs it, answers.
@@ -781,50 +786,41 @@ impl Fake {
     }
 }
 
-/// Items 4, 5, 6, 7 and 18 of issue 10: what the allow-list checks is what
-/// Asterisk would run, or the request is refused before reaching it.
 /// SIGTERM lets a running request finish: its reply goes out and it is
 /// acked (not run again by the next bridge); with nothing running the
 /// bridge does not wait for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_finishes_running_requests_and_does_not_wait_without_any() {
     let url = shared_amqp_url();
-    let (fake, fake_addr) = Fake::start().await;
-    let setup = Setup::new(&[("fake", &fake_addr)], &url);
-    let ex = setup.exchange.clone();
-    let mut c = Caller::new(&url).await;
-    let mut a = setup.start("a");
-    wait_ready(&mut c, &ex, "fake", &setup, "a").await;
+    // Fields drop in reverse order: the bridges before the set-up.
+    let OneFake {
+        fake,
+        setup,
+        _bridge: mut a,
+        mut c,
+        ex,
+    } = one_fake(&url, "", "").await;
 
     // Never answered by the fake: the bridge answers `timeout` after 800 ms.
-    let corr = unique("running");
-    c.send(
-        &ex,
-        "fake",
-        &corr,
-        br#"{"Action":"Sleep","_timeout_ms":800}"#,
-        None,
-    )
-    .await;
-    assert!(common::procs::wait_for(Duration::from_secs(5), || fake.saw("Sleep").len() == 1).await);
+    let corr = send_sleep(&c, &ex, &fake, 800, 1).await;
     a.signal("TERM");
     let r = c.replies(1, Duration::from_secs(5)).await;
     let r = r
         .get(&corr)
-        .unwrap_or_else(|| panic!("the running request got no reply\n{}", setup.log("a")));
+        .unwrap_or_else(|| panic!("the running request got no reply\n{}", setup.log("bridge")));
     assert_eq!(kind(r), "timeout", "{r}");
     assert_eq!(
         a.wait_timeout(Duration::from_secs(10)),
         Some(0),
         "{}",
-        setup.log("a")
+        setup.log("bridge")
     );
     assert!(
         setup
-            .log("a")
+            .log("bridge")
             .contains("the requests running at shutdown finished"),
         "{}",
-        setup.log("a")
+        setup.log("bridge")
     );
 
     // Acked: the next bridge does not run it again. And it stops at once
@@ -854,6 +850,8 @@ async fn shutdown_finishes_running_requests_and_does_not_wait_without_any() {
     );
 }
 
+/// Items 4, 5, 6, 7 and 18 of issue 10: what the allow-list checks is what
+/// Asterisk would run, or the request is refused before reaching it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_requests_are_refused_before_reaching_asterisk() {
     let url = shared_amqp_url();
