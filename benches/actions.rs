@@ -23,6 +23,9 @@
 //! `BENCH_ACTIONS_OTHER_BIN=<path>` one from another build: they take
 //! turns with the default bridge, an A/B inside one run (separate runs on
 //! a shared machine differ more than most changes do).
+//! `BENCH_ACTIONS_ECHO_LIKE_BRIDGE=1` adds the echo on the bridge's queue
+//! set-up (durable, single active consumer, dead-letter and alternate
+//! exchanges): what that costs the broker.
 //! `BENCH_ACTIONS_ONLY=<text>` runs the sides whose name contains it.
 //!
 //! The processes (the replay, the bridge) are started with the integration
@@ -224,16 +227,20 @@ async fn echo_consume(url: &str, queue: &str) -> (Connection, lapin::Consumer, l
         .expect("connect");
     let ch = conn.create_channel().await.expect("channel");
     let out = conn.create_channel().await.expect("channel");
-    ch.queue_declare(
-        queue.into(),
-        QueueDeclareOptions {
-            auto_delete: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .expect("queue");
+    if queue.ends_with(LIKE_BRIDGE) {
+        declare_like_bridge(&ch, queue).await;
+    } else {
+        ch.queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("queue");
+    }
     ch.basic_qos(64, BasicQosOptions::default())
         .await
         .expect("qos");
@@ -247,6 +254,58 @@ async fn echo_consume(url: &str, queue: &str) -> (Connection, lapin::Consumer, l
         .await
         .expect("consume");
     (conn, c, out)
+}
+
+/// An echo queue whose name ends with this is declared as the bridge
+/// declares its request queues.
+const LIKE_BRIDGE: &str = ".like-bridge";
+
+/// The bridge's request topology for the echo (`rpc::declare`): a direct
+/// exchange with an alternate exchange, a durable queue with single active
+/// consumer and a dead-letter exchange, bound by key; both named `queue`,
+/// and deleted with the echo's connection (auto-delete).
+async fn declare_like_bridge(ch: &lapin::Channel, queue: &str) {
+    use lapin::types::AMQPValue;
+    let mut ex_args = FieldTable::default();
+    ex_args.insert(
+        "alternate-exchange".into(),
+        AMQPValue::LongString(format!("{queue}.unrouted").as_str().into()),
+    );
+    let auto_delete = lapin::options::ExchangeDeclareOptions {
+        auto_delete: true,
+        ..Default::default()
+    };
+    ch.exchange_declare(
+        queue.into(),
+        lapin::ExchangeKind::Direct,
+        auto_delete,
+        ex_args,
+    )
+    .await
+    .expect("exchange");
+    let mut q_args = FieldTable::default();
+    q_args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+    q_args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString(format!("{queue}.expired").as_str().into()),
+    );
+    let durable = QueueDeclareOptions {
+        durable: true,
+        auto_delete: true,
+        ..Default::default()
+    };
+    ch.queue_declare(queue.into(), durable, q_args)
+        .await
+        .expect("queue");
+    ch.queue_bind(
+        queue.into(),
+        queue.into(),
+        queue.into(),
+        lapin::options::QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("bind");
 }
 
 async fn echo_serve(mut c: lapin::Consumer, out: lapin::Channel) {
@@ -468,6 +527,11 @@ async fn main() {
     }
     let q = format!("bench.echo.{}", std::process::id());
     let echo = start_echo(&url, &q);
+    // The echo again, on the bridge's queue set-up: what the topology
+    // costs the broker (BENCH_ACTIONS_ECHO_LIKE_BRIDGE=1).
+    let like = std::env::var("BENCH_ACTIONS_ECHO_LIKE_BRIDGE").is_ok_and(|v| v == "1");
+    let q_like = format!("bench.echo.{}{LIKE_BRIDGE}", std::process::id());
+    let echo_like = like.then(|| start_echo(&url, &q_like));
     let q_in = format!("bench.echo-in-client.{}", std::process::id());
     let (tx, rx) = tokio::sync::oneshot::channel();
     let echo_in = tokio::spawn(echo_service_in_client(url.clone(), q_in.clone(), tx));
@@ -490,6 +554,14 @@ async fn main() {
         key: q.clone(),
         procs: with(vec![("echo", echo.pid())]),
     });
+    if let Some(e) = &echo_like {
+        sides.push(Side {
+            name: "lapin echo, bridge's queues".into(),
+            exchange: q_like.clone(),
+            key: q_like.clone(),
+            procs: with(vec![("echo", e.pid())]),
+        });
+    }
     sides.push(Side {
         name: ECHO_IN_CLIENT.into(),
         exchange: String::new(),
@@ -525,6 +597,7 @@ async fn main() {
     }
     summary(&at1, &at64);
     echo_in.abort();
+    drop(echo_like);
     drop(echo);
     drop(bridges);
 }
