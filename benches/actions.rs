@@ -48,7 +48,10 @@ mod common;
 
 use common::cleanup::BrokerCleanup;
 use common::cpu::{CpuMeter, listener_pid};
-use common::procs::{ActionNames, Proc, bin, consume_auto_ack, free_port, replay, repo, trace};
+use common::procs::{
+    ActionNames, Proc, bin, consume_auto_ack, correlation_id, free_port, replay_as_bridge, repo,
+    trace,
+};
 
 fn url() -> String {
     std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
@@ -151,12 +154,7 @@ async fn drive(url: &str, exchange: &str, key: &str, n: usize, window: usize) ->
             .expect("a reply within 30 s")
             .expect("stream open")
             .expect("delivery");
-        let corr = d
-            .properties
-            .correlation_id()
-            .as_ref()
-            .map(|c| c.to_string())
-            .unwrap_or_default();
+        let corr = correlation_id(&d);
         if let Some(t) = sent_at.remove(&corr) {
             lat.push(t.elapsed());
         }
@@ -387,13 +385,7 @@ fn start_bridge(url: &str, threads: Option<u16>, n: usize) -> Bridge {
 /// [`start_bridge`] with the bridge's binary at `exe` (another build, for
 /// an A/B inside one run).
 fn start_bridge_from(exe: &std::path::Path, url: &str, threads: Option<u16>, n: usize) -> Bridge {
-    let (replay, addr) = replay(&[
-        "--username",
-        "bridge",
-        "--secret",
-        "bridgepass",
-        &trace("login_plain.ami").display().to_string(),
-    ]);
+    let (replay, addr) = replay_as_bridge(&[&trace("login_plain.ami").display().to_string()]);
     let dir = tempfile::tempdir().expect("tempdir");
     let ex = format!("ami.actions.bench{}-{n}", std::process::id());
     let cfg = format!(

@@ -17,7 +17,8 @@ use serde_json::{Value, json};
 use common::broker::shared_amqp_url;
 use common::cleanup::BrokerCleanup;
 use common::procs::{
-    ActionNames, Proc, bin, consume_auto_ack, copy_mappings, free_port, replay, trace, unique,
+    ActionNames, Proc, bin, consume_auto_ack, copy_mappings, correlation_id, free_port, replay,
+    trace, unique,
 };
 
 /// A scripted AMI server: logs in anyone, answers `Ping`, answers `Command`
@@ -269,12 +270,7 @@ impl Caller {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(async move {
             while let Some(Ok(d)) = c.next().await {
-                let corr = d
-                    .properties
-                    .correlation_id()
-                    .as_ref()
-                    .map(|c| c.to_string())
-                    .unwrap_or_default();
+                let corr = correlation_id(&d);
                 let v: Value = serde_json::from_slice(&d.data).unwrap_or(Value::Null);
                 if tx.send((corr, v)).is_err() {
                     break;

@@ -34,13 +34,12 @@ use common::arrivals::{
 };
 use common::broker::{PrivateBroker, blocking, shared_amqp_url};
 use common::procs::{
-    BridgeSetup, Proc, bin, body, bound_queue, consume_auto_ack, free_port, passive_declare,
-    replay, sink, trace, wait_exit, wait_for,
+    BridgeSetup, Proc, bin, body, bound_queue, connect, consume_auto_ack, free_port,
+    passive_declare, replay, sink, trace, wait_exit, wait_for,
 };
 use futures::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::BasicQosOptions;
-use lapin::{Connection, ConnectionProperties};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -68,16 +67,6 @@ fn dead_address() -> String {
 // ---------------------------------------------------------------------------
 // Helpers: a durable queue read after the fact.
 // ---------------------------------------------------------------------------
-
-async fn connect(url: &str) -> Connection {
-    tokio::time::timeout(
-        Duration::from_secs(15),
-        Connection::connect(url, ConnectionProperties::default()),
-    )
-    .await
-    .unwrap_or_else(|_| panic!("connecting to {url} timed out"))
-    .unwrap_or_else(|e| panic!("connecting to {url}: {e}"))
-}
 
 /// Declares `exchange` as the bridge does and a durable queue bound with
 /// `<server>.#`, so it collects everything of the server, surviving broker

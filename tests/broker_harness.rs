@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::broker::{PrivateBroker, blocking, processes_of_node, shared_amqp_url};
+use common::procs::connect;
 use futures::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions,
@@ -28,16 +29,6 @@ fn unique(prefix: &str) -> String {
         .unwrap()
         .as_nanos();
     format!("{prefix}.{}.{nanos}", std::process::id())
-}
-
-async fn connect(url: &str) -> Connection {
-    timeout(
-        Duration::from_secs(15),
-        Connection::connect(url, ConnectionProperties::default()),
-    )
-    .await
-    .unwrap_or_else(|_| panic!("connecting to {url} timed out"))
-    .unwrap_or_else(|e| panic!("connecting to {url}: {e}"))
 }
 
 async fn confirm_channel(conn: &Connection) -> Channel {

@@ -29,8 +29,8 @@ use common::arrivals::{
 };
 use common::broker::{PrivateCluster, blocking, processes_of_node, shared_amqp_url};
 use common::procs::{
-    BridgeSetup, Proc, consume_auto_ack, declare_exchange, passive_declare, replay, trace, unique,
-    wait_exit, wait_for,
+    BridgeSetup, Proc, connect, consume_auto_ack, correlation_id, declare_exchange,
+    passive_declare, replay_as_bridge, trace, unique, wait_exit, wait_for,
 };
 use futures::StreamExt;
 use lapin::message::Delivery;
@@ -39,7 +39,7 @@ use lapin::options::{
     ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Connection};
 use serde_json::{Value, json};
 
 const SMALL: &str = "calls_small.ami";
@@ -65,16 +65,6 @@ const REQUESTS: usize = 20;
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
-
-async fn connect(url: &str) -> Connection {
-    tokio::time::timeout(
-        Duration::from_secs(15),
-        Connection::connect(url, ConnectionProperties::default()),
-    )
-    .await
-    .unwrap_or_else(|_| panic!("connecting to {url} timed out"))
-    .unwrap_or_else(|e| panic!("connecting to {url}: {e}"))
-}
 
 /// `x-queue-type: <kind>`.
 fn queue_type(kind: &str) -> FieldTable {
@@ -230,17 +220,8 @@ async fn publisher_fails_over(cluster: &Arc<PrivateCluster>) {
     let loops = 3;
     let loops_s = loops.to_string();
     // 3 × 749 events at 300/s: a 7.5 s stream, node 1 stopped after 2 s.
-    let (_replay, addr) = replay(&[
-        "--username",
-        "bridge",
-        "--secret",
-        "bridgepass",
-        "--rate",
-        "300",
-        "--loop",
-        &loops_s,
-        path.to_str().unwrap(),
-    ]);
+    let (_replay, addr) =
+        replay_as_bridge(&["--rate", "300", "--loop", &loops_s, path.to_str().unwrap()]);
     // The action path is part 2's business.
     let setup = cluster_setup(cluster, &addr, &[0, 1, 2], "[actions]\nenabled = false\n");
     let traces: Vec<&Path> = (0..loops).map(|_| path.as_path()).collect();
@@ -370,13 +351,7 @@ async fn action_requests_survive_leader_loss(cluster: &Arc<PrivateCluster>) -> u
     let what = "quorum action queue";
     let began = Instant::now();
     let login = trace("login_plain.ami");
-    let (_replay, addr) = replay(&[
-        "--username",
-        "bridge",
-        "--secret",
-        "bridgepass",
-        login.to_str().unwrap(),
-    ]);
+    let (_replay, addr) = replay_as_bridge(&[login.to_str().unwrap()]);
     // More requests at once than the default per-user bound (16) would
     // answer `busy`: not what this test is about.
     let extra = "[actions]\nqueue_type = \"quorum\"\nmax_in_flight_per_user = 100\n\n\
@@ -484,12 +459,7 @@ async fn action_requests_survive_leader_loss(cluster: &Arc<PrivateCluster>) -> u
     while answers.len() < REQUESTS && Instant::now() < deadline {
         if let Ok(Some((_, d))) = tokio::time::timeout(Duration::from_secs(1), replies.recv()).await
         {
-            let corr = d
-                .properties
-                .correlation_id()
-                .as_ref()
-                .map(|c| c.to_string())
-                .unwrap_or_default();
+            let corr = correlation_id(&d);
             let v: Value = serde_json::from_slice(&d.data).expect("JSON reply");
             assert!(
                 answers.insert(corr.clone(), v).is_none(),
@@ -637,13 +607,7 @@ async fn stream_read_back_from_an_offset() {
     let began = Instant::now();
     let url = shared_amqp_url();
     let path = trace(SMALL);
-    let (_replay, addr) = replay(&[
-        "--username",
-        "bridge",
-        "--secret",
-        "bridgepass",
-        path.to_str().unwrap(),
-    ]);
+    let (_replay, addr) = replay_as_bridge(&[path.to_str().unwrap()]);
     let setup = BridgeSetup::new(&addr, &url, "[actions]\nenabled = false\n");
     let stream = unique("ami.test.stream.");
     setup.cleanup.queue(&stream);

@@ -81,6 +81,13 @@ pub fn replay(args: &[&str]) -> (Proc, String) {
     replay_to("127.0.0.1:0", args, Stdio::null())
 }
 
+/// [`replay`] serving the bridge's test account (`bridge` / `bridgepass`),
+/// `args` after the login options.
+pub fn replay_as_bridge(args: &[&str]) -> (Proc, String) {
+    let login = ["--username", "bridge", "--secret", "bridgepass"];
+    replay(&[&login[..], args].concat())
+}
+
 /// [`replay`] listening on `listen` (an address an earlier replay had: the
 /// same server coming back).
 pub fn replay_on(listen: &str, args: &[&str]) -> (Proc, String) {
@@ -562,6 +569,26 @@ pub async fn passive_declare(ch: &lapin::Channel, queue: &str) -> lapin::Result<
 
 /// Consumes `queue` without acks (the broker forgets each message as it
 /// delivers it): what every test reader here wants.
+/// Connects to the broker at `url`, panicking after 15 s or on an error.
+pub async fn connect(url: &str) -> lapin::Connection {
+    tokio::time::timeout(
+        Duration::from_secs(15),
+        lapin::Connection::connect(url, lapin::ConnectionProperties::default()),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("connecting to {url} timed out"))
+    .unwrap_or_else(|e| panic!("connecting to {url}: {e}"))
+}
+
+/// A delivery's `correlation_id`, or "" without one.
+pub fn correlation_id(d: &lapin::message::Delivery) -> String {
+    d.properties
+        .correlation_id()
+        .as_ref()
+        .map(|c| c.to_string())
+        .unwrap_or_default()
+}
+
 pub async fn consume_auto_ack(ch: &lapin::Channel, queue: &str) -> lapin::Consumer {
     ch.basic_consume(
         queue.into(),
