@@ -11,10 +11,13 @@
 //! is kept as an extra line.
 //!
 //! At 64 in flight the sides take turns: `BENCH_ACTIONS_ROUNDS` rounds
-//! (default 4) of bridge, echo, in-process echo, each with its share of
+//! (default 20) of bridge, echo, in-process echo, each with its share of
 //! `BENCH_ACTIONS_REQUESTS` (default 20,000), so that a quiet or a busy
 //! moment of the machine falls on all of them; each side's rate is its
-//! requests over its time in all rounds. Every line also has the CPU time
+//! requests over its time in all rounds. Rounds are short (about 70 ms a
+//! side) because this machine's busy moments are: with 4 rounds one side
+//! often caught most of one, and the ratio swung 0.67–1.24 between runs.
+//! The summary also gives the spread of the ratio round by round. Every line also has the CPU time
 //! and context switches per request of each process (`/proc`).
 //!
 //! Run with `cargo bench --bench actions` (RabbitMQ on AMQP_URL or
@@ -27,6 +30,8 @@
 //! set-up (durable, single active consumer, dead-letter and alternate
 //! exchanges): what that costs the broker.
 //! `BENCH_ACTIONS_ONLY=<text>` runs the sides whose name contains it.
+//! `BENCH_ACTIONS_SHOW_ROUNDS=1` prints every round's rate, median and
+//! slowest round trip (on stderr).
 //!
 //! The processes (the replay, the bridge) are started with the integration
 //! tests' helpers (`tests/common`, included as a module as the tests do).
@@ -66,6 +71,8 @@ struct Result {
     lat: Vec<Duration>,
     /// CPU seconds and context switches of the side's processes.
     cpu: Vec<(&'static str, f64, u64)>,
+    /// The rate of each round added.
+    round_rates: Vec<f64>,
 }
 
 impl Result {
@@ -82,6 +89,7 @@ impl Result {
     }
 
     fn add(&mut self, r: Result) {
+        self.round_rates.push(r.rate());
         self.requests += r.requests;
         self.secs += r.secs;
         self.lat.extend(r.lat);
@@ -166,6 +174,7 @@ async fn drive(url: &str, exchange: &str, key: &str, n: usize, window: usize) ->
         secs,
         lat,
         cpu: Vec::new(),
+        round_rates: Vec::new(),
     }
 }
 
@@ -487,7 +496,8 @@ async fn main() {
     let quick = !std::env::args().any(|a| a == "--bench");
     let (n1, n64) = if quick { (50, 500) } else { (2000, 20000) };
     let n64 = env_or("BENCH_ACTIONS_REQUESTS", n64);
-    let rounds = env_or("BENCH_ACTIONS_ROUNDS", 4).max(1);
+    let rounds = env_or("BENCH_ACTIONS_ROUNDS", 20).max(1);
+    let show_rounds = std::env::var("BENCH_ACTIONS_SHOW_ROUNDS").is_ok_and(|v| v == "1");
     // `bridge` or `echo`: run the sides whose name contains it (for a
     // profile of one).
     let only = std::env::var("BENCH_ACTIONS_ONLY").unwrap_or_default();
@@ -581,7 +591,17 @@ async fn main() {
         .collect();
     for _ in 0..rounds {
         for (side, (_, total)) in sides.iter().zip(at64.iter_mut()) {
-            total.add(run_phase(&url, side, n64 / rounds, 64).await);
+            let r = run_phase(&url, side, n64 / rounds, 64).await;
+            if show_rounds {
+                eprintln!(
+                    "  round: {:<30} {:>8.0} req/s, p50 {}, max {}",
+                    side.name,
+                    r.rate(),
+                    ms(r.quantile(0.5)),
+                    ms(r.quantile(1.0))
+                );
+            }
+            total.add(r);
         }
     }
     for (name, r) in &at64 {
@@ -639,6 +659,20 @@ fn summary(at1: &[(&str, Result)], at64: &[(&str, Result)]) {
         ms(bridge1)
     );
     if let (Some(b), Some(e)) = (find(BRIDGE), find(ECHO)) {
+        let mut r: Vec<f64> = b
+            .round_rates
+            .iter()
+            .zip(&e.round_rates)
+            .map(|(b, e)| b / e)
+            .collect();
+        r.sort_by(f64::total_cmp);
+        if let (Some(lo), Some(hi)) = (r.first(), r.last()) {
+            println!(
+                "bridge/echo round by round: min {lo:.2}, median {:.2}, max {hi:.2} over {} rounds",
+                r[r.len() / 2],
+                r.len()
+            );
+        }
         println!(
             "CPU per request at 64 in flight: bridge + replay {:.1} µs, echo {:.1} µs",
             b.service_us(),
