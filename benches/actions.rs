@@ -484,6 +484,10 @@ struct Side {
     procs: Vec<(&'static str, u32)>,
 }
 
+/// The allocator the bridge uses (Cargo.toml, feature `jemalloc`).
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() {
     let url = url();

@@ -884,6 +884,14 @@ fn one_line(e: &(dyn std::error::Error + 'static)) -> String {
     s.replace('\n', " ")
 }
 
+/// jemalloc rather than glibc's malloc (feature `jemalloc`, on by default):
+/// the event path allocates and frees small buffers per event on a few
+/// threads, which jemalloc's thread caches serve with less CPU
+/// (BENCHMARKS.md, "jemalloc").
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Err(e) = init_logging(&cli.log) {

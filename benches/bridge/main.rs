@@ -72,7 +72,9 @@
 //! `BENCH_SCENARIOS` (default `s,a,b,c,f`), `BENCH_FACADE_CLIENTS`
 //! (scenario f, default 50), `BENCH_SIDES` (default
 //! `raw,bridge,awaited,batched`), `BENCH_IN_FLIGHT` (default 64), `BENCH_RATE` (default 5000),
-//! `BENCH_QUEUE_VERSION` (default 2), `BENCH_PERF=PREFIX` (during scenario
+//! `BENCH_QUEUE_VERSION` (default 2), `BENCH_BIN=<path>` (run the replay
+//! and the bridge from another build of `ami2amqp`, e.g. to compare two
+//! commits run after run), `BENCH_PERF=PREFIX` (during scenario
 //! a, run `perf $BENCH_PERF_ARGS -o PREFIX.<side>.data -p <pid>` on each
 //! side, and on the bridge of both runs of f as PREFIX.f0 / PREFIX.f50; `BENCH_PERF_ARGS` defaults to `record -F 999`, `stat -e …` works
 //! too), `BENCH_SPOOL_DIR` (put the bridge's spool under this
@@ -136,6 +138,10 @@ use setup::{Params, Setup, TraceFacts};
 use trace::Pace;
 
 type Res<T> = Result<T, String>;
+
+/// The allocator the bridge uses (Cargo.toml, feature `jemalloc`).
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() {
     match std::env::var("AMI2AMQP_BENCH_ROLE").as_deref() {

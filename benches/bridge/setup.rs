@@ -160,7 +160,8 @@ impl Setup {
         }
         Ok(Setup {
             url: p.url.clone(),
-            bin: PathBuf::from(crate::common::procs::bin()),
+            bin: std::env::var_os("BENCH_BIN")
+                .map_or_else(|| PathBuf::from(crate::common::procs::bin()), PathBuf::from),
             dir,
             exchange,
             mappings,
