@@ -19,7 +19,7 @@ mod fleet;
 mod internal_events;
 mod logs;
 pub mod mapping;
-mod memory;
+pub mod memory;
 mod metrics;
 mod support;
 pub mod tools;

@@ -3,17 +3,21 @@
 //! A burst of AMI traffic (a call storm, a reconnect that replays a backlog)
 //! fills the in-memory buffers in front of the spool for a few seconds: the
 //! AMI client's budget, the channel to the router. When it is over the
-//! buffers are empty again, but glibc's allocator keeps the freed pages
-//! mapped — the benchmarks saw the process stay at 47–101 MB after a
-//! max-speed read, against ~30 MB before. An operator reads that as a leak.
+//! buffers are empty again, but the allocator keeps the freed pages
+//! mapped — with glibc's malloc the benchmarks saw the process stay at
+//! 47–101 MB after a max-speed read, against ~30 MB before. An operator
+//! reads that as a leak.
 //!
 //! So every 3 s this task looks at the resident size and, when it has grown
 //! by more than 8 MiB since the last trim and stopped growing (the burst is
 //! over: trimming in the middle of one would only compete with it for the
-//! allocator's locks), asks glibc to return free pages (`malloc_trim`) from
-//! a blocking thread. It also publishes the resident
-//! size as the `process_resident_memory_bytes` gauge. On other C libraries
-//! only the gauge is kept.
+//! allocator's locks), returns the free pages from a blocking thread:
+//! jemalloc's arenas are purged (feature `jemalloc`, the binary's
+//! allocator; it would also give them back by itself, but only after its
+//! 10-second decay and only while something allocates), and glibc's heap,
+//! which the C libraries still use, is trimmed (`malloc_trim`). It also
+//! publishes the resident size as the `process_resident_memory_bytes`
+//! gauge.
 
 use std::time::Duration;
 
@@ -29,8 +33,10 @@ pub fn resident_bytes() -> Option<u64> {
     Some(pages * u64::try_from(page).ok().filter(|p| *p > 0).unwrap_or(4096))
 }
 
-/// Returns free heap pages to the kernel; true if anything was released.
+/// Returns free heap pages to the kernel; true if glibc released any
+/// (jemalloc's purge does not say).
 pub fn trim() -> bool {
+    purge_jemalloc();
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         // SAFETY: malloc_trim only walks the allocator's own free lists.
@@ -39,6 +45,29 @@ pub fn trim() -> bool {
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
     {
         false
+    }
+}
+
+/// Purges the unused dirty pages of every jemalloc arena.
+fn purge_jemalloc() {
+    #[cfg(feature = "jemalloc")]
+    {
+        // 4096 is MALLCTL_ARENAS_ALL: every arena at once.
+        let name = c"arena.4096.purge";
+        // SAFETY: a "void" mallctl (no old or new value) with a
+        // NUL-terminated name; it only changes jemalloc's own state.
+        let rc = unsafe {
+            tikv_jemalloc_sys::mallctl(
+                name.as_ptr(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                0,
+            )
+        };
+        if rc != 0 {
+            tracing::debug!(rc, "jemalloc purge failed");
+        }
     }
 }
 
