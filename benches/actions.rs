@@ -54,8 +54,8 @@ mod common;
 use common::cleanup::BrokerCleanup;
 use common::cpu::{CpuMeter, listener_pid};
 use common::procs::{
-    ActionNames, Proc, bin, consume_auto_ack, correlation_id, free_port, replay_as_bridge, repo,
-    trace,
+    ActionNames, Proc, bin, connect, consume_auto_ack, correlation_id, free_port, replay_as_bridge,
+    repo, trace,
 };
 
 fn url() -> String {
@@ -128,9 +128,7 @@ impl Result {
 
 /// Sends `n` requests keeping `window` in flight; returns rate and latency.
 async fn drive(url: &str, exchange: &str, key: &str, n: usize, window: usize) -> Result {
-    let conn = Connection::connect(url, ConnectionProperties::default())
-        .await
-        .expect("connect");
+    let conn = connect(url).await;
     let ch = conn.create_channel().await.expect("channel");
     let mut replies = consume_auto_ack(&ch, "amq.rabbitmq.reply-to").await;
     let body = br#"{"Action":"Ping"}"#;
@@ -229,9 +227,7 @@ async fn echo_service_in_client(
 /// Declares the echo's queue and consumes it (prefetch 64, as the bridge);
 /// returns the connection, the consumer and the channel for replies.
 async fn echo_consume(url: &str, queue: &str) -> (Connection, lapin::Consumer, lapin::Channel) {
-    let conn = Connection::connect(url, ConnectionProperties::default())
-        .await
-        .expect("connect");
+    let conn = connect(url).await;
     let ch = conn.create_channel().await.expect("channel");
     let out = conn.create_channel().await.expect("channel");
     if queue.ends_with(LIKE_BRIDGE) {
@@ -476,6 +472,11 @@ fn env_or(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// True when the variable `name` is `1`.
+fn env_flag(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| v == "1")
+}
+
 /// A side of the comparison: where its requests go, and its processes.
 struct Side {
     name: String,
@@ -501,7 +502,7 @@ async fn main() {
     let (n1, n64) = if quick { (50, 500) } else { (2000, 20000) };
     let n64 = env_or("BENCH_ACTIONS_REQUESTS", n64);
     let rounds = env_or("BENCH_ACTIONS_ROUNDS", 20).max(1);
-    let show_rounds = std::env::var("BENCH_ACTIONS_SHOW_ROUNDS").is_ok_and(|v| v == "1");
+    let show_rounds = env_flag("BENCH_ACTIONS_SHOW_ROUNDS");
     // `bridge` or `echo`: run the sides whose name contains it (for a
     // profile of one).
     let only = std::env::var("BENCH_ACTIONS_ONLY").unwrap_or_default();
@@ -535,7 +536,7 @@ async fn main() {
     let echo = start_echo(&url, &q);
     // The echo again, on the bridge's queue set-up: what the topology
     // costs the broker (BENCH_ACTIONS_ECHO_LIKE_BRIDGE=1).
-    let like = std::env::var("BENCH_ACTIONS_ECHO_LIKE_BRIDGE").is_ok_and(|v| v == "1");
+    let like = env_flag("BENCH_ACTIONS_ECHO_LIKE_BRIDGE");
     let q_like = format!("bench.echo.{}{LIKE_BRIDGE}", std::process::id());
     let echo_like = like.then(|| start_echo(&url, &q_like));
     let q_in = format!("bench.echo-in-client.{}", std::process::id());
