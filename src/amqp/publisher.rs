@@ -55,7 +55,7 @@ use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::Poll;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -65,7 +65,7 @@ use lapin::options::{
     QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ExchangeKind, PublisherConfirm};
+use lapin::{BasicProperties, Channel, Connection, ExchangeKind};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -200,27 +200,19 @@ struct Sent {
     exchange: Arc<str>,
 }
 
-/// A publish's confirm, tagged with its id in the window.
-struct Pending {
-    id: Id,
-    confirm: PublisherConfirm,
-}
-
-impl Future for Pending {
-    type Output = (Id, lapin::Result<lapin::Confirmation>);
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let id = self.id;
-        Pin::new(&mut self.confirm).poll(cx).map(|r| (id, r))
-    }
-}
+/// One record in flight: its publish, then its confirm, tagged with its
+/// id in the window. lapin takes the frames and the delivery tag at the
+/// first poll (`publish_batch` polls each at once, in spool order); the
+/// rest resolves in any order.
+type InFlight<'c> =
+    Pin<Box<dyn Future<Output = (Id, lapin::Result<lapin::Confirmation>)> + Send + 'c>>;
 
 /// What one session (one connection) holds.
 struct Session<'c> {
     conn: &'c Connection,
     ch: &'c Channel,
     window: ConfirmWindow<Sent>,
-    confirms: FuturesUnordered<Pending>,
+    confirms: FuturesUnordered<InFlight<'c>>,
     batch: Vec<ReadRecord>,
     /// Once `cancel` fired: when to give up on the last confirms.
     stopping: Option<tokio::time::Instant>,
@@ -627,7 +619,7 @@ impl Publisher {
             Ok(lapin::Confirmation::Ack(Some(_))) => Confirmation::Returned,
             Ok(lapin::Confirmation::NotRequested) => Confirmation::NotRequested,
             Ok(lapin::Confirmation::Nack(_)) => Confirmation::Nack,
-            Err(e) => return Err(SessionEnd::Failed(format!("confirm: {e}"))),
+            Err(e) => return Err(SessionEnd::Failed(format!("publish or confirm: {e}"))),
         };
         let now = now_unix_micros();
         let latency = &s.latency;
@@ -679,8 +671,15 @@ impl Publisher {
         }
     }
 
-    /// Reads what fits in the window from the spool, publishes it and
-    /// enters it into the window.
+    /// Reads what fits in the window from the spool and starts its
+    /// publishes, in order, each entered into the window as it starts.
+    ///
+    /// Pipelined, as the best plain lapin publisher is: a publish is not
+    /// awaited before the next starts or before confirms are taken; its
+    /// completion and its confirm are one future in `s.confirms`. Awaiting
+    /// the whole batch's publishes first (`join_all`) held confirms back
+    /// behind the slowest write and cost more wake-ups (BENCHMARKS.md,
+    /// "Pipelining the publisher").
     async fn publish_batch(&mut self, s: &mut Session<'_>) -> Step {
         s.batch.clear();
         if let Err(e) = self.reader.read_batch(s.window.room(), &mut s.batch) {
@@ -691,25 +690,38 @@ impl Publisher {
         if let Err(e) = self.declare_new(s.conn, &recs).await {
             return Err(SessionEnd::Failed(format!("declare: {e}")));
         }
-        let results = self.publish_all(s, &recs).await?;
-        self.track(s, recs, results)
+        for (end, rec) in recs {
+            let Some(rec) = rec else {
+                self.skip(s, end);
+                continue;
+            };
+            let mut fut = self.start(s, end, rec);
+            // The first poll queues the frames and takes the delivery tag,
+            // so polling here, in the loop, keeps the spool's order.
+            match futures::poll!(fut.as_mut()) {
+                Poll::Ready((id, res)) => self.on_confirm(s, id, res)?,
+                Poll::Pending => s.confirms.push(fut),
+            }
+        }
+        Ok(())
     }
 
-    /// Starts the publishes of a batch together (first polled in order, so
-    /// frames and delivery tags keep the spool's order): lapin then writes
-    /// several messages per syscall instead of waking its I/O thread once
-    /// per message (BENCHMARKS.md). Waits until lapin has taken them all.
-    async fn publish_all(
-        &self,
-        s: &mut Session<'_>,
-        recs: &[(u64, Option<Record>)],
-    ) -> Result<Vec<lapin::Result<PublisherConfirm>>, SessionEnd> {
+    /// Enters a record into the window and returns its publish-then-confirm
+    /// future (not yet polled).
+    fn start<'c>(&mut self, s: &mut Session<'c>, end: u64, rec: Record) -> InFlight<'c> {
+        let exchange = rec.msg.exchange.clone();
+        self.counters(&exchange).published.increment(1);
+        let id = s.window.push(
+            end,
+            Sent {
+                received_at_us: rec.received_at_us,
+                exchange,
+            },
+        );
         let ch = s.ch;
-        let publishes: Vec<_> = recs
-            .iter()
-            .filter_map(|(_, r)| r.as_ref())
-            .map(|rec| {
-                ch.basic_publish(
+        Box::pin(async move {
+            let published = ch
+                .basic_publish(
                     short(&rec.msg.exchange),
                     short(&rec.msg.routing_key),
                     BasicPublishOptions {
@@ -717,73 +729,27 @@ impl Publisher {
                         ..Default::default()
                     },
                     &rec.msg.body,
-                    properties(rec),
+                    properties(&rec),
                 )
-            })
-            .collect();
-        let all = futures::future::join_all(publishes);
-        tokio::pin!(all);
-        loop {
-            let st = s.stopping;
-            tokio::select! {
-                r = &mut all => return Ok(r),
-                // Publishes the broker holds back (alarm) must not keep a
-                // shutdown waiting forever.
-                _ = async {
-                    match st {
-                        Some(t) => tokio::time::sleep_until(t).await,
-                        None => self.cancel.cancelled().await,
-                    }
-                } => {
-                    if st.is_some() {
-                        return Err(SessionEnd::Done);
-                    }
-                    s.stopping = Some(tokio::time::Instant::now() + self.cfg.shutdown_timeout);
-                }
-                _ = s.watchdog.tick() => {
-                    if let Some(why) = broken(s.conn, s.ch) {
-                        return Err(SessionEnd::Failed(format!("{why} while publishes were pending")));
-                    }
-                }
-            }
-        }
+                .await;
+            let answer = match published {
+                Ok(confirm) => confirm.await,
+                Err(e) => Err(e),
+            };
+            (id, answer)
+        })
     }
 
-    /// Enters a published batch into the window, in spool order, and its
-    /// confirms into the set the session waits on.
-    fn track(
-        &mut self,
-        s: &mut Session<'_>,
-        recs: Vec<(u64, Option<Record>)>,
-        results: Vec<lapin::Result<PublisherConfirm>>,
-    ) -> Step {
-        let mut results = results.into_iter();
-        for (end, rec) in recs {
-            let Some(rec) = rec else {
-                let sent = Sent {
-                    received_at_us: now_unix_micros(),
-                    exchange: Arc::from(""),
-                };
-                let latency = &s.latency;
-                let advance = s.window.skip(end, sent, |_| latency.record(0.0));
-                self.advance(advance);
-                continue;
-            };
-            let confirm = match results.next() {
-                Some(Ok(c)) => c,
-                Some(Err(e)) => return Err(SessionEnd::Failed(format!("publish: {e}"))),
-                None => return Err(SessionEnd::Failed("publish result missing".into())),
-            };
-            let exchange = rec.msg.exchange.clone();
-            self.counters(&exchange).published.increment(1);
-            let sent = Sent {
-                received_at_us: rec.received_at_us,
-                exchange,
-            };
-            let id = s.window.push(end, sent);
-            s.confirms.push(Pending { id, confirm });
-        }
-        Ok(())
+    /// A record that could not be decoded: released in its turn, not
+    /// published.
+    fn skip(&mut self, s: &mut Session<'_>, end: u64) {
+        let sent = Sent {
+            received_at_us: now_unix_micros(),
+            exchange: Arc::from(""),
+        };
+        let latency = &s.latency;
+        let advance = s.window.skip(end, sent, |_| latency.record(0.0));
+        self.advance(advance);
     }
 }
 
