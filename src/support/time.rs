@@ -39,13 +39,37 @@ pub fn rfc3339_millis(t: SystemTime, out: &mut Vec<u8>) {
     let millis = d.subsec_millis();
     let (year, month, day) = civil_from_days(secs.div_euclid(86_400));
     let rem = secs.rem_euclid(86_400);
-    let s = format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        rem / 3600,
-        (rem / 60) % 60,
-        rem % 60
-    );
-    out.extend_from_slice(s.as_bytes());
+    // Written digit by digit: this runs once per event (the envelope's
+    // `received_at`), and `format!` was a visible share of the event
+    // path's profile.
+    if (0..=9999).contains(&year) {
+        push_digits(out, year as u32, 4);
+    } else {
+        out.extend_from_slice(itoa::Buffer::new().format(year).as_bytes());
+    }
+    out.push(b'-');
+    push_digits(out, month as u32, 2);
+    out.push(b'-');
+    push_digits(out, day as u32, 2);
+    out.push(b'T');
+    push_digits(out, (rem / 3600) as u32, 2);
+    out.push(b':');
+    push_digits(out, ((rem / 60) % 60) as u32, 2);
+    out.push(b':');
+    push_digits(out, (rem % 60) as u32, 2);
+    out.push(b'.');
+    push_digits(out, millis, 3);
+    out.push(b'Z');
+}
+
+/// Appends the last `width` decimal digits of `n`, zero-padded.
+fn push_digits(out: &mut Vec<u8>, mut n: u32, width: usize) {
+    let start = out.len();
+    out.resize(start + width, b'0');
+    for d in out[start..].iter_mut().rev() {
+        *d = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
 }
 
 /// Days since 1970-01-01 → (year, month, day) in the proleptic Gregorian
@@ -87,6 +111,12 @@ mod tests {
             rfc(UNIX_EPOCH - Duration::from_secs(1)),
             "1970-01-01T00:00:00.000Z"
         );
+        // The last moment of a year, and a year past 9999 (more digits,
+        // as `format!("{:04}")` wrote it).
+        let eve = UNIX_EPOCH + Duration::from_millis(1_798_761_599_999);
+        assert_eq!(rfc(eve), "2026-12-31T23:59:59.999Z");
+        let far = UNIX_EPOCH + Duration::from_secs(253_402_300_800);
+        assert_eq!(rfc(far), "10000-01-01T00:00:00.000Z");
     }
 
     #[test]
