@@ -99,8 +99,15 @@ impl<T: Clone> ConfirmWindow<T> {
         self.capacity.saturating_sub(self.slots.len())
     }
 
-    pub(crate) fn is_full(&self) -> bool {
-        self.room() == 0
+    /// Whether the window is worth refilling now: once a quarter of it (at
+    /// most 64 records, at least 1) is free, not record by record as
+    /// confirms trickle in. At full speed that makes one spool read and one
+    /// batch of publishes per refill, and lapin writes several messages per
+    /// syscall (BENCHMARKS.md, "Refilling the window"). An empty window
+    /// always has that much room, so this never waits on a window that no
+    /// confirm will free.
+    pub(crate) fn wants_refill(&self) -> bool {
+        self.room() >= (self.capacity / 4).clamp(1, 64)
     }
 
     /// The spool offset everything before which is confirmed: where to
@@ -192,12 +199,39 @@ mod tests {
     use proptest::prelude::*;
 
     #[test]
+    fn refills_once_a_quarter_is_free() {
+        let mut w = ConfirmWindow::new(256, 0);
+        assert!(w.wants_refill());
+        let ids: Vec<Id> = (0..256).map(|i| w.push(i + 1, ())).collect();
+        assert!(!w.wants_refill());
+        for &id in &ids[..63] {
+            w.resolve(id, Confirmation::Ack, |_| {});
+        }
+        assert!(!w.wants_refill(), "63 free of 256");
+        w.resolve(ids[63], Confirmation::Ack, |_| {});
+        assert!(w.wants_refill(), "64 free");
+        // Small windows: a quarter, and never less than one record.
+        for (cap, at) in [(1, 1), (2, 1), (8, 2), (1000, 64)] {
+            let mut w = ConfirmWindow::new(cap, 0);
+            for i in 0..cap {
+                w.push(i as u64 + 1, ());
+            }
+            let mut freed = 0;
+            while !w.wants_refill() {
+                w.resolve(freed as Id, Confirmation::Ack, |_| {});
+                freed += 1;
+            }
+            assert_eq!(freed, at, "capacity {cap}");
+        }
+    }
+
+    #[test]
     fn cursor_moves_over_the_contiguous_run_only() {
         let mut w = ConfirmWindow::new(4, 100);
         let a = w.push(110, 'a');
         let b = w.push(120, 'b');
         let c = w.push(130, 'c');
-        assert!(w.room() == 1 && !w.is_full());
+        assert_eq!(w.room(), 1);
         let mut out = Vec::new();
         let r = w.resolve(c, Confirmation::Ack, |m| out.push(m));
         assert_eq!(

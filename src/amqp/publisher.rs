@@ -578,7 +578,7 @@ impl Publisher {
                 return SessionEnd::Done;
             }
             let pos = self.reader.position();
-            let reading = !s.window.is_full() && (s.stopping.is_none() || !drained);
+            let reading = s.window.wants_refill() && (s.stopping.is_none() || !drained);
             let step = tokio::select! {
                 biased;
                 Some((id, res)) = s.confirms.next(), if !s.confirms.is_empty() => {
