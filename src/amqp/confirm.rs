@@ -103,9 +103,9 @@ impl<T: Clone> ConfirmWindow<T> {
     /// most 64 records, at least 1) is free, not record by record as
     /// confirms trickle in. At full speed that makes one spool read and one
     /// batch of publishes per refill, and lapin writes several messages per
-    /// syscall (BENCHMARKS.md, "Refilling the window"). An empty window
-    /// always has that much room, so this never waits on a window that no
-    /// confirm will free.
+    /// syscall (BENCHMARKS.md, "Pipelining the publisher and refilling the
+    /// window"). An empty window always has that much room, so this never
+    /// waits on a window that no confirm will free.
     pub(crate) fn wants_refill(&self) -> bool {
         self.room() >= (self.capacity / 4).clamp(1, 64)
     }

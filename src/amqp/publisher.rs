@@ -679,7 +679,7 @@ impl Publisher {
     /// completion and its confirm are one future in `s.confirms`. Awaiting
     /// the whole batch's publishes first (`join_all`) held confirms back
     /// behind the slowest write and cost more wake-ups (BENCHMARKS.md,
-    /// "Pipelining the publisher").
+    /// "Pipelining the publisher and refilling the window").
     async fn publish_batch(&mut self, s: &mut Session<'_>) -> Step {
         s.batch.clear();
         if let Err(e) = self.reader.read_batch(s.window.room(), &mut s.batch) {
