@@ -111,8 +111,8 @@ mod tests {
             rfc(UNIX_EPOCH - Duration::from_secs(1)),
             "1970-01-01T00:00:00.000Z"
         );
-        // The last moment of a year, and a year past 9999 (more digits,
-        // as `format!("{:04}")` wrote it).
+        // The last moment of a year, and a year past 9999 (written in
+        // full, with more than four digits).
         let eve = UNIX_EPOCH + Duration::from_millis(1_798_761_599_999);
         assert_eq!(rfc(eve), "2026-12-31T23:59:59.999Z");
         let far = UNIX_EPOCH + Duration::from_secs(253_402_300_800);
