@@ -50,6 +50,21 @@ pub(crate) struct Advance {
     pub records: u64,
 }
 
+impl Advance {
+    /// Folds a later advance into an earlier one that has not been applied
+    /// yet, so that a run of confirms moves the spool cursor once.
+    pub(crate) fn then(earlier: Option<Advance>, later: Option<Advance>) -> Option<Advance> {
+        match (earlier, later) {
+            (Some(a), Some(b)) => Some(Advance {
+                upto: b.upto.max(a.upto),
+                records: a.records + b.records,
+            }),
+            (a, None) => a,
+            (None, b) => b,
+        }
+    }
+}
+
 /// What one resolve means.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Resolved<T> {
@@ -546,6 +561,36 @@ mod tests {
             h.drain()?;
             h.check_cursor()?;
             h.check_end()?;
+        }
+
+        /// Folding the advances of any run of confirms with
+        /// [`Advance::then`] moves the cursor where applying each would,
+        /// and releases as many records.
+        #[test]
+        fn folded_advances_equal_applying_each(
+            n in 1usize..40,
+            order in proptest::collection::vec(any::<proptest::sample::Index>(), 0..40),
+        ) {
+            let mut w = ConfirmWindow::new(n, 0);
+            let mut ids: Vec<Id> = (1..=n as u64).map(|i| w.push(i * 10, ())).collect();
+            let (mut folded, mut cursor, mut released) = (None, 0, 0);
+            for ix in order {
+                if ids.is_empty() {
+                    break;
+                }
+                let id = ids.remove(ix.index(ids.len()));
+                if let Resolved::Confirmed { advance, .. } = w.resolve(id, Confirmation::Ack, |_| {}) {
+                    if let Some(a) = advance {
+                        prop_assert!(a.upto > cursor);
+                        cursor = a.upto;
+                        released += a.records;
+                    }
+                    folded = Advance::then(folded, advance);
+                }
+            }
+            prop_assert_eq!(folded.map(|a| a.upto).unwrap_or(0), cursor);
+            prop_assert_eq!(folded.map(|a| a.records).unwrap_or(0), released);
+            prop_assert_eq!(cursor, w.cursor());
         }
     }
 }

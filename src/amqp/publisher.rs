@@ -214,6 +214,9 @@ struct Session<'c> {
     window: ConfirmWindow<Sent>,
     confirms: FuturesUnordered<InFlight<'c>>,
     batch: Vec<ReadRecord>,
+    /// Confirmed records whose spool cursor move is not applied yet: the
+    /// confirms taken in one step move it once.
+    advance: Option<Advance>,
     /// Once `cancel` fired: when to give up on the last confirms.
     stopping: Option<tokio::time::Instant>,
     latency: metrics::Histogram,
@@ -230,6 +233,7 @@ impl<'c> Session<'c> {
             window: ConfirmWindow::new(window, cursor),
             confirms: FuturesUnordered::new(),
             batch: Vec::with_capacity(window.max(1)),
+            advance: None,
             stopping: None,
             latency: metrics::histogram!(crate::internal_events::catalog::PUBLISH_LATENCY_SECONDS),
             watchdog,
@@ -582,7 +586,7 @@ impl Publisher {
             let step = tokio::select! {
                 biased;
                 Some((id, res)) = s.confirms.next(), if !s.confirms.is_empty() => {
-                    self.on_confirm(&mut s, id, res)
+                    self.on_confirms(&mut s, id, res).await
                 }
                 _ = self.spool.wait_for_data(pos), if reading => self.publish_batch(&mut s).await,
                 _ = s.watchdog.tick() => match broken(conn, ch) {
@@ -600,9 +604,30 @@ impl Publisher {
                     Err(SessionEnd::Done)
                 }
             };
+            self.advance(s.advance.take());
             if let Err(end) = step {
                 return end;
             }
+        }
+    }
+
+    /// Takes one broker answer and every other one already in, so that a
+    /// run of confirms costs one step of the session loop and one move of
+    /// the spool cursor (lapin resolves a `multiple` ack's confirms
+    /// together).
+    async fn on_confirms(
+        &mut self,
+        s: &mut Session<'_>,
+        id: Id,
+        res: lapin::Result<lapin::Confirmation>,
+    ) -> Step {
+        self.on_confirm(s, id, res)?;
+        loop {
+            let next = std::future::poll_fn(|cx| Poll::Ready(s.confirms.poll_next_unpin(cx))).await;
+            let Poll::Ready(Some((id, res))) = next else {
+                return Ok(());
+            };
+            self.on_confirm(s, id, res)?;
         }
     }
 
@@ -629,7 +654,7 @@ impl Publisher {
         match resolved {
             Resolved::Confirmed { meta, advance } => {
                 self.count(&meta.exchange, answer);
-                self.advance(advance);
+                s.advance = Advance::then(s.advance.take(), advance);
                 Ok(())
             }
             Resolved::Refused { meta } => {
@@ -749,7 +774,7 @@ impl Publisher {
         };
         let latency = &s.latency;
         let advance = s.window.skip(end, sent, |_| latency.record(0.0));
-        self.advance(advance);
+        s.advance = Advance::then(s.advance.take(), advance);
     }
 }
 
