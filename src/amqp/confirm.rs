@@ -122,7 +122,18 @@ impl<T: Clone> ConfirmWindow<T> {
     /// window"). An empty window always has that much room, so this never
     /// waits on a window that no confirm will free.
     pub(crate) fn wants_refill(&self) -> bool {
-        self.room() >= (self.capacity / 4).clamp(1, 64)
+        self.room() >= self.refill_at()
+    }
+
+    /// How many of the oldest records must be released before
+    /// [`wants_refill`](Self::wants_refill) holds (at least 1): how many
+    /// answers the publisher waits for before it has anything to do.
+    pub(crate) fn releases_until_refill(&self) -> usize {
+        self.refill_at().saturating_sub(self.room()).max(1)
+    }
+
+    fn refill_at(&self) -> usize {
+        (self.capacity / 4).clamp(1, 64)
     }
 
     /// The spool offset everything before which is confirmed: where to

@@ -4,6 +4,7 @@
 pub(crate) mod config;
 mod confirm;
 pub(crate) mod connect;
+mod in_flight;
 pub(crate) mod publisher;
 pub(crate) mod record;
 mod scan;

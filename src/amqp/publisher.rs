@@ -55,11 +55,9 @@ use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use futures::StreamExt;
-use futures::stream::FuturesUnordered;
 use lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
     QueueDeclareOptions,
@@ -71,6 +69,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::confirm::{Advance, ConfirmWindow, Confirmation, Id, Resolved};
 use super::connect::{AmqpError, AmqpTls, Reconnect, close_bounded, connect, is_not_found};
+use super::in_flight::InFlight;
 use super::record::Record;
 use super::spool::{ReadRecord, Spool};
 use crate::config::redact_url;
@@ -204,7 +203,7 @@ struct Sent {
 /// id in the window. lapin takes the frames and the delivery tag at the
 /// first poll (`publish_batch` polls each at once, in spool order); the
 /// rest resolves in any order.
-type InFlight<'c> =
+type Publish<'c> =
     Pin<Box<dyn Future<Output = (Id, lapin::Result<lapin::Confirmation>)> + Send + 'c>>;
 
 /// What one session (one connection) holds.
@@ -212,7 +211,7 @@ struct Session<'c> {
     conn: &'c Connection,
     ch: &'c Channel,
     window: ConfirmWindow<Sent>,
-    confirms: FuturesUnordered<InFlight<'c>>,
+    confirms: InFlight<Publish<'c>>,
     batch: Vec<ReadRecord>,
     /// Confirmed records whose spool cursor move is not applied yet: the
     /// confirms taken in one step move it once.
@@ -231,7 +230,7 @@ impl<'c> Session<'c> {
             conn,
             ch,
             window: ConfirmWindow::new(window, cursor),
-            confirms: FuturesUnordered::new(),
+            confirms: InFlight::new(),
             batch: Vec::with_capacity(window.max(1)),
             advance: None,
             stopping: None,
@@ -583,9 +582,10 @@ impl Publisher {
             }
             let pos = self.reader.position();
             let reading = s.window.wants_refill() && (s.stopping.is_none() || !drained);
+            let wait_for = s.window.releases_until_refill();
             let step = tokio::select! {
                 biased;
-                Some((id, res)) = s.confirms.next(), if !s.confirms.is_empty() => {
+                Some((id, res)) = next_answer(&mut s.confirms, wait_for), if !s.confirms.is_empty() => {
                     self.on_confirms(&mut s, id, res).await
                 }
                 _ = self.spool.wait_for_data(pos), if reading => self.publish_batch(&mut s).await,
@@ -623,7 +623,9 @@ impl Publisher {
     ) -> Step {
         self.on_confirm(s, id, res)?;
         loop {
-            let next = std::future::poll_fn(|cx| Poll::Ready(s.confirms.poll_next_unpin(cx))).await;
+            let wait_for = s.window.releases_until_refill();
+            let next =
+                std::future::poll_fn(|cx| Poll::Ready(s.confirms.poll_oldest(cx, wait_for))).await;
             let Poll::Ready(Some((id, res))) = next else {
                 return Ok(());
             };
@@ -722,8 +724,10 @@ impl Publisher {
             };
             let mut fut = self.start(s, end, rec);
             // The first poll queues the frames and takes the delivery tag,
-            // so polling here, in the loop, keeps the spool's order.
-            match futures::poll!(fut.as_mut()) {
+            // so polling here, in the loop, keeps the spool's order. It is
+            // quiet: `s.confirms` decides which publish wakes the task.
+            let mut quiet = Context::from_waker(Waker::noop());
+            match fut.as_mut().poll(&mut quiet) {
                 Poll::Ready((id, res)) => self.on_confirm(s, id, res)?,
                 Poll::Pending => s.confirms.push(fut),
             }
@@ -733,7 +737,7 @@ impl Publisher {
 
     /// Enters a record into the window and returns its publish-then-confirm
     /// future (not yet polled).
-    fn start<'c>(&mut self, s: &mut Session<'c>, end: u64, rec: Record) -> InFlight<'c> {
+    fn start<'c>(&mut self, s: &mut Session<'c>, end: u64, rec: Record) -> Publish<'c> {
         let exchange = rec.msg.exchange.clone();
         self.counters(&exchange).published.increment(1);
         let id = s.window.push(
@@ -792,4 +796,13 @@ fn decode_batch(batch: &mut Vec<ReadRecord>) -> Vec<(u64, Option<Record>)> {
             }
         })
         .collect()
+}
+
+/// The next answer from the publishes in flight, waking the task only once
+/// `wait_for` of the oldest are in (see [`InFlight`]).
+async fn next_answer<'c>(
+    q: &mut InFlight<Publish<'c>>,
+    wait_for: usize,
+) -> Option<(Id, lapin::Result<lapin::Confirmation>)> {
+    std::future::poll_fn(|cx| q.poll_oldest(cx, wait_for)).await
 }
