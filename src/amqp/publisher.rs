@@ -633,8 +633,8 @@ impl Publisher {
         }
     }
 
-    /// Feeds one broker answer to the window; moves the spool cursor as far
-    /// as the window allows.
+    /// Feeds one broker answer to the window and notes how far the spool
+    /// cursor may move (`s.advance`, applied once the step ends).
     fn on_confirm(
         &mut self,
         s: &mut Session<'_>,
