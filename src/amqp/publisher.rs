@@ -717,6 +717,9 @@ impl Publisher {
         if let Err(e) = self.declare_new(s.conn, &recs).await {
             return Err(SessionEnd::Failed(format!("declare: {e}")));
         }
+        // The first poll of each publish is quiet: `s.confirms` decides
+        // which publish wakes the task.
+        let mut quiet = Context::from_waker(Waker::noop());
         for (end, rec) in recs {
             let Some(rec) = rec else {
                 self.skip(s, end);
@@ -724,9 +727,7 @@ impl Publisher {
             };
             let mut fut = self.start(s, end, rec);
             // The first poll queues the frames and takes the delivery tag,
-            // so polling here, in the loop, keeps the spool's order. It is
-            // quiet: `s.confirms` decides which publish wakes the task.
-            let mut quiet = Context::from_waker(Waker::noop());
+            // so polling here, in the loop, keeps the spool's order.
             match fut.as_mut().poll(&mut quiet) {
                 Poll::Ready((id, res)) => self.on_confirm(s, id, res)?,
                 Poll::Pending => s.confirms.push(fut),
